@@ -1,0 +1,146 @@
+//! HTTP requests and responses: what `on_request` gets and returns, and what
+//! `Room::fetch` sends to other rooms.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::partyhost::party::types as wit;
+
+/// An HTTP request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Upper-case method, e.g. `GET`.
+    pub method: String,
+    /// The full URL for incoming requests; for `Room::fetch`, a path such
+    /// as `/subscribe` is enough.
+    pub url: String,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A `GET` of `url`.
+    pub fn get(url: impl Into<String>) -> Self {
+        Self { method: "GET".into(), url: url.into(), ..Self::default() }
+    }
+
+    /// A `POST` of `value` as JSON to `url`.
+    pub fn post_json<T: Serialize>(url: impl Into<String>, value: &T) -> Self {
+        Self {
+            method: "POST".into(),
+            url: url.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The URL's path, without query: `/parties/main/lobby/x`.
+    pub fn path(&self) -> &str {
+        let after_scheme = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
+        let path = if self.url.contains("://") {
+            after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
+        } else {
+            after_scheme
+        };
+        path.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When the body is not JSON of type `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, crate::Error> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    pub(crate) fn to_wit(&self) -> wit::Request {
+        wit::Request {
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: self.headers.iter().map(|(name, value)| wit::Header { name: name.clone(), value: value.clone() }).collect(),
+            body: self.body.clone(),
+        }
+    }
+
+    pub(crate) fn from_wit(r: wit::Request) -> Self {
+        Self {
+            method: r.method,
+            url: r.url,
+            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: r.body,
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A 200 response with `value` as JSON.
+    pub fn json<T: Serialize>(value: &T) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// A response with a plain-text body.
+    pub fn text(status: u16, text: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: text.into().into_bytes(),
+        }
+    }
+
+    /// 404 Not Found.
+    pub fn not_found() -> Self {
+        Self::text(404, "Not found")
+    }
+
+    /// The body as text (lossy).
+    pub fn text_body(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When the body is not JSON of type `T`.
+    pub fn body_json<T: DeserializeOwned>(&self) -> Result<T, crate::Error> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    pub(crate) fn to_wit(&self) -> wit::Response {
+        wit::Response {
+            status: self.status,
+            headers: self.headers.iter().map(|(name, value)| wit::Header { name: name.clone(), value: value.clone() }).collect(),
+            body: self.body.clone(),
+        }
+    }
+
+    pub(crate) fn from_wit(r: wit::Response) -> Self {
+        Self { status: r.status, headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(), body: r.body }
+    }
+}

@@ -1,0 +1,173 @@
+//! Route table and the handler shared by every party route.
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{ApiError, AppState, socket};
+use crate::ids::{ConnectionId, RoomId, RoomKey};
+use crate::manifest::MAIN_ALIAS;
+use crate::sandbox::{self, Header};
+
+/// How long an HTTP client waits for a room's response before a 504.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/parties/{party}/{room}", any(party_route))
+        .route("/parties/{party}/{room}/{*rest}", any(party_route))
+        .route("/party/{room}", any(legacy_route))
+        .route("/party/{room}/{*rest}", any(legacy_route))
+        .fallback(|uri: Uri| async move {
+            ApiError::NotFound(format!("no route for {}; parties live at /parties/<party>/<room>", uri.path()))
+        })
+}
+
+/// `/party/<room>`: PartyKit's legacy path for the `main` party.
+async fn legacy_route(
+    state: State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let room = params.get("room").cloned().unwrap_or_default();
+    serve(state, MAIN_ALIAS, &room, request).await
+}
+
+async fn party_route(
+    state: State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let party = params.get("party").map_or("", String::as_str);
+    let room = params.get("room").map_or("", String::as_str);
+    serve(state, party, room, request).await
+}
+
+async fn serve(
+    State(app): State<AppState>,
+    party: &str,
+    room: &str,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let party = app.rooms.resolve_party(party).cloned().ok_or_else(|| {
+        ApiError::NotFound(format!("no party named `{party}` is deployed on this host"))
+    })?;
+    let room = RoomId::try_from(room).map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
+    let key = RoomKey { party, room };
+    let handle = app.rooms.get_or_spawn(&key).map_err(ApiError::unavailable)?;
+
+    if is_websocket_upgrade(request.headers()) {
+        let (mut parts, _body) = request.into_parts();
+        let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
+        let conn = connection_id(&parts.uri)?;
+        let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
+        let limits = app.limits.clone();
+        let shutdown = app.shutdown.clone();
+        let upgrade = upgrade
+            .max_message_size(limits.message_bytes)
+            .max_frame_size(limits.message_bytes);
+        return Ok(upgrade
+            .on_upgrade(move |ws| socket::serve(ws, handle, conn, guest_request, limits, shutdown))
+            .into_response());
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, app.limits.message_bytes)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes)))?;
+    let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, handle.request(guest_request))
+        .await
+        .map_err(|_| ApiError::Internal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            cause: anyhow::anyhow!("room {key} did not answer within {REQUEST_TIMEOUT:?}"),
+        })?
+        .map_err(ApiError::unavailable)?;
+    Ok(into_http_response(response))
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// `_pk` from the query (what partysocket sends), else a random UUID.
+fn connection_id(uri: &Uri) -> Result<ConnectionId, ApiError> {
+    let pk = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "_pk").then(|| percent_decode(value))
+    });
+    match pk {
+        Some(pk) => ConnectionId::try_from(pk.as_str())
+            .map_err(|reason| ApiError::BadRequest(format!("connection id `_pk` {reason}"))),
+        None => Ok(ConnectionId::random()),
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes are kept as written.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The request as a guest sees it: full URL, lower-case header names.
+fn guest_request(method: &axum::http::Method, uri: &Uri, headers: &HeaderMap, body: Vec<u8>) -> sandbox::Request {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    sandbox::Request {
+        method: method.as_str().to_owned(),
+        url: format!("http://{host}{path}"),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some(Header { name: name.as_str().to_owned(), value: value.to_str().ok()?.to_owned() })
+            })
+            .collect(),
+        body,
+    }
+}
+
+/// A guest's response as HTTP. An invalid status becomes 500; headers with
+/// an invalid name or value are dropped (and logged).
+fn into_http_response(response: sandbox::Response) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut http = Response::new(Body::from(response.body));
+    *http.status_mut() = status;
+    for Header { name, value } in response.headers {
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            (Ok(name), Ok(value)) => {
+                http.headers_mut().append(name, value);
+            }
+            _ => tracing::warn!(header = %name, "dropping an invalid header from a room's response"),
+        }
+    }
+    http
+}

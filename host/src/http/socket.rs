@@ -1,0 +1,126 @@
+//! One task per WebSocket: reads client frames into the room's mailbox and
+//! writes the room's frames to the client.
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use crate::ids::ConnectionId;
+use crate::rooms::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle, RoomMsg, next_socket_serial};
+use crate::sandbox::{Limits, Message, Request};
+
+/// How a socket ended, as reported to the room's `on-close` / `on-error`.
+enum Ending {
+    Closed { code: u16, reason: String },
+    Failed(String),
+}
+
+pub(super) async fn serve(
+    ws: WebSocket,
+    room: RoomHandle,
+    conn: ConnectionId,
+    request: Request,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("connection", room = %room.key(), conn = %conn);
+    run(ws, room, conn, request, limits, shutdown).instrument(span).await;
+}
+
+async fn run(
+    ws: WebSocket,
+    room: RoomHandle,
+    conn: ConnectionId,
+    request: Request,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let socket = next_socket_serial();
+    let (sender, mut outgoing) = mpsc::channel(limits.connection_queue_frames);
+    let too_slow = CancellationToken::new();
+    let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
+    if room.send(RoomMsg::Connect(connect)).await.is_err() {
+        return;
+    }
+    debug!("connected");
+    let (mut sink, mut stream) = ws.split();
+    let ending = loop {
+        tokio::select! {
+            frame = outgoing.recv() => match frame {
+                Some(Outgoing::Close { code, reason }) => {
+                    let _ = sink.send(close_frame(code, &reason)).await;
+                    break Ending::Closed { code, reason };
+                }
+                Some(frame) => {
+                    if let Err(e) = sink.send(to_ws(frame)).await {
+                        break Ending::Failed(format!("write failed: {e}"));
+                    }
+                }
+                // The room stopped (shutdown): tell the client to come back.
+                None => {
+                    let reason = "room stopped".to_owned();
+                    let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
+                    break Ending::Closed { code: CLOSE_GOING_AWAY, reason };
+                }
+            },
+            incoming = stream.next() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let msg = Message::Text(text.as_str().to_owned());
+                    if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
+                        break Ending::Failed("room stopped".into());
+                    }
+                }
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    let msg = Message::Binary(bytes.to_vec());
+                    if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
+                        break Ending::Failed("room stopped".into());
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                    break Ending::Closed { code, reason };
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Err(e)) => {
+                    let error = e.to_string();
+                    // tungstenite reports an oversized message as a capacity error.
+                    let code = if error.contains("too long") || error.contains("Space limit") { CLOSE_TOO_BIG } else { 1002 };
+                    let _ = sink.send(close_frame(code, "message too big or malformed")).await;
+                    break Ending::Failed(error);
+                }
+                None => break Ending::Closed { code: 1006, reason: String::new() },
+            },
+            () = too_slow.cancelled() => {
+                let reason = "too slow: outgoing queue full".to_owned();
+                let _ = sink.send(close_frame(CLOSE_TRY_AGAIN, &reason)).await;
+                break Ending::Failed(reason);
+            }
+            () = shutdown.cancelled() => {
+                let reason = "server shutting down".to_owned();
+                let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
+                break Ending::Closed { code: CLOSE_GOING_AWAY, reason };
+            }
+        }
+    };
+    debug!("disconnected");
+    let msg = match ending {
+        Ending::Closed { code, reason } => RoomMsg::Close { conn, socket, code, reason },
+        Ending::Failed(error) => RoomMsg::Error { conn, socket, error },
+    };
+    let _ = room.send(msg).await;
+}
+
+fn to_ws(frame: Outgoing) -> WsMessage {
+    match frame {
+        Outgoing::Text(text) => WsMessage::Text(Utf8Bytes::from(&*text)),
+        Outgoing::Binary(bytes) => WsMessage::Binary(bytes.to_vec().into()),
+        Outgoing::Close { code, reason } => close_frame(code, &reason),
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+}

@@ -1,0 +1,97 @@
+//! The `partyhost` command: parses arguments, sets up logging, binds the
+//! listener and hands over to [`partyhost::run`].
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use partyhost::manifest::Deployment;
+
+/// A self-hosted, PartyKit-compatible real-time rooms server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the parties of a manifest (the default command).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// The manifest. Default: partykit.toml, else partykit.toml.example.
+    #[arg(long, env = "PARTYHOST_MANIFEST")]
+    manifest: Option<PathBuf>,
+    /// Listen address, overriding the manifest's `listen`.
+    #[arg(long, env = "PARTYHOST_LISTEN")]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let manifest = args.manifest.unwrap_or_else(default_manifest);
+    let mut deployment = Deployment::load(&manifest)?;
+    if let Some(listen) = args.listen {
+        deployment.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(deployment.listen)
+        .await
+        .with_context(|| format!("binding {}", deployment.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    partyhost::run(deployment, listener, shutdown).await
+}
+
+fn default_manifest() -> PathBuf {
+    let toml = Path::new("partykit.toml");
+    if toml.exists() { toml.to_path_buf() } else { PathBuf::from("partykit.toml.example") }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), and
+/// `PARTYHOST_LOG=json` switches to JSON lines.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PARTYHOST_LOG").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,32 @@
+//! Manifest mistakes: one variant per mistake, each naming the bad value.
+
+use std::path::PathBuf;
+
+/// Why a manifest was refused. Messages are written for the person who
+/// edits the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// TOML syntax or a field of the wrong type or name; toml's message
+    /// carries the line, column and a snippet.
+    #[error("{message}")]
+    Syntax { message: String },
+    #[error("no parties: add at least one [parties.<name>] table with a `wasm` path")]
+    NoParties,
+    #[error("party name {name:?} {reason}")]
+    PartyName { name: String, reason: String },
+    #[error("`main = {main:?}` names no party; the parties are: {}", parties.join(", "))]
+    UnknownMain { main: String, parties: Vec<String> },
+    #[error("`main = {main:?}` makes {main:?} answer as `main`, but another party is already named `main`")]
+    MainConflict { main: String },
+    #[error("{path}: {inner}")]
+    InFile { path: PathBuf, inner: Box<ManifestError> },
+}
+
+impl ManifestError {
+    /// Prefixes the error with the manifest's path.
+    pub(super) fn in_file(self, path: &std::path::Path) -> Self {
+        Self::InFile { path: path.to_owned(), inner: Box::new(self) }
+    }
+}

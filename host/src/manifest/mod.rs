@@ -1,0 +1,162 @@
+//! `partykit.toml`: the manifest that says which `.wasm` serves which party.
+//!
+//! [`Manifest`] is the file as written; [`Deployment`] is what the host
+//! runs, with names validated, paths resolved against the manifest's folder
+//! and vars merged. Every mistake is a [`ManifestError`] variant that names
+//! the bad value and, where TOML knows it, the line and column. This module
+//! uses no wasmtime and no tokio.
+
+mod error;
+
+pub use error::ManifestError;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use crate::ids::PartyName;
+
+/// The name under which PartyKit clients reach the main party
+/// (`/parties/main/<room>` and the legacy `/party/<room>`).
+pub const MAIN_ALIAS: &str = "main";
+
+/// PartyKit's dev port, also ours.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1999));
+
+/// The manifest as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The project's name.
+    pub name: String,
+    /// Which party answers as `main`. Defaults to the party named `main`.
+    pub main: Option<String>,
+    /// Address to listen on; default 127.0.0.1:1999.
+    pub listen: Option<SocketAddr>,
+    /// Where storage and the compile cache live, relative to the manifest.
+    pub data_dir: Option<PathBuf>,
+    /// Vars every party sees (a party's own vars win).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Limits for every party; see the README's limit table.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub parties: BTreeMap<String, PartyManifest>,
+}
+
+/// One `[parties.<name>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyManifest {
+    /// The component, relative to the manifest.
+    pub wasm: PathBuf,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// `[limits]`: each field overrides the host's default when set.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// CPU milliseconds per handler call.
+    pub cpu_ms: Option<u64>,
+    /// Linear memory per instance, in MiB.
+    pub memory_mib: Option<u64>,
+    /// Largest WebSocket message from a client, in KiB.
+    pub message_kib: Option<u64>,
+    /// How long an outbound fetch waits for its response, in milliseconds.
+    pub fetch_timeout_ms: Option<u64>,
+}
+
+/// A validated manifest, ready to run.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub name: String,
+    /// The party reached as `main`, if any.
+    pub main: Option<PartyName>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub limits: LimitsSpec,
+    pub parties: BTreeMap<PartyName, PartySpec>,
+}
+
+/// A validated party.
+#[derive(Debug, Clone)]
+pub struct PartySpec {
+    /// Absolute (or manifest-relative resolved) path to the component.
+    pub wasm: PathBuf,
+    /// Project vars overlaid with the party's own.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Deployment {
+    /// Reads and validates the manifest at `path`.
+    ///
+    /// # Errors
+    /// A [`ManifestError`] naming the file and the mistake.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|e| e.in_file(path))
+    }
+
+    /// Validates manifest text; relative paths resolve against `base`.
+    ///
+    /// # Errors
+    /// A [`ManifestError`] naming the mistake.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ManifestError> {
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax { message: e.to_string() })?;
+        manifest.validate(base)
+    }
+
+    /// The canonical party for a name in a URL, following the `main` alias.
+    pub fn resolve_party(&self, name: &str) -> Option<&PartyName> {
+        match self.parties.get_key_value(name) {
+            Some((party, _)) => Some(party),
+            None if name == MAIN_ALIAS => self.main.as_ref(),
+            None => None,
+        }
+    }
+}
+
+impl Manifest {
+    fn validate(self, base: &Path) -> Result<Deployment, ManifestError> {
+        if self.parties.is_empty() {
+            return Err(ManifestError::NoParties);
+        }
+        let mut parties = BTreeMap::new();
+        for (name, party) in self.parties {
+            let name = PartyName::try_from(name.as_str())
+                .map_err(|reason| ManifestError::PartyName { name: name.clone(), reason })?;
+            let mut vars = self.vars.clone();
+            vars.extend(party.vars);
+            parties.insert(name, PartySpec { wasm: base.join(party.wasm), vars });
+        }
+        let main = match self.main {
+            Some(main) => {
+                let known = parties.keys().find(|p| p.as_str() == main).cloned();
+                let main = known.ok_or_else(|| ManifestError::UnknownMain {
+                    main: main.clone(),
+                    parties: parties.keys().map(ToString::to_string).collect(),
+                })?;
+                if main.as_str() != MAIN_ALIAS && parties.keys().any(|p| p.as_str() == MAIN_ALIAS) {
+                    return Err(ManifestError::MainConflict { main: main.to_string() });
+                }
+                Some(main)
+            }
+            None => parties.keys().find(|p| p.as_str() == MAIN_ALIAS).cloned(),
+        };
+        Ok(Deployment {
+            name: self.name,
+            main,
+            listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            data_dir: base.join(self.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            limits: self.limits,
+            parties,
+        })
+    }
+}

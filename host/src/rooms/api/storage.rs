@@ -1,0 +1,39 @@
+use super::{RoomState, host};
+use crate::sandbox::{ListOptions, Refusal};
+use crate::storage::ListQuery;
+
+impl host::Storage for RoomState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.storage.get(&key).map(<[u8]>::to_vec)
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Refusal> {
+        let (key_limit, value_limit) = (self.limits.storage_key_bytes, self.limits.storage_value_bytes);
+        if key.len() > key_limit {
+            return Err(Refusal::TooLarge(format!("storage key is over {key_limit} bytes")));
+        }
+        if value.len() > value_limit {
+            return Err(Refusal::TooLarge(format!("value of key {key:?} is over {value_limit} bytes")));
+        }
+        self.storage.put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        self.storage.delete(&key)
+    }
+
+    fn list(&mut self, options: ListOptions) -> Vec<(String, Vec<u8>)> {
+        self.storage.list(&ListQuery {
+            prefix: options.prefix,
+            start: options.start,
+            end: options.end,
+            limit: options.limit,
+            reverse: options.reverse,
+        })
+    }
+
+    fn delete_all(&mut self) {
+        self.storage.delete_all();
+    }
+}

@@ -1,0 +1,8 @@
+use super::{RoomState, host};
+use crate::sandbox::Response;
+
+impl host::Tasks for RoomState {
+    fn complete_request(&mut self, task: u64, response: Response) {
+        self.completed.push((task, response));
+    }
+}

@@ -1,0 +1,46 @@
+//! Rooms: one actor per live room, and the registry that finds or spawns
+//! them.
+//!
+//! - `registry.rs`: [`Rooms`], the map from room key to handle.
+//! - `handle.rs`: [`RoomHandle`] and [`RoomMsg`], the only way into a room.
+//! - `room.rs`: the actor loop: event -> guest call -> commit -> release.
+//! - `state.rs`: [`RoomState`], what outlives a guest instance.
+//! - `api/`: the WIT imports, implemented on [`RoomState`].
+//!
+//! Rooms never see axum: the http module turns sockets into [`RoomMsg`]s and
+//! drains [`Outgoing`] frames.
+
+mod api;
+mod handle;
+mod registry;
+mod room;
+mod state;
+
+pub use handle::{Connect, ROOM_MAILBOX, RoomHandle, RoomMsg};
+pub use registry::{LoadedParty, Rooms};
+pub use state::{Outgoing, RoomState};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Close code: the server is going away (shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the room failed to handle the connection.
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+/// Close code: the client read too slowly and its queue overflowed.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Close code: a message was larger than the limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A number unique to each socket in this process.
+pub fn next_socket_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}

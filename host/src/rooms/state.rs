@@ -1,0 +1,115 @@
+//! What a room keeps across instances: its connections, its storage cache,
+//! and the effects the current handler call produced.
+//!
+//! While a guest runs, a [`RoomState`] lives inside its wasmtime `Store` and
+//! the imports (in `api/`) act on it. Effects that leave the room (frames to
+//! clients, outbound fetches, responses) are queued here, not sent: the room
+//! releases them only after the call's storage writes are committed, so no
+//! client sees a state that a crash could lose.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::{ConnectionId, RoomKey};
+use crate::sandbox::{Limits, Message, Request, Response};
+use crate::storage::RoomStorage;
+
+/// A frame for one socket, queued by the room and written by the
+/// connection's socket task.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// Shared, so a broadcast is encoded once for every receiver.
+    Text(Arc<str>),
+    Binary(Arc<[u8]>),
+    /// Close the socket with this code and reason.
+    Close { code: u16, reason: String },
+}
+
+impl From<&Message> for Outgoing {
+    fn from(msg: &Message) -> Self {
+        match msg {
+            Message::Text(text) => Self::Text(text.as_str().into()),
+            Message::Binary(bytes) => Self::Binary(bytes.as_slice().into()),
+        }
+    }
+}
+
+/// One open WebSocket, as the room tracks it.
+pub struct ConnectionEntry {
+    /// Distinguishes this socket from a later one that reuses the same id.
+    pub socket: u64,
+    pub tags: Vec<String>,
+    pub state: Option<Vec<u8>>,
+    /// To the socket task; bounded by `Limits::connection_queue_frames`.
+    pub(super) sender: mpsc::Sender<Outgoing>,
+    /// Cancelled by the room to drop a client whose queue is full; the
+    /// socket task watches it and closes with 1013.
+    pub(super) too_slow: CancellationToken,
+}
+
+/// Where a queued frame goes.
+#[derive(Debug)]
+pub(super) enum Target {
+    One(ConnectionId),
+    All { without: Vec<String> },
+}
+
+/// A fetch the guest started during the current call.
+#[derive(Debug)]
+pub(super) struct FetchStart {
+    pub id: u64,
+    pub party: String,
+    pub room: String,
+    pub request: Request,
+}
+
+/// A room's state: kept by the host while no instance runs.
+pub struct RoomState {
+    pub(super) key: RoomKey,
+    pub(super) vars: Vec<(String, String)>,
+    pub(super) limits: Limits,
+    pub(super) connections: HashMap<ConnectionId, ConnectionEntry>,
+    pub(super) storage: RoomStorage,
+    /// Frames to release after the current call commits.
+    pub(super) outbox: Vec<(Target, Outgoing)>,
+    /// Fetches to start after the current call commits.
+    pub(super) fetches: Vec<FetchStart>,
+    /// Responses of parked `on-request` handlers that finished.
+    pub(super) completed: Vec<(u64, Response)>,
+    /// Fetches started by this room and not yet resumed.
+    pub(super) fetches_in_flight: usize,
+    next_fetch_id: u64,
+}
+
+impl RoomState {
+    pub(super) fn new(key: RoomKey, vars: Vec<(String, String)>, limits: Limits, storage: RoomStorage) -> Self {
+        Self {
+            key,
+            vars,
+            limits,
+            connections: HashMap::new(),
+            storage,
+            outbox: Vec::new(),
+            fetches: Vec::new(),
+            completed: Vec::new(),
+            fetches_in_flight: 0,
+            next_fetch_id: 1,
+        }
+    }
+
+    pub(super) fn next_fetch_id(&mut self) -> u64 {
+        let id = self.next_fetch_id;
+        self.next_fetch_id += 1;
+        id
+    }
+
+    /// Forgets every effect of the current call (it trapped or its commit
+    /// failed).
+    pub(super) fn discard_effects(&mut self) {
+        self.outbox.clear();
+        self.fetches.clear();
+        self.completed.clear();
+    }
+}

@@ -1,0 +1,92 @@
+//! How a guest call failed, keeping the trap kind: recovery and the logs
+//! depend on it (a deadline is the tenant's CPU budget, a panic is a bug).
+
+use std::fmt;
+
+/// Why a guest call did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The handler ran past its CPU budget.
+    CpuLimit,
+    /// The instance tried to grow its memory past the limit.
+    MemoryLimit,
+    /// The wasm stack overflowed (unbounded recursion).
+    StackOverflow,
+    /// The guest panicked or executed `unreachable`.
+    Panic,
+    /// Any other trap or host error during the call.
+    Other,
+}
+
+impl TrapKind {
+    /// A stable name for logs and metrics (`error.type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CpuLimit => "cpu_limit",
+            Self::MemoryLimit => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::Panic => "panic",
+            Self::Other => "trap",
+        }
+    }
+}
+
+/// A failed guest call. The instance that produced it must not be called
+/// again: the room drops it and starts a fresh one from storage.
+#[derive(Debug)]
+pub struct GuestError {
+    pub kind: TrapKind,
+    /// The full error chain as text.
+    pub detail: String,
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+/// Raised from the epoch callback when a call's CPU budget is spent.
+#[derive(Debug)]
+pub(super) struct CpuBudgetSpent;
+
+/// Raised from the resource limiter when memory would grow past the limit.
+#[derive(Debug)]
+pub(super) struct MemoryLimitReached {
+    pub(super) limit: usize,
+}
+
+impl fmt::Display for CpuBudgetSpent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the handler used up its CPU time budget")
+    }
+}
+
+impl fmt::Display for MemoryLimitReached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the instance tried to grow its memory past {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for CpuBudgetSpent {}
+impl std::error::Error for MemoryLimitReached {}
+
+impl GuestError {
+    /// Classifies an error returned by a wasmtime call.
+    pub(super) fn classify(error: wasmtime::Error) -> Self {
+        let kind = if error.downcast_ref::<CpuBudgetSpent>().is_some() {
+            TrapKind::CpuLimit
+        } else if error.downcast_ref::<MemoryLimitReached>().is_some() {
+            TrapKind::MemoryLimit
+        } else {
+            match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::StackOverflow) => TrapKind::StackOverflow,
+                Some(wasmtime::Trap::UnreachableCodeReached) => TrapKind::Panic,
+                _ => TrapKind::Other,
+            }
+        };
+        Self { kind, detail: format!("{error:#}") }
+    }
+}

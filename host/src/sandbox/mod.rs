@@ -1,0 +1,154 @@
+//! The sandbox: the only module that uses wasmtime.
+//!
+//! One [`Sandbox`] per host holds the `Engine` and its epoch ticker. Each
+//! party's component is compiled (or loaded from the on-disk cache) and
+//! pre-linked once into a [`PartyCode`]; each live room gets its own
+//! [`Guest`], a `Store` plus instance, created from it in microseconds.
+//!
+//! The sandbox does not know what a room is. The room's state is a type
+//! parameter `R` that implements the imported WIT interfaces ([`RoomApi`]);
+//! it lives inside the `Store` while the guest runs and comes back out when
+//! the instance is dropped, so connections and storage outlive instances.
+
+mod bindings;
+mod cache;
+mod error;
+mod guest;
+mod limits;
+mod store;
+
+pub use bindings::{
+    ConnectionInfo, Header, ListOptions, LogLevel, Message, Refusal, Request, RequestOutcome,
+    Response, RoomApi, host,
+};
+pub use error::{GuestError, TrapKind};
+pub use guest::Guest;
+pub use limits::{EPOCH_TICK, Limits};
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+use bindings::PartyPre;
+use store::StoreData;
+
+/// The wasmtime engine shared by every party, plus its epoch ticker.
+pub struct Sandbox {
+    engine: Engine,
+    cache_dir: PathBuf,
+    /// Set on drop; the ticker thread checks it every tick and exits.
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Sandbox {
+    /// Builds the engine. Compiled components are cached in `cache_dir`.
+    ///
+    /// # Errors
+    /// When the engine configuration is rejected by this CPU.
+    pub fn new(cache_dir: &Path) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        // Epoch interruption bounds each handler's CPU time; its cost per
+        // call is not measurable (see ../shared/TOOLCHAIN.md).
+        config.epoch_interruption(true);
+        config.max_wasm_stack(Limits::default().stack_bytes);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("configuring the wasmtime engine")?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
+            .context("starting the epoch ticker thread")?;
+        Ok(Self {
+            engine,
+            cache_dir: cache_dir.to_path_buf(),
+            ticker_stop,
+        })
+    }
+
+    /// Compiles (or loads from cache) the component at `wasm` and links it
+    /// against the room API, so that instantiating it later cannot fail on
+    /// a missing import.
+    ///
+    /// # Errors
+    /// When the file is missing, is not a component, or does not target the
+    /// `partyhost:party` world; the message names the party and the file.
+    pub fn load<R: RoomApi>(
+        &self,
+        party: &str,
+        wasm: &Path,
+        limits: Limits,
+    ) -> anyhow::Result<PartyCode<R>> {
+        let context = || format!("loading party `{party}` from {}", wasm.display());
+        let bytes = std::fs::read(wasm).with_context(context)?;
+        if !wasmparser_is_component(&bytes) {
+            bail!(
+                "{}: not a WebAssembly component (a core module or another file?); build guests \
+                 with `scripts/build-guests.sh`, which targets wasm32-wasip2",
+                wasm.display()
+            );
+        }
+        let component = cache::compile(&self.engine, &self.cache_dir, &bytes).with_context(context)?;
+        let mut linker = Linker::<StoreData<R>>::new(&self.engine);
+        store::add_to_linker(&mut linker).with_context(context)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: it imports something partyhost does not provide", context()))?;
+        let pre = PartyPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: it does not export the partyhost:party world", context()))?;
+        Ok(PartyCode { pre, limits, engine: self.engine.clone() })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A party's compiled and linked code: instantiate it once per live room.
+pub struct PartyCode<R: RoomApi> {
+    pre: PartyPre<StoreData<R>>,
+    limits: Limits,
+    engine: Engine,
+}
+
+impl<R: RoomApi> PartyCode<R> {
+    /// The limits every instance of this party runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A fresh instance holding `room`. It has not run `on-start` yet.
+    ///
+    /// # Errors
+    /// When the component's start code traps; the room state is handed back
+    /// so nothing the host keeps for the room is lost.
+    pub async fn instantiate(&self, room: R) -> Result<Guest<R>, (R, GuestError)> {
+        Guest::instantiate(&self.engine, &self.pre, &self.limits, room).await
+    }
+}
+
+/// Whether `bytes` is a component rather than a core module.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    // The preamble: magic, then a version/layer word whose layer is 1 for
+    // components and 0 for core modules.
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Advances the engine epoch every [`EPOCH_TICK`]. A std thread, not a tokio
+/// task: a guest spinning on a worker must not be able to stop its own clock.
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+}

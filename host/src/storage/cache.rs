@@ -1,0 +1,163 @@
+//! A room's storage as its handlers see it: the whole key space in memory,
+//! plus the writes not yet committed.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// One queued change, in the order the handler made it.
+#[derive(Debug, Clone)]
+pub(super) enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
+    DeleteAll,
+}
+
+/// Writes made since the last commit.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    pub(super) writes: Vec<Write>,
+    /// `Some(new)` when the alarm was set or deleted.
+    pub(super) alarm: Option<Option<u64>>,
+}
+
+impl PendingWrites {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.alarm.is_none()
+    }
+}
+
+/// Which entries [`RoomStorage::list`] returns.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub prefix: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub limit: Option<u32>,
+    pub reverse: bool,
+}
+
+/// A room's storage cache.
+#[derive(Debug, Default)]
+pub struct RoomStorage {
+    entries: BTreeMap<String, Vec<u8>>,
+    alarm: Option<u64>,
+    pending: PendingWrites,
+}
+
+impl RoomStorage {
+    pub(super) fn new(entries: BTreeMap<String, Vec<u8>>, alarm: Option<u64>) -> Self {
+        Self { entries, alarm, pending: PendingWrites::default() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    pub fn put(&mut self, key: String, value: Vec<u8>) {
+        self.pending.writes.push(Write::Put(key.clone(), value.clone()));
+        self.entries.insert(key, value);
+    }
+
+    /// Returns whether the key existed.
+    pub fn delete(&mut self, key: &str) -> bool {
+        let existed = self.entries.remove(key).is_some();
+        if existed {
+            self.pending.writes.push(Write::Delete(key.to_owned()));
+        }
+        existed
+    }
+
+    pub fn delete_all(&mut self) {
+        self.entries.clear();
+        self.pending.writes.push(Write::DeleteAll);
+    }
+
+    /// Entries matching `query`, in key order (or reversed).
+    pub fn list(&self, query: &ListQuery) -> Vec<(String, Vec<u8>)> {
+        let lower = match (&query.start, &query.prefix) {
+            (Some(start), Some(prefix)) => Bound::Included(start.max(prefix).clone()),
+            (Some(start), None) => Bound::Included(start.clone()),
+            (None, Some(prefix)) => Bound::Included(prefix.clone()),
+            (None, None) => Bound::Unbounded,
+        };
+        let upper = query.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        if matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u) {
+            return Vec::new();
+        }
+        let prefix = query.prefix.as_deref().unwrap_or("");
+        let matching = self
+            .entries
+            .range::<String, _>((lower, upper))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let limit = query.limit.map_or(usize::MAX, |l| l as usize);
+        let clone = |(k, v): (&String, &Vec<u8>)| (k.clone(), v.clone());
+        if query.reverse {
+            let all: Vec<_> = matching.collect();
+            all.into_iter().rev().take(limit).map(clone).collect()
+        } else {
+            matching.take(limit).map(clone).collect()
+        }
+    }
+
+    /// Total bytes of keys and values, for quotas.
+    pub fn total_bytes(&self) -> usize {
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    pub fn alarm(&self) -> Option<u64> {
+        self.alarm
+    }
+
+    pub fn set_alarm(&mut self, time_ms: Option<u64>) {
+        self.alarm = time_ms;
+        self.pending.alarm = Some(time_ms);
+    }
+
+    /// Takes the writes to commit, leaving none queued.
+    pub fn take_pending(&mut self) -> PendingWrites {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(keys: &[&str]) -> RoomStorage {
+        RoomStorage::new(keys.iter().map(|k| (k.to_string(), k.as_bytes().to_vec())).collect(), None)
+    }
+
+    fn keys(entries: Vec<(String, Vec<u8>)>) -> Vec<String> {
+        entries.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn list_honours_prefix_range_limit_and_order() {
+        let s = storage(&["a", "b/1", "b/2", "b/3", "c"]);
+        let q = |prefix: Option<&str>, start: Option<&str>, end: Option<&str>, limit, reverse| ListQuery {
+            prefix: prefix.map(Into::into),
+            start: start.map(Into::into),
+            end: end.map(Into::into),
+            limit,
+            reverse,
+        };
+        assert_eq!(keys(s.list(&q(Some("b/"), None, None, None, false))), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys(s.list(&q(Some("b/"), None, None, Some(2), true))), ["b/3", "b/2"]);
+        assert_eq!(keys(s.list(&q(None, Some("b/2"), Some("c"), None, false))), ["b/2", "b/3"]);
+        assert_eq!(keys(s.list(&q(Some("b/"), Some("a"), None, None, false))), ["b/1", "b/2", "b/3"]);
+        assert!(s.list(&q(None, Some("c"), Some("a"), None, false)).is_empty());
+        assert_eq!(keys(s.list(&ListQuery::default())).len(), 5);
+    }
+
+    #[test]
+    fn writes_are_visible_at_once_and_queued_in_order() {
+        let mut s = storage(&["x"]);
+        s.put("y".into(), b"1".to_vec());
+        assert_eq!(s.get("y"), Some(&b"1"[..]));
+        assert!(s.delete("x"));
+        assert!(!s.delete("x"));
+        let pending = s.take_pending();
+        assert_eq!(pending.writes.len(), 2);
+        assert!(s.take_pending().is_empty());
+    }
+}

@@ -1,0 +1,147 @@
+//! The SQLite file behind every room's storage and alarm.
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use super::cache::{PendingWrites, RoomStorage, Write};
+use crate::ids::{PartyName, RoomId, RoomKey};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    party TEXT NOT NULL,
+    room  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (party, room, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarms (
+    party   TEXT NOT NULL,
+    room    TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (party, room)
+) WITHOUT ROWID;
+";
+
+/// The host's storage file. Cheap to share: clone the `Arc` it comes in.
+pub struct Db {
+    /// One connection; rooms hold it only for a load or a commit.
+    conn: Mutex<Connection>,
+}
+
+/// An alarm found in the file at start-up.
+#[derive(Debug, Clone)]
+pub struct StoredAlarm {
+    pub room: RoomKey,
+    pub time_ms: u64,
+}
+
+impl Db {
+    /// Opens (or creates) the file in WAL mode.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or is not a partyhost database.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // WAL with synchronous=NORMAL: a commit is durable against a crash of
+        // the process (the kill -9 case) without an fsync per transaction;
+        // only a power loss can drop the last commits.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied
+        // transaction (rusqlite rolls back on drop), so poison is harmless.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads a room's entries and alarm.
+    ///
+    /// # Errors
+    /// On an SQLite error; the message names the room.
+    pub fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT key, value FROM kv WHERE party = ?1 AND room = ?2")?;
+        let rows = stmt.query_map(params![key.party.as_str(), key.room.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        });
+        let entries: BTreeMap<String, Vec<u8>> = rows
+            .and_then(Iterator::collect)
+            .with_context(|| format!("loading storage of room {key}"))?;
+        let alarm = conn
+            .query_row(
+                "SELECT time_ms FROM alarms WHERE party = ?1 AND room = ?2",
+                params![key.party.as_str(), key.room.as_str()],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .with_context(|| format!("loading the alarm of room {key}"))?;
+        Ok(RoomStorage::new(entries, alarm.map(|t| t.max(0).cast_unsigned())))
+    }
+
+    /// Applies a room's queued writes in one transaction.
+    ///
+    /// # Errors
+    /// On an SQLite error; nothing of the batch is applied then.
+    pub fn commit(&self, key: &RoomKey, writes: &PendingWrites) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (party, room) = (key.party.as_str(), key.room.as_str());
+        for write in &writes.writes {
+            match write {
+                Write::Put(k, v) => tx
+                    .prepare_cached("INSERT OR REPLACE INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![party, room, k, v])?,
+                Write::Delete(k) => tx
+                    .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
+                    .execute(params![party, room, k])?,
+                Write::DeleteAll => tx
+                    .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
+                    .execute(params![party, room])?,
+            };
+        }
+        match writes.alarm {
+            None => {}
+            Some(Some(time_ms)) => {
+                tx.prepare_cached("INSERT OR REPLACE INTO alarms (party, room, time_ms) VALUES (?1, ?2, ?3)")?
+                    .execute(params![party, room, i64::try_from(time_ms).unwrap_or(i64::MAX)])?;
+            }
+            Some(None) => {
+                tx.prepare_cached("DELETE FROM alarms WHERE party = ?1 AND room = ?2")?
+                    .execute(params![party, room])?;
+            }
+        }
+        tx.commit().with_context(|| format!("committing storage of room {key}"))
+    }
+
+    /// Every stored alarm, so the host can schedule them after a restart.
+    ///
+    /// # Errors
+    /// On an SQLite error.
+    pub fn alarms(&self) -> anyhow::Result<Vec<StoredAlarm>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT party, room, time_ms FROM alarms")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        let mut alarms = Vec::new();
+        for row in rows {
+            let (party, room, time_ms) = row.context("reading the alarms table")?;
+            // Rows written by an older manifest may name parties that are
+            // gone or invalid now; they are skipped, not fatal.
+            let (Ok(party), Ok(room)) = (PartyName::try_from(party.as_str()), RoomId::try_from(room.as_str())) else {
+                tracing::warn!(%party, %room, "skipping an alarm with an invalid name");
+                continue;
+            };
+            alarms.push(StoredAlarm { room: RoomKey { party, room }, time_ms: time_ms.max(0).cast_unsigned() });
+        }
+        Ok(alarms)
+    }
+}

@@ -1,0 +1,14 @@
+//! Durable room storage: one SQLite file for the whole host, and a per-room
+//! cache that handlers read and write synchronously.
+//!
+//! A room's storage is loaded into its [`RoomStorage`] when the room starts.
+//! Writes apply to the cache at once (so reads within a handler see them)
+//! and are queued; after each event the room commits the queue in one
+//! transaction with [`Db::commit`]. This module knows nothing of wasmtime or
+//! of sockets.
+
+mod cache;
+mod db;
+
+pub use cache::{ListQuery, PendingWrites, RoomStorage};
+pub use db::{Db, StoredAlarm};
