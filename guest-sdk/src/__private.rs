@@ -5,7 +5,9 @@ use std::cell::OnceCell;
 
 pub use crate::bindings;
 pub use crate::bindings::exports::partyhost::party::handlers::{Guest as Handlers, RequestOutcome};
-pub use crate::bindings::partyhost::party::types::{Message as WitMessage, Request as WitRequest, Response as WitResponse};
+pub use crate::bindings::partyhost::party::types::{
+    Message as WitMessage, Request as WitRequest, Response as WitResponse,
+};
 
 use crate::executor::spawn;
 use crate::{Connection, ConnectionContext, Message, Party, Request, Response, Room};
@@ -31,10 +33,13 @@ fn party<P: Party>() -> &'static P {
 }
 
 fn run(task: u64, future: impl Future<Output = ()> + 'static) {
-    spawn(task, Box::pin(async move {
-        future.await;
-        None
-    }));
+    spawn(
+        task,
+        Box::pin(async move {
+            future.await;
+            None
+        }),
+    );
 }
 
 pub fn on_start<P: Party>(task: u64) {
@@ -42,12 +47,17 @@ pub fn on_start<P: Party>(task: u64) {
 }
 
 pub fn on_connect<P: Party>(task: u64, conn: String, request: WitRequest) {
-    let ctx = ConnectionContext { request: Request::from_wit(request) };
+    let ctx = ConnectionContext {
+        request: Request::from_wit(request),
+    };
     run(task, party::<P>().on_connect(Connection::new(conn), ctx));
 }
 
 pub fn on_message<P: Party>(task: u64, conn: String, msg: WitMessage) {
-    run(task, party::<P>().on_message(Message::from_wit(msg), Connection::new(conn)));
+    run(
+        task,
+        party::<P>().on_message(Message::from_wit(msg), Connection::new(conn)),
+    );
 }
 
 pub fn on_close<P: Party>(task: u64, conn: String, _code: u16, _reason: String) {
@@ -72,7 +82,9 @@ pub fn on_request<P: Party>(task: u64, request: WitRequest) -> RequestOutcome {
 }
 
 pub fn get_connection_tags<P: Party>(conn: String, request: WitRequest) -> Vec<String> {
-    let ctx = ConnectionContext { request: Request::from_wit(request) };
+    let ctx = ConnectionContext {
+        request: Request::from_wit(request),
+    };
     party::<P>().get_connection_tags(&Connection::new(conn), &ctx)
 }
 

@@ -23,7 +23,11 @@ pub struct Request {
 impl Request {
     /// A `GET` of `url`.
     pub fn get(url: impl Into<String>) -> Self {
-        Self { method: "GET".into(), url: url.into(), ..Self::default() }
+        Self {
+            method: "GET".into(),
+            url: url.into(),
+            ..Self::default()
+        }
     }
 
     /// A `POST` of `value` as JSON to `url`.
@@ -38,12 +42,18 @@ impl Request {
 
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The URL's path, without query: `/parties/main/lobby/x`.
     pub fn path(&self) -> &str {
-        let after_scheme = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
+        let after_scheme = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, rest)| rest);
         let path = if self.url.contains("://") {
             after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
         } else {
@@ -69,7 +79,14 @@ impl Request {
         wit::Request {
             method: self.method.clone(),
             url: self.url.clone(),
-            headers: self.headers.iter().map(|(name, value)| wit::Header { name: name.clone(), value: value.clone() }).collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| wit::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             body: self.body.clone(),
         }
     }
@@ -135,12 +152,23 @@ impl Response {
     pub(crate) fn to_wit(&self) -> wit::Response {
         wit::Response {
             status: self.status,
-            headers: self.headers.iter().map(|(name, value)| wit::Header { name: name.clone(), value: value.clone() }).collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| wit::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             body: self.body.clone(),
         }
     }
 
     pub(crate) fn from_wit(r: wit::Response) -> Self {
-        Self { status: r.status, headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(), body: r.body }
+        Self {
+            status: r.status,
+            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: r.body,
+        }
     }
 }

@@ -41,7 +41,11 @@ use storage::Db;
 /// # Errors
 /// When the data directory, the storage file or a party's component cannot
 /// be loaded; the message names which.
-pub async fn run(deployment: Deployment, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    deployment: Deployment,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let limits = limits_from(&deployment.limits);
     let data_dir = &deployment.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -53,7 +57,13 @@ pub async fn run(deployment: Deployment, listener: TcpListener, shutdown: Cancel
         let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
         info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
         let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        parties.insert(name.clone(), LoadedParty { code: Arc::new(code), vars });
+        parties.insert(
+            name.clone(),
+            LoadedParty {
+                code: Arc::new(code),
+                vars,
+            },
+        );
     }
 
     let tracker = TaskTracker::new();
@@ -62,7 +72,11 @@ pub async fn run(deployment: Deployment, listener: TcpListener, shutdown: Cancel
     if alarms > 0 {
         info!(alarms, "scheduled stored alarms");
     }
-    let app = http::router(http::AppState { rooms, limits: Arc::new(limits), shutdown: shutdown.clone() });
+    let app = http::router(http::AppState {
+        rooms,
+        limits: Arc::new(limits),
+        shutdown: shutdown.clone(),
+    });
     let addr = listener.local_addr().context("reading the listening address")?;
     info!(%addr, "serving");
     axum::serve(listener, app)

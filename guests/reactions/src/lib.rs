@@ -2,7 +2,9 @@
 //! example-reactions: clients send `{"type":"reaction","kind":"clap"}` and
 //! everyone gets `{"type":"update","reactions":{"clap":1}}`.
 
-use partyhost_guest::{Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now};
+use partyhost_guest::{
+    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now,
+};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,13 +17,24 @@ enum ClientMessage {
     Reaction { kind: Kind },
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum Kind {
     Clap,
     Heart,
     Thumbsup,
     Party,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Clap => "clap",
+            Self::Heart => "heart",
+            Self::Thumbsup => "thumbsup",
+            Self::Party => "party",
+        }
+    }
 }
 
 struct Reactions {
@@ -39,13 +52,20 @@ struct Update<'a> {
 impl Reactions {
     fn update(&self) -> String {
         let counts = self.counts.borrow();
-        serde_json::to_string(&Update { r#type: "update", reactions: &counts }).unwrap_or_default()
+        serde_json::to_string(&Update {
+            r#type: "update",
+            reactions: &counts,
+        })
+        .unwrap_or_default()
     }
 }
 
 impl Party for Reactions {
     fn new(room: Room) -> Self {
-        Self { room, counts: RefCell::default() }
+        Self {
+            room,
+            counts: RefCell::default(),
+        }
     }
 
     async fn on_start(&self) {
@@ -57,20 +77,23 @@ impl Party for Reactions {
     }
 
     async fn on_message(&self, message: Message, sender: Connection) {
-        let Some(ClientMessage::Reaction { kind }) = message.json() else { return };
-        let cooldown = self.room.env("RATE_LIMIT_MS").and_then(|v| v.parse().ok()).unwrap_or(100);
+        let Some(ClientMessage::Reaction { kind }) = message.json() else {
+            return;
+        };
+        let cooldown = self
+            .room
+            .env("RATE_LIMIT_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
         limiter::rate_limit(&sender, cooldown, || {
-            let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            *self.counts.borrow_mut().entry(kind).or_default() += 1;
+            *self.counts.borrow_mut().entry(kind.as_str().to_owned()).or_default() += 1;
             let _ = self.room.storage().put("reactions", &*self.counts.borrow());
             self.room.broadcast(self.update(), &[]);
         });
     }
 
     async fn on_request(&self, _req: Request) -> Response {
-        let mut response = Response::text(200, self.update());
-        response.headers = vec![("content-type".into(), "application/json".into())];
-        response
+        Response::json(&Update { r#type: "update", reactions: &self.counts.borrow() })
     }
 }
 

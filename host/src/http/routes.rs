@@ -1,11 +1,11 @@
 //! Route table and the handler shared by every party route.
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -24,7 +24,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/party/{room}", any(legacy_route))
         .route("/party/{room}/{*rest}", any(legacy_route))
         .fallback(|uri: Uri| async move {
-            ApiError::NotFound(format!("no route for {}; parties live at /parties/<party>/<room>", uri.path()))
+            ApiError::NotFound(format!(
+                "no route for {}; parties live at /parties/<party>/<room>",
+                uri.path()
+            ))
         })
 }
 
@@ -54,10 +57,12 @@ async fn serve(
     room: &str,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let party = app.rooms.resolve_party(party).cloned().ok_or_else(|| {
-        ApiError::NotFound(format!("no party named `{party}` is deployed on this host"))
-    })?;
-    let room = RoomId::try_from(room).map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
+    let party =
+        app.rooms.resolve_party(party).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!("no party named `{party}` is deployed on this host"))
+        })?;
+    let room = RoomId::try_from(room)
+        .map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
     let key = RoomKey { party, room };
     let handle = app.rooms.get_or_spawn(&key).map_err(ApiError::unavailable)?;
 
@@ -81,7 +86,9 @@ async fn serve(
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, app.limits.message_bytes)
         .await
-        .map_err(|_| ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes)))?;
+        .map_err(|_| {
+            ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes))
+        })?;
     let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
     let response = tokio::time::timeout(REQUEST_TIMEOUT, handle.request(guest_request))
         .await
@@ -102,10 +109,14 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// `_pk` from the query (what partysocket sends), else a random UUID.
 fn connection_id(uri: &Uri) -> Result<ConnectionId, ApiError> {
-    let pk = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "_pk").then(|| percent_decode(value))
-    });
+    let pk = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == "_pk").then(|| percent_decode(value))
+        });
     match pk {
         Some(pk) => ConnectionId::try_from(pk.as_str())
             .map_err(|reason| ApiError::BadRequest(format!("connection id `_pk` {reason}"))),
@@ -139,8 +150,16 @@ fn percent_decode(value: &str) -> String {
 }
 
 /// The request as a guest sees it: full URL, lower-case header names.
-fn guest_request(method: &axum::http::Method, uri: &Uri, headers: &HeaderMap, body: Vec<u8>) -> sandbox::Request {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+fn guest_request(
+    method: &axum::http::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> sandbox::Request {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     sandbox::Request {
         method: method.as_str().to_owned(),
@@ -148,7 +167,10 @@ fn guest_request(method: &axum::http::Method, uri: &Uri, headers: &HeaderMap, bo
         headers: headers
             .iter()
             .filter_map(|(name, value)| {
-                Some(Header { name: name.as_str().to_owned(), value: value.to_str().ok()?.to_owned() })
+                Some(Header {
+                    name: name.as_str().to_owned(),
+                    value: value.to_str().ok()?.to_owned(),
+                })
             })
             .collect(),
         body,
@@ -162,7 +184,10 @@ fn into_http_response(response: sandbox::Response) -> Response {
     let mut http = Response::new(Body::from(response.body));
     *http.status_mut() = status;
     for Header { name, value } in response.headers {
-        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             (Ok(name), Ok(value)) => {
                 http.headers_mut().append(name, value);
             }

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::ids::ConnectionId;
-use crate::rooms::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle, RoomMsg, next_socket_serial};
+use crate::rooms::{
+    CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle, RoomMsg,
+    next_socket_serial,
+};
 use crate::sandbox::{Limits, Message, Request};
 
 /// How a socket ended, as reported to the room's `on-close` / `on-error`.
@@ -27,7 +30,9 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) {
     let span = info_span!("connection", room = %room.key(), conn = %conn);
-    run(ws, room, conn, request, limits, shutdown).instrument(span).await;
+    run(ws, room, conn, request, limits, shutdown)
+        .instrument(span)
+        .await;
 }
 
 async fn run(
@@ -41,7 +46,13 @@ async fn run(
     let socket = next_socket_serial();
     let (sender, mut outgoing) = mpsc::channel(limits.connection_queue_frames);
     let too_slow = CancellationToken::new();
-    let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
+    let connect = Connect {
+        conn: conn.clone(),
+        socket,
+        request,
+        sender,
+        too_slow: too_slow.clone(),
+    };
     if room.send(RoomMsg::Connect(connect)).await.is_err() {
         return;
     }
@@ -107,7 +118,12 @@ async fn run(
     };
     debug!("disconnected");
     let msg = match ending {
-        Ending::Closed { code, reason } => RoomMsg::Close { conn, socket, code, reason },
+        Ending::Closed { code, reason } => RoomMsg::Close {
+            conn,
+            socket,
+            code,
+            reason,
+        },
         Ending::Failed(error) => RoomMsg::Error { conn, socket, error },
     };
     let _ = room.send(msg).await;
@@ -122,5 +138,8 @@ fn to_ws(frame: Outgoing) -> WsMessage {
 }
 
 fn close_frame(code: u16, reason: &str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
 }

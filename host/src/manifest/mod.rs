@@ -97,8 +97,10 @@ impl Deployment {
     /// # Errors
     /// A [`ManifestError`] naming the file and the mistake.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|e| e.in_file(path))
     }
@@ -108,8 +110,9 @@ impl Deployment {
     /// # Errors
     /// A [`ManifestError`] naming the mistake.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ManifestError> {
-        let manifest: Manifest =
-            toml::from_str(text).map_err(|e| ManifestError::Syntax { message: e.to_string() })?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            message: e.to_string(),
+        })?;
         manifest.validate(base)
     }
 
@@ -130,11 +133,19 @@ impl Manifest {
         }
         let mut parties = BTreeMap::new();
         for (name, party) in self.parties {
-            let name = PartyName::try_from(name.as_str())
-                .map_err(|reason| ManifestError::PartyName { name: name.clone(), reason })?;
+            let name = PartyName::try_from(name.as_str()).map_err(|reason| ManifestError::PartyName {
+                name: name.clone(),
+                reason,
+            })?;
             let mut vars = self.vars.clone();
             vars.extend(party.vars);
-            parties.insert(name, PartySpec { wasm: base.join(party.wasm), vars });
+            parties.insert(
+                name,
+                PartySpec {
+                    wasm: base.join(party.wasm),
+                    vars,
+                },
+            );
         }
         let main = match self.main {
             Some(main) => {
@@ -144,7 +155,9 @@ impl Manifest {
                     parties: parties.keys().map(ToString::to_string).collect(),
                 })?;
                 if main.as_str() != MAIN_ALIAS && parties.keys().any(|p| p.as_str() == MAIN_ALIAS) {
-                    return Err(ManifestError::MainConflict { main: main.to_string() });
+                    return Err(ManifestError::MainConflict {
+                        main: main.to_string(),
+                    });
                 }
                 Some(main)
             }

@@ -30,10 +30,26 @@ pub struct Connect {
 #[derive(Debug)]
 pub enum RoomMsg {
     Connect(Connect),
-    Message { conn: ConnectionId, socket: u64, msg: Message },
-    Close { conn: ConnectionId, socket: u64, code: u16, reason: String },
-    Error { conn: ConnectionId, socket: u64, error: String },
-    Request { request: Request, reply: oneshot::Sender<Response> },
+    Message {
+        conn: ConnectionId,
+        socket: u64,
+        msg: Message,
+    },
+    Close {
+        conn: ConnectionId,
+        socket: u64,
+        code: u16,
+        reason: String,
+    },
+    Error {
+        conn: ConnectionId,
+        socket: u64,
+        error: String,
+    },
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
 }
 
 /// A cheap, cloneable reference to a running room.
@@ -53,7 +69,10 @@ impl RoomHandle {
     /// # Errors
     /// When the room has stopped (shutdown, or it failed to load).
     pub async fn send(&self, msg: RoomMsg) -> anyhow::Result<()> {
-        self.tx.send(msg).await.map_err(|_| anyhow!("room {} has stopped", self.key))
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| anyhow!("room {} has stopped", self.key))
     }
 
     /// Runs an HTTP request through the room's `on-request`.
@@ -63,6 +82,8 @@ impl RoomHandle {
     pub async fn request(&self, request: Request) -> anyhow::Result<Response> {
         let (reply, response) = oneshot::channel();
         self.send(RoomMsg::Request { request, reply }).await?;
-        response.await.with_context(|| format!("room {} stopped before answering", self.key))
+        response
+            .await
+            .with_context(|| format!("room {} stopped before answering", self.key))
     }
 }

@@ -42,7 +42,14 @@ impl Rooms {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
-        Arc::new(Self { deployment, parties, db, live: Mutex::new(HashMap::new()), shutdown, tracker })
+        Arc::new(Self {
+            deployment,
+            parties,
+            db,
+            live: Mutex::new(HashMap::new()),
+            shutdown,
+            tracker,
+        })
     }
 
     pub(super) fn db(&self) -> &Db {
@@ -63,9 +70,17 @@ impl Rooms {
         if let Some(handle) = live.get(key).filter(|h| !h.tx.is_closed()) {
             return Ok(handle.clone());
         }
-        let party = self.parties.get(&key.party).ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
+        let party = self
+            .parties
+            .get(&key.party)
+            .ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
         let storage = self.db.load(key)?;
-        let state = RoomState::new(key.clone(), party.vars.clone(), party.code.limits().clone(), storage);
+        let state = RoomState::new(
+            key.clone(),
+            party.vars.clone(),
+            party.code.limits().clone(),
+            storage,
+        );
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
         let handle = RoomHandle { key: key.clone(), tx };
         live.insert(key.clone(), handle.clone());
@@ -80,8 +95,17 @@ impl Rooms {
     ///
     /// # Errors
     /// When the target party is unknown or the target room stops.
-    pub async fn fetch(self: &Arc<Self>, from: &RoomKey, party: &str, room: &str, request: Request) -> anyhow::Result<Response> {
-        let party = self.resolve_party(party).ok_or_else(|| anyhow!("no party named `{party}`"))?.clone();
+    pub async fn fetch(
+        self: &Arc<Self>,
+        from: &RoomKey,
+        party: &str,
+        room: &str,
+        request: Request,
+    ) -> anyhow::Result<Response> {
+        let party = self
+            .resolve_party(party)
+            .ok_or_else(|| anyhow!("no party named `{party}`"))?
+            .clone();
         let room = RoomId::try_from(room).map_err(|reason| anyhow!("room id {room:?} {reason}"))?;
         let key = RoomKey { party, room };
         tracing::debug!(%from, to = %key, "fetch");

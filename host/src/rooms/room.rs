@@ -114,7 +114,12 @@ impl Room {
                     }
                 }
             }
-            RoomMsg::Close { conn, socket, code, reason } => {
+            RoomMsg::Close {
+                conn,
+                socket,
+                code,
+                reason,
+            } => {
                 if self.remove_connection(&conn, socket) {
                     let task = self.next_task();
                     if let Some(guest) = self.live_guest().await {
@@ -140,7 +145,10 @@ impl Room {
         if let Some(old) = self.state_mut().connections.remove(&c.conn) {
             // partysocket reconnects with the same `_pk`; the newer socket wins.
             let reason = "replaced by a newer connection with the same id".to_owned();
-            let _ = old.sender.try_send(Outgoing::Close { code: 1000, reason: reason.clone() });
+            let _ = old.sender.try_send(Outgoing::Close {
+                code: 1000,
+                reason: reason.clone(),
+            });
             let task = self.next_task();
             if let Some(guest) = self.live_guest().await {
                 let result = guest.on_close(task, c.conn.as_str(), 1000, &reason).await;
@@ -148,10 +156,15 @@ impl Room {
             }
         }
         let refuse = |c: &Connect| {
-            let _ = c.sender.try_send(Outgoing::Close { code: CLOSE_INTERNAL_ERROR, reason: "room error".into() });
+            let _ = c.sender.try_send(Outgoing::Close {
+                code: CLOSE_INTERNAL_ERROR,
+                reason: "room error".into(),
+            });
         };
         let task = self.next_task();
-        let Some(guest) = self.live_guest().await else { return refuse(&c) };
+        let Some(guest) = self.live_guest().await else {
+            return refuse(&c);
+        };
         let tags = match guest.get_connection_tags(c.conn.as_str(), &c.request).await {
             Ok(tags) => tags,
             Err(e) => {
@@ -193,8 +206,11 @@ impl Room {
                 self.finish(Ok(())).await;
             }
             Err(e) => {
+                // The tenant may see the kind of failure (it is their code's),
+                // never the host's internals.
+                let message = format!("the room failed while handling the request ({})", e.kind.as_str());
                 self.finish(Err(e)).await;
-                let _ = reply.send(error_response(500, "the room failed while handling the request"));
+                let _ = reply.send(error_response(500, &message));
             }
         }
     }
@@ -259,12 +275,12 @@ impl Room {
             return false;
         }
         let writes = self.state_mut().storage.take_pending();
-        if !writes.is_empty() {
-            if let Err(e) = self.rooms.db().commit(&self.key, &writes) {
-                tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
-                self.reset_state();
-                return false;
-            }
+        if !writes.is_empty()
+            && let Err(e) = self.rooms.db().commit(&self.key, &writes)
+        {
+            tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
+            self.reset_state();
+            return false;
         }
         self.release();
         true
@@ -325,7 +341,9 @@ impl Room {
         state.discard_effects();
         match self.rooms.db().load(&self.key) {
             Ok(storage) => state.storage = storage,
-            Err(e) => tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed"),
+            Err(e) => {
+                tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")
+            }
         }
         // Handlers parked in the dropped instance will never finish.
         self.fetches.abort_all();
@@ -353,7 +371,10 @@ impl Room {
     }
 
     fn is_current(&self, conn: &ConnectionId, socket: u64) -> bool {
-        self.state().connections.get(conn).is_some_and(|e| e.socket == socket)
+        self.state()
+            .connections
+            .get(conn)
+            .is_some_and(|e| e.socket == socket)
     }
 
     /// Forgets a connection if `socket` is still the one registered for it.
@@ -416,13 +437,18 @@ fn clean_tags(conn: &ConnectionId, tags: Vec<String>) -> Vec<String> {
 fn error_response(status: u16, message: &str) -> Response {
     Response {
         status,
-        headers: vec![crate::sandbox::Header { name: "content-type".into(), value: "text/plain; charset=utf-8".into() }],
+        headers: vec![crate::sandbox::Header {
+            name: "content-type".into(),
+            value: "text/plain; charset=utf-8".into(),
+        }],
         body: message.as_bytes().to_vec(),
     }
 }
 
 /// Sleeps until a wall-clock time in milliseconds since the Unix epoch.
 async fn sleep_until_ms(time_ms: Option<u64>) {
-    let wait = time_ms.map_or(Duration::MAX, |t| Duration::from_millis(t.saturating_sub(now_ms())));
+    let wait = time_ms.map_or(Duration::MAX, |t| {
+        Duration::from_millis(t.saturating_sub(now_ms()))
+    });
     tokio::time::sleep(wait.min(Duration::from_secs(86_400 * 365))).await;
 }

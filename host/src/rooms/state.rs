@@ -24,7 +24,10 @@ pub enum Outgoing {
     Text(Arc<str>),
     Binary(Arc<[u8]>),
     /// Close the socket with this code and reason.
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 impl From<&Message> for Outgoing {
@@ -84,7 +87,12 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    pub(super) fn new(key: RoomKey, vars: Vec<(String, String)>, limits: Limits, storage: RoomStorage) -> Self {
+    pub(super) fn new(
+        key: RoomKey,
+        vars: Vec<(String, String)>,
+        limits: Limits,
+        storage: RoomStorage,
+    ) -> Self {
         Self {
             key,
             vars,

@@ -14,21 +14,19 @@ mod generated {
     });
 }
 
-pub use generated::exports::partyhost::party::handlers::RequestOutcome;
-pub use generated::partyhost::party::storage::ListOptions;
-pub use generated::partyhost::party::types::{
-    ConnectionInfo, Header, Message, Refusal, Request, Response,
-};
-pub use generated::partyhost::party::runtime::LogLevel;
 pub use generated::exports::partyhost::party::handlers::Guest as Handlers;
+pub use generated::exports::partyhost::party::handlers::RequestOutcome;
+pub use generated::partyhost::party::runtime::LogLevel;
+pub use generated::partyhost::party::storage::ListOptions;
+pub use generated::partyhost::party::types::{ConnectionInfo, Header, Message, Refusal, Request, Response};
 pub use generated::{Party, PartyPre};
 
 /// The host traits a room's state implements, one per imported interface.
 pub mod host {
     pub use super::generated::partyhost::party::{
         alarms::Host as Alarms, connections::Host as Connections, outbound::Host as Outbound,
-        room::Host as Room, runtime::Host as Runtime, storage::Host as Storage,
-        tasks::Host as Tasks, types::Host as Types,
+        room::Host as Room, runtime::Host as Runtime, storage::Host as Storage, tasks::Host as Tasks,
+        types::Host as Types,
     };
 }
 

@@ -14,6 +14,9 @@ pub enum TrapKind {
     StackOverflow,
     /// The guest panicked or executed `unreachable`.
     Panic,
+    /// The guest accessed memory outside its bounds (in Rust guests, often
+    /// recursion that overflowed the shadow stack in linear memory).
+    OutOfBounds,
     /// Any other trap or host error during the call.
     Other,
 }
@@ -26,6 +29,7 @@ impl TrapKind {
             Self::MemoryLimit => "memory_limit",
             Self::StackOverflow => "stack_overflow",
             Self::Panic => "panic",
+            Self::OutOfBounds => "out_of_bounds",
             Self::Other => "trap",
         }
     }
@@ -66,7 +70,11 @@ impl fmt::Display for CpuBudgetSpent {
 
 impl fmt::Display for MemoryLimitReached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the instance tried to grow its memory past {} bytes", self.limit)
+        write!(
+            f,
+            "the instance tried to grow its memory past {} bytes",
+            self.limit
+        )
     }
 }
 
@@ -84,9 +92,13 @@ impl GuestError {
             match error.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::StackOverflow) => TrapKind::StackOverflow,
                 Some(wasmtime::Trap::UnreachableCodeReached) => TrapKind::Panic,
+                Some(wasmtime::Trap::MemoryOutOfBounds) => TrapKind::OutOfBounds,
                 _ => TrapKind::Other,
             }
         };
-        Self { kind, detail: format!("{error:#}") }
+        Self {
+            kind,
+            detail: format!("{error:#}"),
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! One live guest instance: a `Store` holding the room state, plus the
 //! instance's exports. Every call runs under the party's CPU budget.
 
-use wasmtime::Store;
 use wasmtime::Engine;
+use wasmtime::Store;
 
 use super::bindings::{Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
 use super::error::GuestError;
@@ -31,7 +31,11 @@ impl<R: RoomApi> Guest<R> {
         store.data_mut().ticks_left = INSTANTIATE_TICKS;
         store.set_epoch_deadline(1);
         match pre.instantiate_async(&mut store).await {
-            Ok(party) => Ok(Self { store, party, ticks_per_event: limits.ticks_per_event() }),
+            Ok(party) => Ok(Self {
+                store,
+                party,
+                ticks_per_event: limits.ticks_per_event(),
+            }),
             Err(e) => Err((store.into_data().room, GuestError::classify(e))),
         }
     }
@@ -65,27 +69,43 @@ impl<R: RoomApi> Guest<R> {
 
     pub async fn on_connect(&mut self, task: u64, conn: &str, request: &Request) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_connect(store, task, &conn.to_owned(), request).await.map_err(GuestError::classify)
+        h.call_on_connect(store, task, &conn.to_owned(), request)
+            .await
+            .map_err(GuestError::classify)
     }
 
     pub async fn on_message(&mut self, task: u64, conn: &str, msg: &Message) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_message(store, task, &conn.to_owned(), msg).await.map_err(GuestError::classify)
+        h.call_on_message(store, task, &conn.to_owned(), msg)
+            .await
+            .map_err(GuestError::classify)
     }
 
-    pub async fn on_close(&mut self, task: u64, conn: &str, code: u16, reason: &str) -> Result<(), GuestError> {
+    pub async fn on_close(
+        &mut self,
+        task: u64,
+        conn: &str,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_close(store, task, &conn.to_owned(), code, reason).await.map_err(GuestError::classify)
+        h.call_on_close(store, task, &conn.to_owned(), code, reason)
+            .await
+            .map_err(GuestError::classify)
     }
 
     pub async fn on_error(&mut self, task: u64, conn: &str, error: &str) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_error(store, task, &conn.to_owned(), error).await.map_err(GuestError::classify)
+        h.call_on_error(store, task, &conn.to_owned(), error)
+            .await
+            .map_err(GuestError::classify)
     }
 
     pub async fn on_request(&mut self, task: u64, request: &Request) -> Result<RequestOutcome, GuestError> {
         let (h, store) = self.arm();
-        h.call_on_request(store, task, request).await.map_err(GuestError::classify)
+        h.call_on_request(store, task, request)
+            .await
+            .map_err(GuestError::classify)
     }
 
     pub async fn on_alarm(&mut self, task: u64) -> Result<(), GuestError> {
@@ -93,9 +113,15 @@ impl<R: RoomApi> Guest<R> {
         h.call_on_alarm(store, task).await.map_err(GuestError::classify)
     }
 
-    pub async fn get_connection_tags(&mut self, conn: &str, request: &Request) -> Result<Vec<String>, GuestError> {
+    pub async fn get_connection_tags(
+        &mut self,
+        conn: &str,
+        request: &Request,
+    ) -> Result<Vec<String>, GuestError> {
         let (h, store) = self.arm();
-        h.call_get_connection_tags(store, &conn.to_owned(), request).await.map_err(GuestError::classify)
+        h.call_get_connection_tags(store, &conn.to_owned(), request)
+            .await
+            .map_err(GuestError::classify)
     }
 
     pub async fn resume(
@@ -104,6 +130,8 @@ impl<R: RoomApi> Guest<R> {
         result: &Result<super::bindings::Response, String>,
     ) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_resume(store, fetch, result.as_ref().map_err(String::as_str)).await.map_err(GuestError::classify)
+        h.call_resume(store, fetch, result.as_ref().map_err(String::as_str))
+            .await
+            .map_err(GuestError::classify)
     }
 }

@@ -18,8 +18,8 @@ mod limits;
 mod store;
 
 pub use bindings::{
-    ConnectionInfo, Header, ListOptions, LogLevel, Message, Refusal, Request, RequestOutcome,
-    Response, RoomApi, host,
+    ConnectionInfo, Header, ListOptions, LogLevel, Message, Refusal, Request, RequestOutcome, Response,
+    RoomApi, host,
 };
 pub use error::{GuestError, TrapKind};
 pub use guest::Guest;
@@ -74,12 +74,7 @@ impl Sandbox {
     /// # Errors
     /// When the file is missing, is not a component, or does not target the
     /// `partyhost:party` world; the message names the party and the file.
-    pub fn load<R: RoomApi>(
-        &self,
-        party: &str,
-        wasm: &Path,
-        limits: Limits,
-    ) -> anyhow::Result<PartyCode<R>> {
+    pub fn load<R: RoomApi>(&self, party: &str, wasm: &Path, limits: Limits) -> anyhow::Result<PartyCode<R>> {
         let context = || format!("loading party `{party}` from {}", wasm.display());
         let bytes = std::fs::read(wasm).with_context(context)?;
         if !wasmparser_is_component(&bytes) {
@@ -99,7 +94,11 @@ impl Sandbox {
         let pre = PartyPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: it does not export the partyhost:party world", context()))?;
-        Ok(PartyCode { pre, limits, engine: self.engine.clone() })
+        Ok(PartyCode {
+            pre,
+            limits,
+            engine: self.engine.clone(),
+        })
     }
 }
 

@@ -29,7 +29,9 @@ impl<R> StoreData<R> {
         Self {
             room,
             ticks_left: 0,
-            memory: MemoryLimiter { limit: limits.memory_bytes },
+            memory: MemoryLimiter {
+                limit: limits.memory_bytes,
+            },
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
         }
@@ -42,7 +44,10 @@ impl<R> StoreData<R> {
 
 impl<R: Send> WasiView for StoreData<R> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -60,9 +65,7 @@ pub(super) fn on_epoch_tick<R>(
 }
 
 /// Links WASI and the room API into `linker`.
-pub(super) fn add_to_linker<R: RoomApi>(
-    linker: &mut Linker<StoreData<R>>,
-) -> anyhow::Result<()> {
+pub(super) fn add_to_linker<R: RoomApi>(linker: &mut Linker<StoreData<R>>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     Party::add_to_linker::<_, RoomData<R>>(linker, |data| &mut data.room)?;
     Ok(())

@@ -46,7 +46,11 @@ pub struct RoomStorage {
 
 impl RoomStorage {
     pub(super) fn new(entries: BTreeMap<String, Vec<u8>>, alarm: Option<u64>) -> Self {
-        Self { entries, alarm, pending: PendingWrites::default() }
+        Self {
+            entries,
+            alarm,
+            pending: PendingWrites::default(),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
@@ -124,7 +128,12 @@ mod tests {
     use super::*;
 
     fn storage(keys: &[&str]) -> RoomStorage {
-        RoomStorage::new(keys.iter().map(|k| (k.to_string(), k.as_bytes().to_vec())).collect(), None)
+        RoomStorage::new(
+            keys.iter()
+                .map(|k| (k.to_string(), k.as_bytes().to_vec()))
+                .collect(),
+            None,
+        )
     }
 
     fn keys(entries: Vec<(String, Vec<u8>)>) -> Vec<String> {
@@ -141,10 +150,22 @@ mod tests {
             limit,
             reverse,
         };
-        assert_eq!(keys(s.list(&q(Some("b/"), None, None, None, false))), ["b/1", "b/2", "b/3"]);
-        assert_eq!(keys(s.list(&q(Some("b/"), None, None, Some(2), true))), ["b/3", "b/2"]);
-        assert_eq!(keys(s.list(&q(None, Some("b/2"), Some("c"), None, false))), ["b/2", "b/3"]);
-        assert_eq!(keys(s.list(&q(Some("b/"), Some("a"), None, None, false))), ["b/1", "b/2", "b/3"]);
+        assert_eq!(
+            keys(s.list(&q(Some("b/"), None, None, None, false))),
+            ["b/1", "b/2", "b/3"]
+        );
+        assert_eq!(
+            keys(s.list(&q(Some("b/"), None, None, Some(2), true))),
+            ["b/3", "b/2"]
+        );
+        assert_eq!(
+            keys(s.list(&q(None, Some("b/2"), Some("c"), None, false))),
+            ["b/2", "b/3"]
+        );
+        assert_eq!(
+            keys(s.list(&q(Some("b/"), Some("a"), None, None, false))),
+            ["b/1", "b/2", "b/3"]
+        );
         assert!(s.list(&q(None, Some("c"), Some("a"), None, false)).is_empty());
         assert_eq!(keys(s.list(&ListQuery::default())).len(), 5);
     }

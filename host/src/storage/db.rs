@@ -53,7 +53,9 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -97,7 +99,9 @@ impl Db {
         for write in &writes.writes {
             match write {
                 Write::Put(k, v) => tx
-                    .prepare_cached("INSERT OR REPLACE INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)")?
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)",
+                    )?
                     .execute(params![party, room, k, v])?,
                 Write::Delete(k) => tx
                     .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
@@ -110,15 +114,22 @@ impl Db {
         match writes.alarm {
             None => {}
             Some(Some(time_ms)) => {
-                tx.prepare_cached("INSERT OR REPLACE INTO alarms (party, room, time_ms) VALUES (?1, ?2, ?3)")?
-                    .execute(params![party, room, i64::try_from(time_ms).unwrap_or(i64::MAX)])?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO alarms (party, room, time_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    party,
+                    room,
+                    i64::try_from(time_ms).unwrap_or(i64::MAX)
+                ])?;
             }
             Some(None) => {
                 tx.prepare_cached("DELETE FROM alarms WHERE party = ?1 AND room = ?2")?
                     .execute(params![party, room])?;
             }
         }
-        tx.commit().with_context(|| format!("committing storage of room {key}"))
+        tx.commit()
+            .with_context(|| format!("committing storage of room {key}"))
     }
 
     /// Every stored alarm, so the host can schedule them after a restart.
@@ -129,19 +140,77 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT party, room, time_ms FROM alarms")?;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })?;
         let mut alarms = Vec::new();
         for row in rows {
             let (party, room, time_ms) = row.context("reading the alarms table")?;
             // Rows written by an older manifest may name parties that are
             // gone or invalid now; they are skipped, not fatal.
-            let (Ok(party), Ok(room)) = (PartyName::try_from(party.as_str()), RoomId::try_from(room.as_str())) else {
+            let (Ok(party), Ok(room)) = (
+                PartyName::try_from(party.as_str()),
+                RoomId::try_from(room.as_str()),
+            ) else {
                 tracing::warn!(%party, %room, "skipping an alarm with an invalid name");
                 continue;
             };
-            alarms.push(StoredAlarm { room: RoomKey { party, room }, time_ms: time_ms.max(0).cast_unsigned() });
+            alarms.push(StoredAlarm {
+                room: RoomKey { party, room },
+                time_ms: time_ms.max(0).cast_unsigned(),
+            });
         }
         Ok(alarms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(party: &str, room: &str) -> RoomKey {
+        RoomKey {
+            party: PartyName::try_from(party).unwrap_or_else(|e| panic!("{e}")),
+            room: RoomId::try_from(room).unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_rooms_stay_apart() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("storage.sqlite");
+        let (a, b) = (key("p", "a"), key("p", "b"));
+        {
+            let db = Db::open(&path)?;
+            let mut room = db.load(&a)?;
+            room.put("x".into(), b"1".to_vec());
+            room.put("y".into(), b"2".to_vec());
+            room.delete("y");
+            room.set_alarm(Some(1234));
+            db.commit(&a, &room.take_pending())?;
+            let mut other = db.load(&b)?;
+            other.put("x".into(), b"other".to_vec());
+            other.delete_all();
+            other.put("z".into(), b"3".to_vec());
+            db.commit(&b, &other.take_pending())?;
+        }
+        let db = Db::open(&path)?;
+        let room = db.load(&a)?;
+        assert_eq!(room.get("x"), Some(&b"1"[..]));
+        assert_eq!(room.get("y"), None);
+        assert_eq!(room.alarm(), Some(1234));
+        let other = db.load(&b)?;
+        assert_eq!((other.get("x"), other.get("z")), (None, Some(&b"3"[..])));
+        let alarms = db.alarms()?;
+        assert_eq!(alarms.len(), 1);
+        assert_eq!((alarms[0].room.clone(), alarms[0].time_ms), (a.clone(), 1234));
+        let mut room = db.load(&a)?;
+        room.set_alarm(None);
+        db.commit(&a, &room.take_pending())?;
+        assert!(db.alarms()?.is_empty());
+        Ok(())
     }
 }

@@ -27,18 +27,34 @@ fn misbehave(command: &str) {
         "recurse" => {
             recurse(0);
         }
+        "wide-recurse" => {
+            wide_recurse(0);
+        }
         _ => {}
     }
 }
 
+/// Recursion that keeps nothing in linear memory, so it overflows wasm's
+/// own call stack (`wide-recurse` overflows Rust's shadow stack instead).
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
-    std::hint::black_box(recurse(depth + 1)) + 1
+    recurse(std::hint::black_box(depth + 1)) + depth
+}
+
+/// Recursion with a 4 KiB array per frame, on Rust's shadow stack in
+/// linear memory: it runs off the bottom of memory.
+#[allow(unconditional_recursion)]
+fn wide_recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 512]);
+    wide_recurse(std::hint::black_box(depth + 1)) + frame[(depth % 512) as usize]
 }
 
 impl Party for Hostile {
     fn new(room: Room) -> Self {
-        Self { room, starts: Cell::new(0) }
+        Self {
+            room,
+            starts: Cell::new(0),
+        }
     }
 
     async fn on_start(&self) {

@@ -1,0 +1,194 @@
+//! Fixtures: a real host on an ephemeral port, and WebSocket clients.
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use partyhost::manifest::Deployment;
+
+/// Every await in a test is bounded by this.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test after [`STEP`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+    }
+}
+
+/// A manifest serving `parties` (name, wasm path), plus extra TOML.
+pub fn manifest(parties: &[(&str, &str)], extra: &str) -> String {
+    let mut toml = format!("name = \"test\"\n{extra}\n");
+    for (name, wasm) in parties {
+        toml.push_str(&format!("[parties.{name}]\nwasm = {wasm:?}\n"));
+    }
+    toml
+}
+
+/// A host running in this process. Stops when dropped.
+pub struct TestHost {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl TestHost {
+    /// Starts a host for `manifest_toml` with its data in `dir`.
+    pub async fn start(dir: &Path, manifest_toml: &str) -> Result<Self> {
+        let deployment = Deployment::parse(manifest_toml, dir)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(partyhost::run(deployment, listener, shutdown.clone()));
+        // Serving starts after the parties load; wait until it answers.
+        let host = Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        };
+        within("host start", async {
+            while TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        Ok(host)
+    }
+
+    /// Stops the host and waits until every room has stopped.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => within("host stop", task).await.context("host task panicked")?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// A plain HTTP request; returns status and body.
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect(self.addr).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+        let mut response = Vec::new();
+        within(
+            "http response",
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response),
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let status = head.split(' ').nth(1).context("no status")?.parse()?;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Ok((status, body))
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (ws, _) = within("websocket connect", tokio_tungstenite::connect_async(url)).await?;
+        Ok(Self { ws })
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        within("send", self.ws.send(Message::text(text))).await?;
+        Ok(())
+    }
+
+    pub async fn send_json(&mut self, value: serde_json::Value) -> Result<()> {
+        self.send_text(&value.to_string()).await
+    }
+
+    /// The next text message (pings and pongs skipped).
+    pub async fn recv_text(&mut self) -> Result<String> {
+        loop {
+            match within("receive", self.ws.next()).await {
+                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Result<serde_json::Value> {
+        let text = self.recv_text().await?;
+        serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+    }
+
+    /// Waits for the server's close frame and returns its code and reason.
+    pub async fn recv_close(&mut self) -> Result<(u16, String)> {
+        loop {
+            match within("close", self.ws.next()).await {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Ok((code.into(), reason.to_string()));
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a raw frame (binary, oversized, ...).
+    pub async fn send(&mut self, message: Message) -> Result<()> {
+        within("send", self.ws.send(message)).await?;
+        Ok(())
+    }
+}
+
+/// A temporary directory for one test's data.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"))
+}
+
+/// The repository root (for tests/node).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -1,0 +1,17 @@
+//! partyhost's integration tests, one module per capability. Every test runs
+//! a real host in-process through `partyhost::run` on 127.0.0.1:0, talks to
+//! it with real WebSocket clients, and runs real guest components built by
+//! scripts/build-guests.sh.
+
+mod common;
+
+mod isolation;
+mod manifest;
+mod partysocket;
+mod reactions;
+mod wire;
+
+/// Paths of the built guest components.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
