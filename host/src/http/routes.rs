@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use std::collections::HashMap;
 use std::time::Duration;
+use tracing::{Instrument, info_span};
 
 use super::{ApiError, AppState, socket};
 use crate::ids::{ConnectionId, RoomId, RoomKey};
@@ -79,7 +80,10 @@ async fn serve(
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes);
         return Ok(upgrade
-            .on_upgrade(move |ws| socket::serve(ws, handle, conn, guest_request, limits, shutdown))
+            .on_upgrade(move |ws| {
+                let span = info_span!("connection", room = %handle.key(), conn = %conn);
+                socket::run(ws, handle, conn, guest_request, limits, shutdown).instrument(span)
+            })
             .into_response());
     }
 

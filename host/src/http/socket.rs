@@ -6,12 +6,12 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 
 use crate::ids::ConnectionId;
 use crate::rooms::{
-    CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle, RoomMsg,
-    next_socket_serial,
+    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle,
+    RoomMsg, next_socket_serial,
 };
 use crate::sandbox::{Limits, Message, Request};
 
@@ -21,21 +21,8 @@ enum Ending {
     Failed(String),
 }
 
-pub(super) async fn serve(
-    ws: WebSocket,
-    room: RoomHandle,
-    conn: ConnectionId,
-    request: Request,
-    limits: Arc<Limits>,
-    shutdown: CancellationToken,
-) {
-    let span = info_span!("connection", room = %room.key(), conn = %conn);
-    run(ws, room, conn, request, limits, shutdown)
-        .instrument(span)
-        .await;
-}
-
-async fn run(
+/// Serves one WebSocket until it closes, then tells the room how it ended.
+pub(super) async fn run(
     ws: WebSocket,
     room: RoomHandle,
     conn: ConnectionId,
@@ -95,13 +82,17 @@ async fn run(
                     break Ending::Closed { code, reason };
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                Some(Err(e)) => {
-                    let error = e.to_string();
-                    // tungstenite reports an oversized message as a capacity error.
-                    let code = if error.contains("too long") || error.contains("Space limit") { CLOSE_TOO_BIG } else { 1002 };
-                    let _ = sink.send(close_frame(code, "message too big or malformed")).await;
-                    break Ending::Failed(error);
-                }
+                Some(Err(e)) => match classify(e) {
+                    SocketError::Gone => break Ending::Closed { code: 1006, reason: String::new() },
+                    SocketError::TooBig(error) => {
+                        let _ = sink.send(close_frame(CLOSE_TOO_BIG, "message too big")).await;
+                        break Ending::Failed(error);
+                    }
+                    SocketError::Protocol(error) => {
+                        let _ = sink.send(close_frame(CLOSE_PROTOCOL_ERROR, "protocol error")).await;
+                        break Ending::Failed(error);
+                    }
+                },
                 None => break Ending::Closed { code: 1006, reason: String::new() },
             },
             () = too_slow.cancelled() => {
@@ -127,6 +118,32 @@ async fn run(
         Ending::Failed(error) => RoomMsg::Error { conn, socket, error },
     };
     let _ = room.send(msg).await;
+}
+
+/// What went wrong on a socket, by what the room and the client are told.
+enum SocketError {
+    /// The client vanished without a close frame: a close with 1006, as
+    /// browsers and Durable Objects report it, not an error.
+    Gone,
+    /// A message over the size limit.
+    TooBig(String),
+    /// A frame that breaks the WebSocket protocol (e.g. invalid UTF-8 text).
+    Protocol(String),
+}
+
+fn classify(error: axum::Error) -> SocketError {
+    use tungstenite::error::{Error, ProtocolError};
+    match error.into_inner().downcast::<Error>() {
+        Ok(error) => match *error {
+            Error::ConnectionClosed
+            | Error::AlreadyClosed
+            | Error::Io(_)
+            | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => SocketError::Gone,
+            Error::Capacity(e) => SocketError::TooBig(e.to_string()),
+            other => SocketError::Protocol(other.to_string()),
+        },
+        Err(other) => SocketError::Protocol(other.to_string()),
+    }
 }
 
 fn to_ws(frame: Outgoing) -> WsMessage {

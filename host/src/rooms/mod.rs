@@ -28,6 +28,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// Close code: the client read too slowly and its queue overflowed.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Close code: the client broke the WebSocket protocol.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code: a message was larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
