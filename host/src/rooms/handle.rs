@@ -75,6 +75,21 @@ impl RoomHandle {
             .map_err(|_| anyhow!("room {} has stopped", self.key))
     }
 
+    /// Queues a request at once, so requests one room makes reach their
+    /// target in the order it made them; only when the mailbox is full does
+    /// the request wait in a task of its own. The receiver gets the response.
+    pub fn enqueue_request(&self, request: Request) -> oneshot::Receiver<Response> {
+        let (reply, response) = oneshot::channel();
+        match self.tx.try_send(RoomMsg::Request { request, reply }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move { tx.send(msg).await });
+            }
+        }
+        response
+    }
+
     /// Runs an HTTP request through the room's `on-request`.
     ///
     /// # Errors

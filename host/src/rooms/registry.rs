@@ -3,7 +3,7 @@
 use anyhow::{Context, anyhow};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span};
@@ -91,17 +91,18 @@ impl Rooms {
         Ok(handle)
     }
 
-    /// Routes a request from one room to another, in-process.
+    /// Routes a request from one room to another, in-process, queueing it
+    /// at once (see [`RoomHandle::enqueue_request`]).
     ///
     /// # Errors
-    /// When the target party is unknown or the target room stops.
-    pub async fn fetch(
+    /// When the target party is unknown or the room id is invalid.
+    pub fn fetch(
         self: &Arc<Self>,
         from: &RoomKey,
         party: &str,
         room: &str,
         request: Request,
-    ) -> anyhow::Result<Response> {
+    ) -> anyhow::Result<oneshot::Receiver<Response>> {
         let party = self
             .resolve_party(party)
             .ok_or_else(|| anyhow!("no party named `{party}`"))?
@@ -109,7 +110,11 @@ impl Rooms {
         let room = RoomId::try_from(room).map_err(|reason| anyhow!("room id {room:?} {reason}"))?;
         let key = RoomKey { party, room };
         tracing::debug!(%from, to = %key, "fetch");
-        self.get_or_spawn(&key)?.request(request).await
+        let request = Request {
+            url: room_url(&key, &request.url),
+            ..request
+        };
+        Ok(self.get_or_spawn(&key)?.enqueue_request(request))
     }
 
     /// Wakes, at their time, the rooms whose alarms are stored on disk, so
@@ -140,5 +145,22 @@ impl Rooms {
             });
         }
         Ok(count)
+    }
+}
+
+/// The URL a room sees for a request from another room: a path is taken
+/// relative to the target room (`/x` -> `.../parties/<party>/<room>/x`),
+/// as PartyKit's `room.context.parties.<party>.get(<room>).fetch` does; a
+/// full URL is kept.
+fn room_url(key: &RoomKey, url: &str) -> String {
+    if url.contains("://") {
+        return url.to_owned();
+    }
+    let path = url.trim_start_matches('/');
+    let base = format!("http://partyhost.internal/parties/{}/{}", key.party, key.room);
+    if path.is_empty() {
+        base
+    } else {
+        format!("{base}/{path}")
     }
 }

@@ -307,18 +307,24 @@ impl Room {
 
     fn start_fetch(&mut self, fetch: FetchStart) {
         self.state_mut().fetches_in_flight += 1;
-        let rooms = self.rooms.clone();
+        let FetchStart {
+            id,
+            party,
+            room,
+            request,
+        } = fetch;
+        let response = self.rooms.fetch(&self.key, &party, &room, request);
         let timeout = self.code.limits().fetch_timeout;
-        let from = self.key.clone();
         self.fetches.spawn(async move {
-            let FetchStart { id, party, room, request } = fetch;
-            let call = rooms.fetch(&from, &party, &room, request);
-            let result = match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
-                Err(_) => Err(format!(
-                    "fetch to {party}/{room} got no response within {timeout:?} (a request cycle that cannot finish?)"
-                )),
+            let result = match response {
+                Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
+                Ok(response) => match tokio::time::timeout(timeout, response).await {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(_)) => Err(format!("fetch to {party}/{room} failed: the room stopped")),
+                    Err(_) => Err(format!(
+                        "fetch to {party}/{room} got no response within {timeout:?} (a request cycle that cannot finish?)"
+                    )),
+                },
             };
             (id, result)
         });

@@ -49,15 +49,16 @@ impl host::Connections for RoomState {
     }
 
     fn get_connections(&mut self, tag: Option<String>) -> Vec<ConnectionInfo> {
-        let mut ids: Vec<&ConnectionId> = self
+        let mut entries: Vec<(&ConnectionId, u64)> = self
             .connections
             .iter()
             .filter(|(_, entry)| tag.as_ref().is_none_or(|t| entry.tags.contains(t)))
-            .map(|(id, _)| id)
+            .map(|(id, entry)| (id, entry.socket))
             .collect();
-        // Stable order (by id) so guests behave the same on every run.
-        ids.sort();
-        ids.into_iter().filter_map(|id| self.info(id)).collect()
+        // In the order the sockets connected, as PartyKit's getConnections
+        // yields them (socket serials only grow).
+        entries.sort_by_key(|(_, socket)| *socket);
+        entries.into_iter().filter_map(|(id, _)| self.info(id)).collect()
     }
 
     fn get_connection(&mut self, conn: String) -> Option<ConnectionInfo> {
