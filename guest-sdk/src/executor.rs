@@ -43,8 +43,9 @@ pub(crate) fn spawn(task: u64, future: TaskFuture) -> Option<Option<Response>> {
 /// Delivers a fetch's result and runs the task waiting for it.
 pub(crate) fn resume(fetch: u64, result: Result<WitResponse, String>) {
     let parked = EXECUTOR.with_borrow_mut(|e| {
-        e.arrived.insert(fetch, result);
+        // No waiter: the future that started the fetch was dropped.
         let task = e.waiting.remove(&fetch)?;
+        e.arrived.insert(fetch, result);
         Some((task, e.parked.remove(&task)?))
     });
     let Some((task, future)) = parked else { return };

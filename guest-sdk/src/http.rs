@@ -63,30 +63,23 @@ impl Request {
     }
 
     /// The body as text (lossy).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    pub fn body_text(&self) -> String {
+        body_text(&self.body)
     }
 
     /// The body parsed as JSON.
     ///
     /// # Errors
     /// When the body is not JSON of type `T`.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, crate::Error> {
-        Ok(serde_json::from_slice(&self.body)?)
+    pub fn body_json<T: DeserializeOwned>(&self) -> Result<T, crate::Error> {
+        body_json(&self.body)
     }
 
     pub(crate) fn to_wit(&self) -> wit::Request {
         wit::Request {
             method: self.method.clone(),
             url: self.url.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(name, value)| wit::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: headers_to_wit(&self.headers),
             body: self.body.clone(),
         }
     }
@@ -95,7 +88,7 @@ impl Request {
         Self {
             method: r.method,
             url: r.url,
-            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            headers: headers_from_wit(r.headers),
             body: r.body,
         }
     }
@@ -137,8 +130,8 @@ impl Response {
     }
 
     /// The body as text (lossy).
-    pub fn text_body(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    pub fn body_text(&self) -> String {
+        body_text(&self.body)
     }
 
     /// The body parsed as JSON.
@@ -146,20 +139,13 @@ impl Response {
     /// # Errors
     /// When the body is not JSON of type `T`.
     pub fn body_json<T: DeserializeOwned>(&self) -> Result<T, crate::Error> {
-        Ok(serde_json::from_slice(&self.body)?)
+        body_json(&self.body)
     }
 
     pub(crate) fn to_wit(&self) -> wit::Response {
         wit::Response {
             status: self.status,
-            headers: self
-                .headers
-                .iter()
-                .map(|(name, value)| wit::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: headers_to_wit(&self.headers),
             body: self.body.clone(),
         }
     }
@@ -167,8 +153,30 @@ impl Response {
     pub(crate) fn from_wit(r: wit::Response) -> Self {
         Self {
             status: r.status,
-            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            headers: headers_from_wit(r.headers),
             body: r.body,
         }
     }
+}
+
+fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+fn body_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, crate::Error> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+fn headers_to_wit(headers: &[(String, String)]) -> Vec<wit::Header> {
+    headers
+        .iter()
+        .map(|(name, value)| wit::Header {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn headers_from_wit(headers: Vec<wit::Header>) -> Vec<(String, String)> {
+    headers.into_iter().map(|h| (h.name, h.value)).collect()
 }

@@ -45,7 +45,7 @@ impl Room {
         self.broadcast(Message::from_json(value), &[]);
     }
 
-    /// Every open connection, ordered by id.
+    /// Every open connection, in the order they connected.
     pub fn connections(&self) -> Vec<Connection> {
         connections::get_connections(None)
             .into_iter()

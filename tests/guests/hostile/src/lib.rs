@@ -3,6 +3,7 @@
 //! times this instance has started, so tests can see a restart.
 
 use partyhost_guest::{Connection, Message, Party, Request, Response, Room, export_party};
+
 use std::cell::Cell;
 
 struct Hostile {
@@ -49,6 +50,16 @@ fn wide_recurse(depth: u64) -> u64 {
     wide_recurse(std::hint::black_box(depth + 1)) + frame[(depth % 512) as usize]
 }
 
+impl Hostile {
+    async fn fetch_self(&self, path: &str) -> Response {
+        let (party, room) = (self.room.party(), self.room.id());
+        match self.room.fetch(&party, &room, Request::get(path)).await {
+            Ok(inner) => Response::text(200, format!("inner {}: {}", inner.status, inner.body_text())),
+            Err(e) => Response::text(502, e.to_string()),
+        }
+    }
+}
+
 impl Party for Hostile {
     fn new(room: Room) -> Self {
         Self {
@@ -72,7 +83,16 @@ impl Party for Hostile {
     async fn on_request(&self, request: Request) -> Response {
         let command = request.path().rsplit('/').next().unwrap_or_default().to_owned();
         misbehave(&command);
-        Response::text(200, format!("ok starts={}", self.starts.get()))
+        match command.as_str() {
+            // Awaits a request to this very room, which does the same: a
+            // cycle that can only end when the host refuses or times out.
+            "self-fetch" => self.fetch_self("/self-fetch").await,
+            // Never answers.
+            "never" => std::future::pending().await,
+            // Awaits a request to this room that never answers.
+            "await-never" => self.fetch_self("/never").await,
+            _ => Response::text(200, format!("ok starts={}", self.starts.get())),
+        }
     }
 }
 
