@@ -5,9 +5,12 @@
 
 mod common;
 
+mod fetch_cycles;
 mod isolation;
+mod link_counter;
 mod manifest;
 mod partysocket;
+mod presence;
 mod reactions;
 mod wire;
 

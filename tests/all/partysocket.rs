@@ -4,22 +4,14 @@ use anyhow::{Context, Result};
 use std::process::Stdio;
 
 use crate::common::{STEP, TestHost, manifest, repo_root, temp_dir};
-use crate::guests::REACTIONS;
+use crate::guests::{COUNTER, PAGE, PRESENCE, REACTIONS};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partysocket_clients_see_every_reaction() -> Result<()> {
-    let dir = temp_dir();
-    let host = TestHost::start(
-        dir.path(),
-        &manifest(&[("reactions", REACTIONS)], "main = \"reactions\""),
-    )
-    .await?;
-    let script = repo_root().join("tests/node/reactions.mjs");
+/// Runs a script of tests/node against `host` and parses its JSON report.
+async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value> {
+    let script = repo_root().join("tests/node").join(script);
     let child = tokio::process::Command::new("node")
         .arg(&script)
-        .arg(host.addr.to_string())
-        .arg("from-node")
-        .arg("6")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -34,7 +26,22 @@ async fn partysocket_clients_see_every_reaction() -> Result<()> {
         "node failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    Ok(serde_json::from_str(stdout.trim())?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partysocket_clients_see_every_reaction() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(
+        dir.path(),
+        &manifest(&[("reactions", REACTIONS)], "main = \"reactions\""),
+    )
+    .await?;
+    let report = run_node(
+        "reactions.mjs",
+        &[host.addr.to_string(), "from-node".into(), "6".into()],
+    )
+    .await?;
     let expected = serde_json::json!({ "clap": 2, "heart": 2, "thumbsup": 1, "party": 1 });
     for seen in report["seen"].as_array().context("no seen")? {
         assert_eq!(seen, &expected, "every client saw every reaction");
@@ -42,6 +49,25 @@ async fn partysocket_clients_see_every_reaction() -> Result<()> {
     assert_eq!(
         report["http"],
         serde_json::json!({ "type": "update", "reactions": expected })
+    );
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partysocket_drives_presence_page_and_counter() -> Result<()> {
+    let dir = temp_dir();
+    let parties = [("presence", PRESENCE), ("page", PAGE), ("counter", COUNTER)];
+    let host = TestHost::start(dir.path(), &manifest(&parties, "")).await?;
+    let report = run_node("parties.mjs", &[host.addr.to_string()]).await?;
+    assert_eq!(
+        report["report"],
+        serde_json::json!({
+            "presence": ["ann", "bob"],
+            "presenceAfterClose": ["ann"],
+            "aFirst": { "node-b": 0 },
+            "bFirst": { "node-a": 1, "node-b": 1 },
+            "aSeesB": { "node-b": 1 },
+        })
     );
     host.stop().await
 }

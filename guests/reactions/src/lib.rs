@@ -86,14 +86,21 @@ impl Party for Reactions {
             .and_then(|v| v.parse().ok())
             .unwrap_or(100);
         limiter::rate_limit(&sender, cooldown, || {
-            *self.counts.borrow_mut().entry(kind.as_str().to_owned()).or_default() += 1;
+            *self
+                .counts
+                .borrow_mut()
+                .entry(kind.as_str().to_owned())
+                .or_default() += 1;
             let _ = self.room.storage().put("reactions", &*self.counts.borrow());
             self.room.broadcast(self.update(), &[]);
         });
     }
 
     async fn on_request(&self, _req: Request) -> Response {
-        Response::json(&Update { r#type: "update", reactions: &self.counts.borrow() })
+        Response::json(&Update {
+            r#type: "update",
+            reactions: &self.counts.borrow(),
+        })
     }
 }
 

@@ -1,0 +1,176 @@
+//! example-link-counter's page and counter parties: rooms that call each
+//! other, including page `b`, which links to itself, so its `on-connect`
+//! awaits the counter while the counter awaits a POST back to `b`.
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::path::Path;
+
+use crate::common::{Client, STEP, TestHost, manifest, temp_dir};
+use crate::guests::{COUNTER, PAGE};
+
+const PAGE_LINKS: [(&str, &[&str]); 4] = [
+    ("a", &["b", "c", "d"]),
+    ("b", &["a", "b", "c"]),
+    ("c", &["a", "b", "d"]),
+    ("d", &["a"]),
+];
+
+fn link_manifest(alarm_delay_ms: u64) -> String {
+    let vars = format!("[vars]\nCLEANUP_ALARM_DELAY_MS = \"{alarm_delay_ms}\"\n");
+    manifest(&[("page", PAGE), ("counter", COUNTER)], &vars)
+}
+
+fn links(page: &str) -> &'static [&'static str] {
+    PAGE_LINKS
+        .iter()
+        .find(|(p, _)| *p == page)
+        .map_or(&[], |(_, l)| l)
+}
+
+/// A client on `page` that has subscribed to the page's links.
+async fn visit(host: &TestHost, page: &str) -> Result<(Client, Value)> {
+    let mut client = Client::connect(&host.ws_url(&format!("/parties/page/{page}"))).await?;
+    client
+        .send_json(json!({ "type": "subscribe", "links": links(page) }))
+        .await?;
+    let first = client.recv_json().await?;
+    Ok((client, first))
+}
+
+/// Reads updates until one shows `counts` for the linked pages.
+async fn wait_for(client: &mut Client, counts: Value) -> Result<()> {
+    let expected = json!({ "type": "update", "connections": counts });
+    let mut seen = Vec::new();
+    loop {
+        let update = client
+            .recv_json()
+            .await
+            .with_context(|| format!("waiting for {expected}, saw {seen:?}"))?;
+        if update == expected {
+            return Ok(());
+        }
+        seen.push(update);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_see_each_others_counts_go_up_and_down() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &link_manifest(3_600_000)).await?;
+
+    let (mut a, first) = visit(&host, "a").await?;
+    assert_eq!(
+        first,
+        json!({ "type": "update", "connections": { "b": 0, "c": 0, "d": 0 } })
+    );
+
+    // b links to itself: connecting makes b's on-connect await the counter,
+    // which awaits a POST back to b.
+    let (mut b, first) = visit(&host, "b").await?;
+    assert_eq!(
+        first,
+        json!({ "type": "update", "connections": { "a": 1, "b": 1, "c": 0 } })
+    );
+    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
+
+    let (mut c, first) = visit(&host, "c").await?;
+    assert_eq!(
+        first,
+        json!({ "type": "update", "connections": { "a": 1, "b": 1, "d": 0 } })
+    );
+    wait_for(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
+    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
+
+    // A second visitor on b: the self-link cycle again, now with b subscribed
+    // to itself. Everyone linking to b sees 2, b's own clients included.
+    let mut b2 = Client::connect(&host.ws_url("/parties/page/b")).await?;
+    wait_for(&mut b, json!({ "a": 1, "b": 2, "c": 1 })).await?;
+    wait_for(&mut b2, json!({ "a": 1, "b": 2, "c": 1 })).await?;
+    wait_for(&mut a, json!({ "b": 2, "c": 1, "d": 0 })).await?;
+    wait_for(&mut c, json!({ "a": 1, "b": 2, "d": 0 })).await?;
+
+    // And down again when they leave.
+    drop(b2);
+    wait_for(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
+    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
+    drop(c);
+    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
+    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 0 })).await?;
+
+    let (_d, first) = visit(&host, "d").await?;
+    assert_eq!(first, json!({ "type": "update", "connections": { "a": 1 } }));
+    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 1 })).await?;
+
+    // The counter answers only the POSTs it knows, like the original.
+    assert_eq!(host.http("GET", "/parties/counter/all-pages", "").await?.0, 400);
+    host.stop().await
+}
+
+/// Alarm rows and stored keys, read straight from the host's SQLite file.
+fn stored(db: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let conn = rusqlite::Connection::open(db)?;
+    let rows = |sql: &str| -> Result<Vec<String>> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    Ok((
+        rows("SELECT party || '/' || room FROM alarms ORDER BY 1")?,
+        rows("SELECT party || '/' || room || '/' || key FROM kv ORDER BY 1")?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
+    let dir = temp_dir();
+    let db = dir.path().join("data/storage.sqlite");
+    let delay_ms = 1500;
+    let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
+    let (client, _) = visit(&host, "a").await?;
+    drop(client);
+    // The page's close reaches the counter (a's count back to 0) ...
+    let mut counts_zero = false;
+    for _ in 0..100 {
+        let conn = rusqlite::Connection::open(&db)?;
+        let state: String = conn.query_row(
+            "SELECT CAST(value AS TEXT) FROM kv WHERE room = 'all-pages' AND key = 'a'",
+            [],
+            |r| r.get(0),
+        )?;
+        if state.contains("\"connectionCount\":0") {
+            counts_zero = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(counts_zero, "page a's close reached the counter");
+    // ... then the host stops before any alarm is due.
+    host.stop().await?;
+    let (alarms, keys) = stored(&db)?;
+    assert_eq!(alarms, ["counter/all-pages", "page/a"]);
+    assert_eq!(
+        keys,
+        [
+            "counter/all-pages/a",
+            "counter/all-pages/b",
+            "counter/all-pages/c",
+            "counter/all-pages/d",
+            "page/a/connections"
+        ]
+    );
+
+    // A new host wakes both rooms at their alarm time: every page has no
+    // connections, so the counter forgets them all and the page its summary.
+    let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while stored(&db)? != (vec![], vec![]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alarms did not clean up: {:?}",
+            stored(&db)?
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    host.stop().await
+}
