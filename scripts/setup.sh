@@ -21,7 +21,11 @@ else
   if [[ "${PARTYHOST_WASM_ROUTE:-}" != debian ]] && timeout 120 rustup target add wasm32-wasip2; then
     step "wasm32-wasip2 toolchain: rustup"
   else
-    step "rustup could not add the target; installing Debian's rustc-web, rust-web-src and wasi-libc"
+    if [[ "${PARTYHOST_WASM_ROUTE:-}" == debian ]]; then
+      step "PARTYHOST_WASM_ROUTE=debian: installing Debian's rustc-web, rust-web-src and wasi-libc"
+    else
+      step "rustup could not add the target; installing Debian's rustc-web, rust-web-src and wasi-libc"
+    fi
     apt_install rustc-web cargo-web rust-web-src wasi-libc
     wasm_route >/dev/null || { echo "error: no usable wasm32-wasip2 toolchain after both routes" >&2; exit 1; }
     step "wasm32-wasip2 toolchain: $(wasm_route)"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// edits the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}")]
     Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax or a field of the wrong type or name; toml's message
     /// carries the line, column and a snippet.

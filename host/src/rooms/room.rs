@@ -303,6 +303,8 @@ impl Room {
                 let _ = reply.send(response);
             }
         }
+        // Callers that gave up (timeout, deadline) no longer need a reply.
+        self.pending_requests.retain(|_, reply| !reply.is_closed());
     }
 
     fn start_fetch(&mut self, fetch: FetchStart) {

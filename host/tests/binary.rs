@@ -1,0 +1,78 @@
+//! The built `partyhost` binary as a user runs it: one-line errors, serving
+//! a manifest, and a clean stop on SIGTERM that tells clients "going away".
+
+use futures_util::StreamExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_partyhost");
+
+#[test]
+fn a_missing_manifest_is_one_line_on_stderr() {
+    let output = Command::new(BINARY)
+        .args(["--manifest", "/no/such/partykit.toml"])
+        .output();
+    let output = output.unwrap_or_else(|e| panic!("running {BINARY}: {e}"));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: cannot read manifest /no/such/partykit.toml: No such file or directory (os error 2)\n"
+    );
+}
+
+#[tokio::test]
+async fn serves_a_manifest_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let reactions =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/guest/reactions.wasm");
+    anyhow::ensure!(reactions.exists(), "run scripts/build-guests.sh first");
+    let dir = tempfile::tempdir()?;
+    // A port that was free a moment ago; the host binds it again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let manifest = dir.path().join("partykit.toml");
+    let toml = format!(
+        "name = \"bin\"\nmain = \"reactions\"\nlisten = \"127.0.0.1:{port}\"\n[parties.reactions]\nwasm = {:?}\n",
+        reactions.display().to_string()
+    );
+    std::fs::write(&manifest, toml)?;
+    let mut host = tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .arg("--manifest")
+        .arg(&manifest)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+
+    let url = format!("ws://127.0.0.1:{port}/party/lobby");
+    let started = Instant::now();
+    let (mut socket, _) = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(connected) => break connected,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => anyhow::bail!("the host never answered: {e}"),
+        }
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), socket.next()).await?;
+    assert!(
+        matches!(first, Some(Ok(Message::Text(t))) if t.as_str() == r#"{"type":"update","reactions":{}}"#)
+    );
+
+    let pid = host.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?
+            .success()
+    );
+    let close = tokio::time::timeout(Duration::from_secs(10), socket.next()).await?;
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => anyhow::bail!("expected a going-away close, got {other:?}"),
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), host.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
