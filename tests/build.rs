@@ -20,10 +20,7 @@ fn main() {
             .collect();
         names.sort();
         for name in names {
-            println!(
-                "cargo:rerun-if-changed={}",
-                root.join(folder).join(&name).join("src").display()
-            );
+            println!("cargo:rerun-if-changed={}", root.join(folder).join(&name).join("src").display());
             let wasm = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
             println!("cargo:rerun-if-changed={}", wasm.display());
             assert!(
@@ -32,11 +29,7 @@ fn main() {
                 wasm.display()
             );
             let constant = name.to_uppercase().replace('-', "_");
-            let _ = writeln!(
-                code,
-                "pub const {constant}: &str = {:?};",
-                wasm.display().to_string()
-            );
+            let _ = writeln!(code, "pub const {constant}: &str = {:?};", wasm.display().to_string());
         }
     }
     let out = Path::new(&std::env::var("OUT_DIR").unwrap_or_default()).join("guests.rs");

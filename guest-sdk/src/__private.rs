@@ -47,17 +47,12 @@ pub fn on_start<P: Party>(task: u64) {
 }
 
 pub fn on_connect<P: Party>(task: u64, conn: String, request: WitRequest) {
-    let ctx = ConnectionContext {
-        request: Request::from_wit(request),
-    };
+    let ctx = ConnectionContext { request: Request::from_wit(request) };
     run(task, party::<P>().on_connect(Connection::new(conn), ctx));
 }
 
 pub fn on_message<P: Party>(task: u64, conn: String, msg: WitMessage) {
-    run(
-        task,
-        party::<P>().on_message(Message::from_wit(msg), Connection::new(conn)),
-    );
+    run(task, party::<P>().on_message(Message::from_wit(msg), Connection::new(conn)));
 }
 
 pub fn on_close<P: Party>(task: u64, conn: String, _code: u16, _reason: String) {
@@ -82,9 +77,7 @@ pub fn on_request<P: Party>(task: u64, request: WitRequest) -> RequestOutcome {
 }
 
 pub fn get_connection_tags<P: Party>(conn: String, request: WitRequest) -> Vec<String> {
-    let ctx = ConnectionContext {
-        request: Request::from_wit(request),
-    };
+    let ctx = ConnectionContext { request: Request::from_wit(request) };
     party::<P>().get_connection_tags(&Connection::new(conn), &ctx)
 }
 

@@ -23,11 +23,7 @@ pub struct Request {
 impl Request {
     /// A `GET` of `url`.
     pub fn get(url: impl Into<String>) -> Self {
-        Self {
-            method: "GET".into(),
-            url: url.into(),
-            ..Self::default()
-        }
+        Self { method: "GET".into(), url: url.into(), ..Self::default() }
     }
 
     /// A `POST` of `value` as JSON to `url`.
@@ -42,18 +38,12 @@ impl Request {
 
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The URL's path, without query: `/parties/main/lobby/x`.
     pub fn path(&self) -> &str {
-        let after_scheme = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, rest)| rest);
+        let after_scheme = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
         let path = if self.url.contains("://") {
             after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
         } else {
@@ -85,12 +75,7 @@ impl Request {
     }
 
     pub(crate) fn from_wit(r: wit::Request) -> Self {
-        Self {
-            method: r.method,
-            url: r.url,
-            headers: headers_from_wit(r.headers),
-            body: r.body,
-        }
+        Self { method: r.method, url: r.url, headers: headers_from_wit(r.headers), body: r.body }
     }
 }
 
@@ -143,19 +128,11 @@ impl Response {
     }
 
     pub(crate) fn to_wit(&self) -> wit::Response {
-        wit::Response {
-            status: self.status,
-            headers: headers_to_wit(&self.headers),
-            body: self.body.clone(),
-        }
+        wit::Response { status: self.status, headers: headers_to_wit(&self.headers), body: self.body.clone() }
     }
 
     pub(crate) fn from_wit(r: wit::Response) -> Self {
-        Self {
-            status: r.status,
-            headers: headers_from_wit(r.headers),
-            body: r.body,
-        }
+        Self { status: r.status, headers: headers_from_wit(r.headers), body: r.body }
     }
 }
 
@@ -168,13 +145,7 @@ fn body_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, crate::Error> {
 }
 
 fn headers_to_wit(headers: &[(String, String)]) -> Vec<wit::Header> {
-    headers
-        .iter()
-        .map(|(name, value)| wit::Header {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect()
+    headers.iter().map(|(name, value)| wit::Header { name: name.clone(), value: value.clone() }).collect()
 }
 
 fn headers_from_wit(headers: Vec<wit::Header>) -> Vec<(String, String)> {

@@ -7,10 +7,7 @@ use std::task::{Context, Poll};
 /// Runs every future concurrently and returns their outputs in order. Use it
 /// to send several [`Room::fetch`](crate::Room::fetch)es at once.
 pub async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    JoinAll {
-        slots: futures.into_iter().map(|f| Slot::Running(Box::pin(f))).collect(),
-    }
-    .await
+    JoinAll { slots: futures.into_iter().map(|f| Slot::Running(Box::pin(f))).collect() }.await
 }
 
 enum Slot<F: Future> {

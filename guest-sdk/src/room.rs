@@ -47,18 +47,12 @@ impl Room {
 
     /// Every open connection, in the order they connected.
     pub fn connections(&self) -> Vec<Connection> {
-        connections::get_connections(None)
-            .into_iter()
-            .map(|c| Connection::new(c.id))
-            .collect()
+        connections::get_connections(None).into_iter().map(|c| Connection::new(c.id)).collect()
     }
 
     /// The open connections carrying `tag`.
     pub fn connections_tagged(&self, tag: &str) -> Vec<Connection> {
-        connections::get_connections(Some(tag))
-            .into_iter()
-            .map(|c| Connection::new(c.id))
-            .collect()
+        connections::get_connections(Some(tag)).into_iter().map(|c| Connection::new(c.id)).collect()
     }
 
     /// One open connection by id.

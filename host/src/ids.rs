@@ -54,10 +54,7 @@ impl TryFrom<&str> for PartyName {
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
             return Err(format!("must be 1 to {MAX_NAME_BYTES} bytes long"));
         }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'))
-        {
+        if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_')) {
             return Err(format!("may contain only a-z, 0-9, `-` and `_`, not {c:?}"));
         }
         Ok(Self(name.into()))

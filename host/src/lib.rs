@@ -26,68 +26,114 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use manifest::{Deployment, LimitsSpec};
-use rooms::{LoadedParty, Rooms};
+use manifest::{Deployment, LimitsSpec, RoomsSpec};
+use rooms::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 use sandbox::{Limits, Sandbox};
-use storage::Db;
+use storage::Storage;
 
 /// Serves `deployment` on `listener` until `shutdown` is cancelled, then
 /// closes every socket with 1001 and returns once all rooms have stopped.
 ///
 /// # Errors
 /// When the data directory, the storage file or a party's component cannot
-/// be loaded; the message names which.
+/// be loaded (the message names which), or serving fails.
 pub async fn run(
     deployment: Deployment,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limits = limits_from(&deployment.limits);
-    let data_dir = &deployment.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let db = Arc::new(Db::open(&data_dir.join("storage.sqlite"))?);
-    let sandbox = Sandbox::new(&data_dir.join("compiled"))?;
-    let mut parties = HashMap::new();
-    for (name, spec) in &deployment.parties {
-        let started = std::time::Instant::now();
-        let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
-        info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
-        let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        parties.insert(
-            name.clone(),
-            LoadedParty {
-                code: Arc::new(code),
-                vars,
-            },
-        );
+    Host::start(deployment, listener, shutdown).await?.wait().await
+}
+
+/// A running host: what [`run`] drives, and what tests inspect.
+pub struct Host {
+    rooms: Arc<Rooms>,
+    server: JoinHandle<anyhow::Result<()>>,
+    tracker: TaskTracker,
+    /// Kept alive as long as the host serves: it owns the epoch ticker.
+    _sandbox: Sandbox,
+}
+
+impl Host {
+    /// Loads every party, opens storage, schedules stored alarms and starts
+    /// serving. Returns once the listener accepts connections.
+    ///
+    /// # Errors
+    /// When the data directory, the storage file or a party's component
+    /// cannot be loaded; the message names which.
+    pub async fn start(
+        deployment: Deployment,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let limits = limits_from(&deployment.limits);
+        let data_dir = &deployment.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let (storage, alarms) = Storage::open(&data_dir.join("storage.sqlite"))?;
+        let sandbox = Sandbox::new(&data_dir.join("compiled"))?;
+        let mut parties = HashMap::new();
+        for (name, spec) in &deployment.parties {
+            let started = std::time::Instant::now();
+            let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
+            info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
+            let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            parties
+                .insert(name.clone(), LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate });
+        }
+
+        let tracker = TaskTracker::new();
+        let config = rooms_config(&deployment.rooms);
+        let rooms = Rooms::new(deployment, parties, storage, config, shutdown.clone(), tracker.clone());
+        if !alarms.is_empty() {
+            info!(alarms = alarms.len(), "scheduling stored alarms");
+        }
+        rooms.schedule_alarms(alarms);
+        let app = http::router(http::AppState {
+            rooms: rooms.clone(),
+            limits: Arc::new(limits),
+            shutdown: shutdown.clone(),
+        });
+        let addr = listener.local_addr().context("reading the listening address")?;
+        info!(%addr, "serving");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("serving HTTP")
+        });
+        Ok(Self { rooms, server, tracker, _sandbox: sandbox })
     }
 
-    let tracker = TaskTracker::new();
-    let rooms = Rooms::new(deployment, parties, db, shutdown.clone(), tracker.clone());
-    let alarms = rooms.schedule_stored_alarms()?;
-    if alarms > 0 {
-        info!(alarms, "scheduled stored alarms");
+    /// How many rooms and instances are alive now.
+    pub fn stats(&self) -> RoomStats {
+        self.rooms.stats()
     }
-    let app = http::router(http::AppState {
-        rooms,
-        limits: Arc::new(limits),
-        shutdown: shutdown.clone(),
-    });
-    let addr = listener.local_addr().context("reading the listening address")?;
-    info!(%addr, "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
-    tracker.close();
-    tracker.wait().await;
-    drop(sandbox);
-    info!("stopped");
-    Ok(())
+
+    /// Waits until the host has shut down and every room has stopped.
+    ///
+    /// # Errors
+    /// When serving failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("the HTTP server task panicked")?;
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!("stopped");
+        served
+    }
+}
+
+/// The manifest's `[rooms]` over the host defaults.
+fn rooms_config(spec: &RoomsSpec) -> RoomsConfig {
+    RoomsConfig {
+        idle_timeout: Duration::from_millis(spec.idle_timeout_ms.unwrap_or(10_000)),
+        max_live_instances: spec.max_live_instances.unwrap_or(1000).max(1),
+    }
 }
 
 /// The manifest's `[limits]` over the host defaults.
@@ -104,6 +150,9 @@ fn limits_from(spec: &LimitsSpec) -> Limits {
     }
     if let Some(ms) = spec.fetch_timeout_ms {
         limits.fetch_timeout = Duration::from_millis(ms);
+    }
+    if let Some(mib) = spec.storage_mib {
+        limits.storage_room_bytes = usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     }
     limits
 }

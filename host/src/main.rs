@@ -75,11 +75,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn default_manifest() -> PathBuf {
     let toml = Path::new("partykit.toml");
-    if toml.exists() {
-        toml.to_path_buf()
-    } else {
-        PathBuf::from("partykit.toml.example")
-    }
+    if toml.exists() { toml.to_path_buf() } else { PathBuf::from("partykit.toml.example") }
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM.
@@ -108,9 +104,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 /// `PARTYHOST_LOG=json` switches to JSON lines.
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("PARTYHOST_LOG").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {

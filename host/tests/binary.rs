@@ -11,9 +11,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_partyhost");
 
 #[test]
 fn a_missing_manifest_is_one_line_on_stderr() {
-    let output = Command::new(BINARY)
-        .args(["--manifest", "/no/such/partykit.toml"])
-        .output();
+    let output = Command::new(BINARY).args(["--manifest", "/no/such/partykit.toml"]).output();
     let output = output.unwrap_or_else(|e| panic!("running {BINARY}: {e}"));
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
@@ -61,12 +59,7 @@ async fn serves_a_manifest_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> 
     );
 
     let pid = host.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status()?.success());
     let close = tokio::time::timeout(Duration::from_secs(10), socket.next()).await?;
     match close {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),

@@ -11,11 +11,9 @@ use crate::guests::{HOSTILE, REACTIONS};
 async fn misdeed_is_stopped_and_the_room_recovers(command: &str, kind: &str) -> Result<()> {
     let dir = temp_dir();
     let limits = "[limits]\ncpu_ms = 50\nmemory_mib = 16";
-    let host = TestHost::start(
-        dir.path(),
-        &manifest(&[("hostile", HOSTILE), ("reactions", REACTIONS)], limits),
-    )
-    .await?;
+    let host =
+        TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE), ("reactions", REACTIONS)], limits))
+            .await?;
     let mut neighbour = Client::connect(&host.ws_url("/parties/reactions/next-door")).await?;
     neighbour.recv_json().await?;
     let mut victim = Client::connect(&host.ws_url(&format!("/parties/hostile/{command}"))).await?;
@@ -23,32 +21,17 @@ async fn misdeed_is_stopped_and_the_room_recovers(command: &str, kind: &str) -> 
     assert_eq!(victim.recv_text().await?, "echo hello starts=1");
 
     // Over HTTP the failure's kind is reported to the caller.
-    let (status, body) = host
-        .http("GET", &format!("/parties/hostile/{command}/{command}"), "")
-        .await?;
+    let (status, body) = host.http("GET", &format!("/parties/hostile/{command}/{command}"), "").await?;
     assert_eq!(status, 500, "{body}");
-    assert_eq!(
-        body,
-        format!("the room failed while handling the request ({kind})")
-    );
+    assert_eq!(body, format!("the room failed while handling the request ({kind})"));
 
     // Over WebSocket: the socket stays open and the room restarts from storage.
     victim.send_text(command).await?;
     victim.send_text("after").await?;
-    assert_eq!(
-        victim.recv_text().await?,
-        "echo after starts=3",
-        "two restarts, socket kept"
-    );
+    assert_eq!(victim.recv_text().await?, "echo after starts=3", "two restarts, socket kept");
 
-    neighbour
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
-    assert_eq!(
-        neighbour.recv_json().await?["reactions"]["clap"],
-        1,
-        "the neighbour room is unaffected"
-    );
+    neighbour.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(neighbour.recv_json().await?["reactions"]["clap"], 1, "the neighbour room is unaffected");
     host.stop().await
 }
 

@@ -9,12 +9,8 @@ use std::path::Path;
 use crate::common::{Client, STEP, TestHost, manifest, temp_dir};
 use crate::guests::{COUNTER, PAGE};
 
-const PAGE_LINKS: [(&str, &[&str]); 4] = [
-    ("a", &["b", "c", "d"]),
-    ("b", &["a", "b", "c"]),
-    ("c", &["a", "b", "d"]),
-    ("d", &["a"]),
-];
+const PAGE_LINKS: [(&str, &[&str]); 4] =
+    [("a", &["b", "c", "d"]), ("b", &["a", "b", "c"]), ("c", &["a", "b", "d"]), ("d", &["a"])];
 
 fn link_manifest(alarm_delay_ms: u64) -> String {
     let vars = format!("[vars]\nCLEANUP_ALARM_DELAY_MS = \"{alarm_delay_ms}\"\n");
@@ -22,18 +18,13 @@ fn link_manifest(alarm_delay_ms: u64) -> String {
 }
 
 fn links(page: &str) -> &'static [&'static str] {
-    PAGE_LINKS
-        .iter()
-        .find(|(p, _)| *p == page)
-        .map_or(&[], |(_, l)| l)
+    PAGE_LINKS.iter().find(|(p, _)| *p == page).map_or(&[], |(_, l)| l)
 }
 
 /// A client on `page` that has subscribed to the page's links.
 async fn visit(host: &TestHost, page: &str) -> Result<(Client, Value)> {
     let mut client = Client::connect(&host.ws_url(&format!("/parties/page/{page}"))).await?;
-    client
-        .send_json(json!({ "type": "subscribe", "links": links(page) }))
-        .await?;
+    client.send_json(json!({ "type": "subscribe", "links": links(page) })).await?;
     let first = client.recv_json().await?;
     Ok((client, first))
 }
@@ -43,10 +34,8 @@ async fn wait_for(client: &mut Client, counts: Value) -> Result<()> {
     let expected = json!({ "type": "update", "connections": counts });
     let mut seen = Vec::new();
     loop {
-        let update = client
-            .recv_json()
-            .await
-            .with_context(|| format!("waiting for {expected}, saw {seen:?}"))?;
+        let update =
+            client.recv_json().await.with_context(|| format!("waiting for {expected}, saw {seen:?}"))?;
         if update == expected {
             return Ok(());
         }
@@ -60,25 +49,16 @@ async fn pages_see_each_others_counts_go_up_and_down() -> Result<()> {
     let host = TestHost::start(dir.path(), &link_manifest(3_600_000)).await?;
 
     let (mut a, first) = visit(&host, "a").await?;
-    assert_eq!(
-        first,
-        json!({ "type": "update", "connections": { "b": 0, "c": 0, "d": 0 } })
-    );
+    assert_eq!(first, json!({ "type": "update", "connections": { "b": 0, "c": 0, "d": 0 } }));
 
     // b links to itself: connecting makes b's on-connect await the counter,
     // which awaits a POST back to b.
     let (mut b, first) = visit(&host, "b").await?;
-    assert_eq!(
-        first,
-        json!({ "type": "update", "connections": { "a": 1, "b": 1, "c": 0 } })
-    );
+    assert_eq!(first, json!({ "type": "update", "connections": { "a": 1, "b": 1, "c": 0 } }));
     wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
 
     let (mut c, first) = visit(&host, "c").await?;
-    assert_eq!(
-        first,
-        json!({ "type": "update", "connections": { "a": 1, "b": 1, "d": 0 } })
-    );
+    assert_eq!(first, json!({ "type": "update", "connections": { "a": 1, "b": 1, "d": 0 } }));
     wait_for(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
     wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
 
@@ -165,11 +145,7 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
     let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
     let deadline = tokio::time::Instant::now() + STEP;
     while stored(&db)? != (vec![], vec![]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alarms did not clean up: {:?}",
-            stored(&db)?
-        );
+        assert!(tokio::time::Instant::now() < deadline, "alarms did not clean up: {:?}", stored(&db)?);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     host.stop().await

@@ -6,6 +6,7 @@
 mod common;
 
 mod fetch_cycles;
+mod hibernation;
 mod isolation;
 mod link_counter;
 mod manifest;

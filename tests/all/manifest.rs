@@ -39,14 +39,8 @@ fn invalid_manifests_get_exact_errors() -> Result<()> {
 fn the_example_manifest_is_valid() -> Result<()> {
     let deployment = Deployment::load(&repo_root().join("partykit.toml.example"))?;
     assert_eq!(deployment.listen.to_string(), "127.0.0.1:1999");
-    assert_eq!(
-        deployment.resolve_party("main").map(|p| p.as_str()),
-        Some("reactions")
-    );
-    assert!(
-        deployment.parties.values().all(|p| p.wasm.exists()),
-        "every example party is built"
-    );
+    assert_eq!(deployment.resolve_party("main").map(|p| p.as_str()), Some("reactions"));
+    assert!(deployment.parties.values().all(|p| p.wasm.exists()), "every example party is built");
     Ok(())
 }
 
@@ -54,9 +48,7 @@ async fn start_error(wasm: &Path) -> String {
     let dir = temp_dir();
     let toml = manifest(&[("broken", wasm.to_str().unwrap_or_default())], "");
     let deployment = Deployment::parse(&toml, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let shutdown = tokio_util::sync::CancellationToken::new();
     match partyhost::run(deployment, listener, shutdown).await {
         Ok(()) => panic!("a host started with {}", wasm.display()),
@@ -82,9 +74,6 @@ async fn a_core_module_or_junk_is_refused_with_a_clear_error() -> Result<()> {
     assert!(start_error(&junk).await.contains("not a WebAssembly component"));
     let missing = dir.path().join("missing.wasm");
     let error = start_error(&missing).await;
-    assert!(
-        error.starts_with(&format!("loading party `broken` from {}: ", missing.display())),
-        "{error}"
-    );
+    assert!(error.starts_with(&format!("loading party `broken` from {}: ", missing.display())), "{error}");
     Ok(())
 }

@@ -17,39 +17,24 @@ async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value> {
         .kill_on_drop(true)
         .spawn()
         .context("running node (scripts/setup.sh installs tests/node)")?;
-    let output = tokio::time::timeout(STEP * 2, child.wait_with_output())
-        .await
-        .context("node timed out")??;
+    let output =
+        tokio::time::timeout(STEP * 2, child.wait_with_output()).await.context("node timed out")??;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "node failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     Ok(serde_json::from_str(stdout.trim())?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partysocket_clients_see_every_reaction() -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(
-        dir.path(),
-        &manifest(&[("reactions", REACTIONS)], "main = \"reactions\""),
-    )
-    .await?;
-    let report = run_node(
-        "reactions.mjs",
-        &[host.addr.to_string(), "from-node".into(), "6".into()],
-    )
-    .await?;
+    let host =
+        TestHost::start(dir.path(), &manifest(&[("reactions", REACTIONS)], "main = \"reactions\"")).await?;
+    let report = run_node("reactions.mjs", &[host.addr.to_string(), "from-node".into(), "6".into()]).await?;
     let expected = serde_json::json!({ "clap": 2, "heart": 2, "thumbsup": 1, "party": 1 });
     for seen in report["seen"].as_array().context("no seen")? {
         assert_eq!(seen, &expected, "every client saw every reaction");
     }
-    assert_eq!(
-        report["http"],
-        serde_json::json!({ "type": "update", "reactions": expected })
-    );
+    assert_eq!(report["http"], serde_json::json!({ "type": "update", "reactions": expected }));
     host.stop().await
 }
 

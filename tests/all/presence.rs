@@ -15,11 +15,8 @@ async fn users_are_added_removed_and_dropped_on_close() -> Result<()> {
     let dir = temp_dir();
     let host = TestHost::start(dir.path(), &manifest(&[("presence", PRESENCE)], "")).await?;
     let url = host.ws_url("/parties/presence/workshop");
-    let (mut ann, mut bob, mut cat) = (
-        Client::connect(&url).await?,
-        Client::connect(&url).await?,
-        Client::connect(&url).await?,
-    );
+    let (mut ann, mut bob, mut cat) =
+        (Client::connect(&url).await?, Client::connect(&url).await?, Client::connect(&url).await?);
 
     // Unknown fields are dropped; null stays null; numbers keep their form.
     let ann_user = json!({
@@ -29,59 +26,38 @@ async fn users_are_added_removed_and_dropped_on_close() -> Result<()> {
     let mut sent = ann_user.clone();
     sent["secret"] = json!("dropped");
     sent["location"]["exercise"]["extra"] = json!(true);
-    ann.send_json(json!({ "type": "add-user", "payload": sent }))
-        .await?;
+    ann.send_json(json!({ "type": "add-user", "payload": sent })).await?;
     for client in [&mut ann, &mut bob, &mut cat] {
         assert_eq!(client.recv_json().await?, presence(json!([ann_user])));
     }
 
     // Bob (name only: score 1) sorts after Ann (avatar, discord, name: 2.5).
     let bob_user = json!({ "id": "bob", "name": "Bob", "avatarUrl": null });
-    bob.send_json(json!({ "type": "add-user", "payload": bob_user }))
-        .await?;
+    bob.send_json(json!({ "type": "add-user", "payload": bob_user })).await?;
     for client in [&mut ann, &mut bob, &mut cat] {
         assert_eq!(client.recv_json().await?, presence(json!([ann_user, bob_user])));
     }
 
     // Invalid messages and anonymous users broadcast nothing ...
     cat.send_text("not json").await?;
-    cat.send_json(json!({ "type": "add-user", "payload": { "id": 7 } }))
-        .await?;
+    cat.send_json(json!({ "type": "add-user", "payload": { "id": 7 } })).await?;
     cat.send_json(json!({ "type": "shout", "payload": {} })).await?;
-    cat.send_json(json!({ "type": "add-anonymous-user", "payload": { "id": "ghost", "name": "x" } }))
-        .await?;
+    cat.send_json(json!({ "type": "add-anonymous-user", "payload": { "id": "ghost", "name": "x" } })).await?;
     // ... but anonymous users appear in the next broadcast (score 0: last),
     // once the room has handled cat's messages.
     let deadline = tokio::time::Instant::now() + crate::common::STEP;
-    while !host
-        .http("GET", "/parties/presence/workshop/presence", "")
-        .await?
-        .1
-        .contains("ghost")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the anonymous user never appeared"
-        );
+    while !host.http("GET", "/parties/presence/workshop/presence", "").await?.1.contains("ghost") {
+        assert!(tokio::time::Instant::now() < deadline, "the anonymous user never appeared");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    bob.send_json(json!({ "type": "remove-user", "payload": { "id": "bob" } }))
-        .await?;
+    bob.send_json(json!({ "type": "remove-user", "payload": { "id": "bob" } })).await?;
     for client in [&mut ann, &mut bob, &mut cat] {
-        assert_eq!(
-            client.recv_json().await?,
-            presence(json!([ann_user, { "id": "ghost" }]))
-        );
+        assert_eq!(client.recv_json().await?, presence(json!([ann_user, { "id": "ghost" }])));
     }
 
-    let (status, body) = host
-        .http("GET", "/parties/presence/workshop/presence", "")
-        .await?;
+    let (status, body) = host.http("GET", "/parties/presence/workshop/presence", "").await?;
     assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body)?,
-        json!({ "users": [ann_user, { "id": "ghost" }] })
-    );
+    assert_eq!(serde_json::from_str::<Value>(&body)?, json!({ "users": [ann_user, { "id": "ghost" }] }));
     assert_eq!(
         host.http("GET", "/parties/presence/workshop/other", "").await?,
         (404, "not found".to_owned())
@@ -110,8 +86,7 @@ async fn users_are_deduplicated_by_id_and_ordered_by_score() -> Result<()> {
     for user in &users {
         // One tab at a time, so tabs connect in a known order.
         let mut tab = Client::connect(&url).await?;
-        tab.send_json(json!({ "type": "add-user", "payload": user }))
-            .await?;
+        tab.send_json(json!({ "type": "add-user", "payload": user })).await?;
         tab.recv_json().await?;
         tabs.push(tab);
     }
@@ -119,9 +94,6 @@ async fn users_are_deduplicated_by_id_and_ordered_by_score() -> Result<()> {
     // discord (1.5), then named (1).
     let (status, body) = host.http("GET", "/parties/presence/dedupe/presence", "").await?;
     assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body)?,
-        json!({ "users": [users[2], users[3], users[1]] })
-    );
+    assert_eq!(serde_json::from_str::<Value>(&body)?, json!({ "users": [users[2], users[3], users[1]] }));
     host.stop().await
 }

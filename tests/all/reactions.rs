@@ -8,10 +8,7 @@ use crate::common::{Client, TestHost, manifest, temp_dir};
 use crate::guests::REACTIONS;
 
 fn reactions_manifest(extra: &str) -> String {
-    manifest(
-        &[("reactions", REACTIONS)],
-        &format!("main = \"reactions\"\n{extra}"),
-    )
+    manifest(&[("reactions", REACTIONS)], &format!("main = \"reactions\"\n{extra}"))
 }
 
 fn update(reactions: serde_json::Value) -> serde_json::Value {
@@ -26,27 +23,16 @@ async fn counts_are_broadcast_to_every_client_sender_included() -> Result<()> {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = Client::connect(&url).await?;
-        assert_eq!(
-            client.recv_json().await?,
-            update(json!({})),
-            "first message is the current counts"
-        );
+        assert_eq!(client.recv_json().await?, update(json!({})), "first message is the current counts");
         clients.push(client);
     }
-    clients[0]
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
+    clients[0].send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
     for client in &mut clients {
         assert_eq!(client.recv_json().await?, update(json!({ "clap": 1 })));
     }
-    clients[2]
-        .send_json(json!({ "type": "reaction", "kind": "heart" }))
-        .await?;
+    clients[2].send_json(json!({ "type": "reaction", "kind": "heart" })).await?;
     for client in &mut clients {
-        assert_eq!(
-            client.recv_json().await?,
-            update(json!({ "clap": 1, "heart": 1 }))
-        );
+        assert_eq!(client.recv_json().await?, update(json!({ "clap": 1, "heart": 1 })));
     }
     host.stop().await
 }
@@ -62,9 +48,7 @@ async fn limiter_answers_slowdown_then_goaway_and_closes() -> Result<()> {
     // Eleven reactions at once: the first counts, the next nine are
     // violations 1-9 (`slowdown`), the eleventh is the tenth (`goaway`).
     for _ in 0..11 {
-        spammer
-            .send_json(json!({ "type": "reaction", "kind": "party" }))
-            .await?;
+        spammer.send_json(json!({ "type": "reaction", "kind": "party" })).await?;
     }
     assert_eq!(spammer.recv_json().await?, update(json!({ "party": 1 })));
     for i in 1..=9 {
@@ -75,10 +59,7 @@ async fn limiter_answers_slowdown_then_goaway_and_closes() -> Result<()> {
     // Only the first reaction counted.
     assert_eq!(watcher.recv_json().await?, update(json!({ "party": 1 })));
     let (_, body) = host.http("GET", "/parties/reactions/limited", "").await?;
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body)?,
-        update(json!({ "party": 1 }))
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body)?, update(json!({ "party": 1 })));
     host.stop().await
 }
 
@@ -88,15 +69,10 @@ async fn http_on_any_path_returns_the_counts_as_json() -> Result<()> {
     let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/http")).await?;
     client.recv_json().await?;
-    client
-        .send_json(json!({ "type": "reaction", "kind": "thumbsup" }))
-        .await?;
+    client.send_json(json!({ "type": "reaction", "kind": "thumbsup" })).await?;
     client.recv_json().await?;
-    for path in [
-        "/parties/reactions/http",
-        "/parties/reactions/http/any/sub/path?x=1",
-        "/parties/main/http",
-    ] {
+    for path in ["/parties/reactions/http", "/parties/reactions/http/any/sub/path?x=1", "/parties/main/http"]
+    {
         let (status, body) = host.http("GET", path, "").await?;
         assert_eq!(status, 200, "{path}");
         assert_eq!(body, r#"{"type":"update","reactions":{"thumbsup":1}}"#, "{path}");
@@ -112,9 +88,7 @@ async fn counts_and_compiled_code_survive_a_host_restart() -> Result<()> {
     let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/durable")).await?;
     client.recv_json().await?;
-    client
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
+    client.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
     assert_eq!(client.recv_json().await?, update(json!({ "clap": 1 })));
     host.stop().await?;
     assert_eq!(client.recv_close().await?.0, 1001, "shutdown says going away");
@@ -124,14 +98,8 @@ async fn counts_and_compiled_code_survive_a_host_restart() -> Result<()> {
 
     let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/durable")).await?;
-    assert_eq!(
-        client.recv_json().await?,
-        update(json!({ "clap": 1 })),
-        "counts restored from SQLite"
-    );
-    client
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
+    assert_eq!(client.recv_json().await?, update(json!({ "clap": 1 })), "counts restored from SQLite");
+    client.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
     assert_eq!(client.recv_json().await?, update(json!({ "clap": 2 })));
     host.stop().await
 }
@@ -153,15 +121,9 @@ async fn invalid_messages_change_nothing() -> Result<()> {
     ] {
         client.send_text(junk).await?;
     }
-    client
-        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
-            0xff, 0x00, 0x13,
-        ]))
-        .await?;
+    client.send(tokio_tungstenite::tungstenite::Message::binary(vec![0xff, 0x00, 0x13])).await?;
     // The connection still works and nothing was counted.
-    client
-        .send_json(json!({ "type": "reaction", "kind": "heart" }))
-        .await?;
+    client.send_json(json!({ "type": "reaction", "kind": "heart" })).await?;
     assert_eq!(client.recv_json().await?, update(json!({ "heart": 1 })));
     host.stop().await
 }
@@ -176,15 +138,9 @@ async fn legacy_party_path_reaches_the_main_party() -> Result<()> {
     for client in [&mut legacy, &mut alias, &mut named] {
         client.recv_json().await?;
     }
-    legacy
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
+    legacy.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
     for client in [&mut legacy, &mut alias, &mut named] {
-        assert_eq!(
-            client.recv_json().await?,
-            update(json!({ "clap": 1 })),
-            "one room behind three paths"
-        );
+        assert_eq!(client.recv_json().await?, update(json!({ "clap": 1 })), "one room behind three paths");
     }
     host.stop().await
 }

@@ -12,23 +12,15 @@ async fn unknown_party_is_404_with_a_clear_message() -> Result<()> {
     let dir = temp_dir();
     let host = TestHost::start(dir.path(), &manifest(&[("reactions", REACTIONS)], "")).await?;
     let (status, body) = host.http("GET", "/parties/nosuch/room", "").await?;
-    assert_eq!(
-        (status, body.as_str()),
-        (404, "no party named `nosuch` is deployed on this host")
-    );
+    assert_eq!((status, body.as_str()), (404, "no party named `nosuch` is deployed on this host"));
     // No `main` party in this manifest: the legacy path has nothing to serve.
     let (status, body) = host.http("GET", "/party/room", "").await?;
-    assert_eq!(
-        (status, body.as_str()),
-        (404, "no party named `main` is deployed on this host")
-    );
+    assert_eq!((status, body.as_str()), (404, "no party named `main` is deployed on this host"));
     let (status, body) = host.http("GET", "/elsewhere", "").await?;
     assert_eq!(status, 404);
     assert!(body.contains("/parties/<party>/<room>"), "{body}");
     assert!(
-        Client::connect(&host.ws_url("/parties/nosuch/room"))
-            .await
-            .is_err(),
+        Client::connect(&host.ws_url("/parties/nosuch/room")).await.is_err(),
         "no upgrade for unknown parties"
     );
     host.stop().await
@@ -37,11 +29,9 @@ async fn unknown_party_is_404_with_a_clear_message() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_closes_only_that_connection() -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(
-        dir.path(),
-        &manifest(&[("reactions", REACTIONS)], "[limits]\nmessage_kib = 4"),
-    )
-    .await?;
+    let host =
+        TestHost::start(dir.path(), &manifest(&[("reactions", REACTIONS)], "[limits]\nmessage_kib = 4"))
+            .await?;
     let url = host.ws_url("/parties/reactions/big");
     let mut big = Client::connect(&url).await?;
     let mut other = Client::connect(&url).await?;
@@ -49,9 +39,7 @@ async fn oversized_message_closes_only_that_connection() -> Result<()> {
     other.recv_json().await?;
     big.send(Message::text("x".repeat(8 << 10))).await?;
     assert_eq!(big.recv_close().await?.0, 1009, "message too big");
-    other
-        .send_json(json!({ "type": "reaction", "kind": "clap" }))
-        .await?;
+    other.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
     assert_eq!(other.recv_json().await?["reactions"]["clap"], 1);
     host.stop().await
 }
@@ -65,10 +53,7 @@ async fn connection_id_comes_from_pk_and_a_reconnect_replaces_the_old_socket() -
     assert_eq!(first.recv_text().await?, "echo hi starts=1");
     let mut second = Client::connect(&host.ws_url("/parties/hostile/ids?_pk=alice%20b")).await?;
     let (code, reason) = first.recv_close().await?;
-    assert_eq!(
-        (code, reason.as_str()),
-        (1000, "replaced by a newer connection with the same id")
-    );
+    assert_eq!((code, reason.as_str()), (1000, "replaced by a newer connection with the same id"));
     second.send_text("again").await?;
     assert_eq!(second.recv_text().await?, "echo again starts=1");
     let (status, body) = host.http("GET", "/parties/hostile/ids?_pk=%01", "").await?;

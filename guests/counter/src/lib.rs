@@ -15,14 +15,8 @@ const CLEANUP_ALARM_DELAY_MS: u64 = 60 * 60 * 1000;
 #[derive(Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase", rename_all_fields = "camelCase")]
 enum CounterRequest {
-    Subscribe {
-        subscriber_id: String,
-        subscribe_to_room_ids: Vec<String>,
-    },
-    Update {
-        id: String,
-        connection_count: u64,
-    },
+    Subscribe { subscriber_id: String, subscribe_to_room_ids: Vec<String> },
+    Update { id: String, connection_count: u64 },
 }
 
 /// What the counter stores per page, under the page's id.
@@ -40,10 +34,7 @@ struct Counter {
 
 impl Counter {
     fn cleanup_at(&self) -> u64 {
-        let delay = self
-            .room
-            .env("CLEANUP_ALARM_DELAY_MS")
-            .and_then(|v| v.parse().ok());
+        let delay = self.room.env("CLEANUP_ALARM_DELAY_MS").and_then(|v| v.parse().ok());
         now() + delay.unwrap_or(CLEANUP_ALARM_DELAY_MS)
     }
 
@@ -77,10 +68,10 @@ impl Counter {
     async fn update(&self, page_id: &str, connection_count: u64) -> Response {
         let state = self.update_page(page_id, |state| state.connection_count = connection_count);
         let update = json!({ "action": "update", "id": state.id, "connectionCount": state.connection_count });
-        let notifications = state.subscriber_ids.iter().map(|subscriber| {
-            self.room
-                .fetch("page", subscriber, Request::post_json("/", &update))
-        });
+        let notifications = state
+            .subscriber_ids
+            .iter()
+            .map(|subscriber| self.room.fetch("page", subscriber, Request::post_json("/", &update)));
         join_all(notifications).await;
         Response::json(&json!({ "success": true }))
     }
@@ -93,10 +84,11 @@ impl Party for Counter {
 
     async fn on_request(&self, request: Request) -> Response {
         match request.body_json::<CounterRequest>() {
-            Ok(CounterRequest::Subscribe {
-                subscriber_id,
-                subscribe_to_room_ids,
-            }) if request.method == "POST" => self.subscribe(&subscriber_id, &subscribe_to_room_ids),
+            Ok(CounterRequest::Subscribe { subscriber_id, subscribe_to_room_ids })
+                if request.method == "POST" =>
+            {
+                self.subscribe(&subscriber_id, &subscribe_to_room_ids)
+            }
             Ok(CounterRequest::Update { id, connection_count }) if request.method == "POST" => {
                 self.update(&id, connection_count).await
             }

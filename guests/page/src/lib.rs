@@ -41,10 +41,7 @@ struct Page {
 
 impl Page {
     fn cleanup_at(&self) -> u64 {
-        let delay = self
-            .room
-            .env("CLEANUP_ALARM_DELAY_MS")
-            .and_then(|v| v.parse().ok());
+        let delay = self.room.env("CLEANUP_ALARM_DELAY_MS").and_then(|v| v.parse().ok());
         now() + delay.unwrap_or(CLEANUP_ALARM_DELAY_MS)
     }
 
@@ -61,10 +58,7 @@ impl Page {
             "id": self.room.id(),
             "connectionCount": self.room.connections().len(),
         });
-        let _ = self
-            .room
-            .fetch("counter", GLOBAL_COUNTER_ID, Request::post_json("/", &update))
-            .await;
+        let _ = self.room.fetch("counter", GLOBAL_COUNTER_ID, Request::post_json("/", &update)).await;
     }
 
     async fn subscribe(&self, links: Vec<String>) -> Option<Summary> {
@@ -73,10 +67,8 @@ impl Page {
             "subscriberId": self.room.id(),
             "subscribeToRoomIds": links,
         });
-        let response = self
-            .room
-            .fetch("counter", GLOBAL_COUNTER_ID, Request::post_json("/", &subscribe))
-            .await;
+        let response =
+            self.room.fetch("counter", GLOBAL_COUNTER_ID, Request::post_json("/", &subscribe)).await;
         let connections: Summary = response.ok()?.body_json().ok()?;
         self.save(&connections);
         Some(connections)
@@ -90,8 +82,7 @@ impl Page {
         };
         connections.insert(update.id, update.connection_count.into());
         self.save(&connections);
-        self.room
-            .broadcast_json(&json!({ "type": "update", "connections": connections }));
+        self.room.broadcast_json(&json!({ "type": "update", "connections": connections }));
     }
 }
 

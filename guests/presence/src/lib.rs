@@ -114,10 +114,7 @@ impl Presence {
 
     fn broadcast_presence(&self) {
         let payload = UsersPayload { users: self.users() };
-        self.room.broadcast_json(&PresenceMessage {
-            r#type: "presence",
-            payload,
-        });
+        self.room.broadcast_json(&PresenceMessage { r#type: "presence", payload });
     }
 }
 
@@ -152,12 +149,7 @@ impl Party for Presence {
                 self.broadcast_presence();
             }
             Some(ClientMessage::AddAnonymousUser(UserId { id })) => {
-                let user = User {
-                    id,
-                    avatar_url: None,
-                    name: None,
-                    location: None,
-                };
+                let user = User { id, avatar_url: None, name: None, location: None };
                 let _ = sender.set_state(&ConnectionState { user: Some(user) });
             }
             Some(ClientMessage::Presence(_)) | None => {}

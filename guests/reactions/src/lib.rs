@@ -52,20 +52,13 @@ struct Update<'a> {
 impl Reactions {
     fn update(&self) -> String {
         let counts = self.counts.borrow();
-        serde_json::to_string(&Update {
-            r#type: "update",
-            reactions: &counts,
-        })
-        .unwrap_or_default()
+        serde_json::to_string(&Update { r#type: "update", reactions: &counts }).unwrap_or_default()
     }
 }
 
 impl Party for Reactions {
     fn new(room: Room) -> Self {
-        Self {
-            room,
-            counts: RefCell::default(),
-        }
+        Self { room, counts: RefCell::default() }
     }
 
     async fn on_start(&self) {
@@ -80,27 +73,16 @@ impl Party for Reactions {
         let Some(ClientMessage::Reaction { kind }) = message.json() else {
             return;
         };
-        let cooldown = self
-            .room
-            .env("RATE_LIMIT_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100);
+        let cooldown = self.room.env("RATE_LIMIT_MS").and_then(|v| v.parse().ok()).unwrap_or(100);
         limiter::rate_limit(&sender, cooldown, || {
-            *self
-                .counts
-                .borrow_mut()
-                .entry(kind.as_str().to_owned())
-                .or_default() += 1;
+            *self.counts.borrow_mut().entry(kind.as_str().to_owned()).or_default() += 1;
             let _ = self.room.storage().put("reactions", &*self.counts.borrow());
             self.room.broadcast(self.update(), &[]);
         });
     }
 
     async fn on_request(&self, _req: Request) -> Response {
-        Response::json(&Update {
-            r#type: "update",
-            reactions: &self.counts.borrow(),
-        })
+        Response::json(&Update { r#type: "update", reactions: &self.counts.borrow() })
     }
 }
 

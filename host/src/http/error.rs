@@ -14,25 +14,16 @@ pub enum ApiError {
     /// 413: a body over the limit.
     TooLarge(String),
     /// 5xx: the cause is logged, the client gets only the status and an id.
-    Internal {
-        status: StatusCode,
-        cause: anyhow::Error,
-    },
+    Internal { status: StatusCode, cause: anyhow::Error },
 }
 
 impl ApiError {
     pub fn internal(cause: anyhow::Error) -> Self {
-        Self::Internal {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            cause,
-        }
+        Self::Internal { status: StatusCode::INTERNAL_SERVER_ERROR, cause }
     }
 
     pub fn unavailable(cause: anyhow::Error) -> Self {
-        Self::Internal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            cause,
-        }
+        Self::Internal { status: StatusCode::SERVICE_UNAVAILABLE, cause }
     }
 }
 
@@ -45,10 +36,7 @@ impl IntoResponse for ApiError {
             Self::Internal { status, cause } => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error.id = %id, cause = %format!("{cause:#}"), "request failed");
-                (
-                    status,
-                    format!("{} (error id {id})", status.canonical_reason().unwrap_or("error")),
-                )
+                (status, format!("{} (error id {id})", status.canonical_reason().unwrap_or("error")))
             }
         };
         if status.is_client_error() {

@@ -65,7 +65,6 @@ async fn serve(
     let room = RoomId::try_from(room)
         .map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
     let key = RoomKey { party, room };
-    let handle = app.rooms.get_or_spawn(&key).map_err(ApiError::unavailable)?;
 
     if is_websocket_upgrade(request.headers()) {
         let (mut parts, _body) = request.into_parts();
@@ -74,27 +73,22 @@ async fn serve(
             .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
         let conn = connection_id(&parts.uri)?;
         let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
-        let limits = app.limits.clone();
-        let shutdown = app.shutdown.clone();
-        let upgrade = upgrade
-            .max_message_size(limits.message_bytes)
-            .max_frame_size(limits.message_bytes);
+        let (rooms, limits, shutdown) = (app.rooms.clone(), app.limits.clone(), app.shutdown.clone());
+        let upgrade = upgrade.max_message_size(limits.message_bytes).max_frame_size(limits.message_bytes);
         return Ok(upgrade
             .on_upgrade(move |ws| {
-                let span = info_span!("connection", room = %handle.key(), conn = %conn);
-                socket::run(ws, handle, conn, guest_request, limits, shutdown).instrument(span)
+                let span = info_span!("connection", room = %key, conn = %conn);
+                socket::run(ws, rooms, key, conn, guest_request, limits, shutdown).instrument(span)
             })
             .into_response());
     }
 
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, app.limits.message_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes))
-        })?;
+    let body = axum::body::to_bytes(body, app.limits.message_bytes).await.map_err(|_| {
+        ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes))
+    })?;
     let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, handle.request(guest_request))
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, app.rooms.request(&key, guest_request))
         .await
         .map_err(|_| ApiError::Internal {
             status: StatusCode::GATEWAY_TIMEOUT,
@@ -113,14 +107,10 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// `_pk` from the query (what partysocket sends), else a random UUID.
 fn connection_id(uri: &Uri) -> Result<ConnectionId, ApiError> {
-    let pk = uri
-        .query()
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            (name == "_pk").then(|| percent_decode(value))
-        });
+    let pk = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "_pk").then(|| percent_decode(value))
+    });
     match pk {
         Some(pk) => ConnectionId::try_from(pk.as_str())
             .map_err(|reason| ApiError::BadRequest(format!("connection id `_pk` {reason}"))),
@@ -160,10 +150,7 @@ fn guest_request(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> sandbox::Request {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     sandbox::Request {
         method: method.as_str().to_owned(),
@@ -171,10 +158,7 @@ fn guest_request(
         headers: headers
             .iter()
             .filter_map(|(name, value)| {
-                Some(Header {
-                    name: name.as_str().to_owned(),
-                    value: value.to_str().ok()?.to_owned(),
-                })
+                Some(Header { name: name.as_str().to_owned(), value: value.to_str().ok()?.to_owned() })
             })
             .collect(),
         body,
@@ -188,10 +172,7 @@ fn into_http_response(response: sandbox::Response) -> Response {
     let mut http = Response::new(Body::from(response.body));
     *http.status_mut() = status;
     for Header { name, value } in response.headers {
-        match (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             (Ok(name), Ok(value)) => {
                 http.headers_mut().append(name, value);
             }

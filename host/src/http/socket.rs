@@ -8,10 +8,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::{
-    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomHandle,
-    RoomMsg, next_socket_serial,
+    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomMsg,
+    Rooms, next_socket_serial,
 };
 use crate::sandbox::{Limits, Message, Request};
 
@@ -24,7 +24,8 @@ enum Ending {
 /// Serves one WebSocket until it closes, then tells the room how it ended.
 pub(super) async fn run(
     ws: WebSocket,
-    room: RoomHandle,
+    rooms: Arc<Rooms>,
+    key: RoomKey,
     conn: ConnectionId,
     request: Request,
     limits: Arc<Limits>,
@@ -33,16 +34,12 @@ pub(super) async fn run(
     let socket = next_socket_serial();
     let (sender, mut outgoing) = mpsc::channel(limits.connection_queue_frames);
     let too_slow = CancellationToken::new();
-    let connect = Connect {
-        conn: conn.clone(),
-        socket,
-        request,
-        sender,
-        too_slow: too_slow.clone(),
-    };
-    if room.send(RoomMsg::Connect(connect)).await.is_err() {
+    let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
+    // While this connection is open the room keeps running, so later
+    // messages go straight to the handle that took the connect.
+    let Ok(room) = rooms.send(&key, RoomMsg::Connect(connect)).await else {
         return;
-    }
+    };
     debug!("connected");
     let (mut sink, mut stream) = ws.split();
     let ending = loop {
@@ -109,12 +106,7 @@ pub(super) async fn run(
     };
     debug!("disconnected");
     let msg = match ending {
-        Ending::Closed { code, reason } => RoomMsg::Close {
-            conn,
-            socket,
-            code,
-            reason,
-        },
+        Ending::Closed { code, reason } => RoomMsg::Close { conn, socket, code, reason },
         Ending::Failed(error) => RoomMsg::Error { conn, socket, error },
     };
     let _ = room.send(msg).await;
@@ -155,8 +147,5 @@ fn to_ws(frame: Outgoing) -> WsMessage {
 }
 
 fn close_frame(code: u16, reason: &str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
+    WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
 }

@@ -21,18 +21,12 @@ pub enum ManifestError {
     #[error("`main = {main:?}` makes {main:?} answer as `main`, but another party is already named `main`")]
     MainConflict { main: String },
     #[error("{path}: {inner}")]
-    InFile {
-        path: PathBuf,
-        inner: Box<ManifestError>,
-    },
+    InFile { path: PathBuf, inner: Box<ManifestError> },
 }
 
 impl ManifestError {
     /// Prefixes the error with the manifest's path.
     pub(super) fn in_file(self, path: &std::path::Path) -> Self {
-        Self::InFile {
-            path: path.to_owned(),
-            inner: Box::new(self),
-        }
+        Self::InFile { path: path.to_owned(), inner: Box::new(self) }
     }
 }

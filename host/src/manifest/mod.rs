@@ -42,6 +42,9 @@ pub struct Manifest {
     /// Limits for every party; see the README's limit table.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// When rooms give up their instances.
+    #[serde(default)]
+    pub rooms: RoomsSpec,
     #[serde(default)]
     pub parties: BTreeMap<String, PartyManifest>,
 }
@@ -52,8 +55,24 @@ pub struct Manifest {
 pub struct PartyManifest {
     /// The component, relative to the manifest.
     pub wasm: PathBuf,
+    /// Evict the room's instance when idle even while sockets are open
+    /// (PartyKit's `hibernate: true`).
+    #[serde(default)]
+    pub hibernate: bool,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+}
+
+/// `[rooms]`: each field overrides the host's default when set.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsSpec {
+    /// Milliseconds without an event before an instance is evicted
+    /// (hibernating parties) or an empty room stops. Default 10000.
+    pub idle_timeout_ms: Option<u64>,
+    /// Most live instances; the least recently used idle ones are evicted
+    /// past it. Default 1000.
+    pub max_live_instances: Option<usize>,
 }
 
 /// `[limits]`: each field overrides the host's default when set.
@@ -68,6 +87,8 @@ pub struct LimitsSpec {
     pub message_kib: Option<u64>,
     /// How long an outbound fetch waits for its response, in milliseconds.
     pub fetch_timeout_ms: Option<u64>,
+    /// Storage per room (keys plus values), in MiB.
+    pub storage_mib: Option<u64>,
 }
 
 /// A validated manifest, ready to run.
@@ -79,6 +100,7 @@ pub struct Deployment {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub limits: LimitsSpec,
+    pub rooms: RoomsSpec,
     pub parties: BTreeMap<PartyName, PartySpec>,
 }
 
@@ -89,6 +111,7 @@ pub struct PartySpec {
     pub wasm: PathBuf,
     /// Project vars overlaid with the party's own.
     pub vars: BTreeMap<String, String>,
+    pub hibernate: bool,
 }
 
 impl Deployment {
@@ -97,10 +120,8 @@ impl Deployment {
     /// # Errors
     /// A [`ManifestError`] naming the file and the mistake.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|e| e.in_file(path))
     }
@@ -110,9 +131,8 @@ impl Deployment {
     /// # Errors
     /// A [`ManifestError`] naming the mistake.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
-            message: e.to_string(),
-        })?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax { message: e.to_string() })?;
         manifest.validate(base)
     }
 
@@ -133,19 +153,11 @@ impl Manifest {
         }
         let mut parties = BTreeMap::new();
         for (name, party) in self.parties {
-            let name = PartyName::try_from(name.as_str()).map_err(|reason| ManifestError::PartyName {
-                name: name.clone(),
-                reason,
-            })?;
+            let name = PartyName::try_from(name.as_str())
+                .map_err(|reason| ManifestError::PartyName { name: name.clone(), reason })?;
             let mut vars = self.vars.clone();
             vars.extend(party.vars);
-            parties.insert(
-                name,
-                PartySpec {
-                    wasm: base.join(party.wasm),
-                    vars,
-                },
-            );
+            parties.insert(name, PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate });
         }
         let main = match self.main {
             Some(main) => {
@@ -155,9 +167,7 @@ impl Manifest {
                     parties: parties.keys().map(ToString::to_string).collect(),
                 })?;
                 if main.as_str() != MAIN_ALIAS && parties.keys().any(|p| p.as_str() == MAIN_ALIAS) {
-                    return Err(ManifestError::MainConflict {
-                        main: main.to_string(),
-                    });
+                    return Err(ManifestError::MainConflict { main: main.to_string() });
                 }
                 Some(main)
             }
@@ -169,6 +179,7 @@ impl Manifest {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
             data_dir: base.join(self.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             limits: self.limits,
+            rooms: self.rooms,
             parties,
         })
     }

@@ -1,6 +1,6 @@
 //! The only way into a room: a cloneable handle on its bounded mailbox.
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use tokio::sync::{mpsc, oneshot};
 
 use super::state::Outgoing;
@@ -50,13 +50,22 @@ pub enum RoomMsg {
         request: Request,
         reply: oneshot::Sender<Response>,
     },
+    /// From the registry: too many instances are alive; drop this room's
+    /// instance if it is idle.
+    Evict,
 }
 
-/// A cheap, cloneable reference to a running room.
+/// A cheap, cloneable reference to a running room. Send through
+/// [`Rooms::send`](super::Rooms::send) when the room may have stopped since
+/// the handle was taken; a socket task, whose open connection keeps its
+/// room running, sends through the handle directly.
 #[derive(Clone, Debug)]
 pub struct RoomHandle {
     pub(super) key: RoomKey,
     pub(super) tx: mpsc::Sender<RoomMsg>,
+    /// Which run of the room this is; a retired room's handle never
+    /// matches the next run's.
+    pub(super) generation: u64,
 }
 
 impl RoomHandle {
@@ -67,38 +76,8 @@ impl RoomHandle {
     /// Queues `msg`, waiting while the mailbox is full.
     ///
     /// # Errors
-    /// When the room has stopped (shutdown, or it failed to load).
+    /// When the room has stopped.
     pub async fn send(&self, msg: RoomMsg) -> anyhow::Result<()> {
-        self.tx
-            .send(msg)
-            .await
-            .map_err(|_| anyhow!("room {} has stopped", self.key))
-    }
-
-    /// Queues a request at once, so requests one room makes reach their
-    /// target in the order it made them; only when the mailbox is full does
-    /// the request wait in a task of its own. The receiver gets the response.
-    pub fn enqueue_request(&self, request: Request) -> oneshot::Receiver<Response> {
-        let (reply, response) = oneshot::channel();
-        match self.tx.try_send(RoomMsg::Request { request, reply }) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move { tx.send(msg).await });
-            }
-        }
-        response
-    }
-
-    /// Runs an HTTP request through the room's `on-request`.
-    ///
-    /// # Errors
-    /// When the room stops before it answers.
-    pub async fn request(&self, request: Request) -> anyhow::Result<Response> {
-        let (reply, response) = oneshot::channel();
-        self.send(RoomMsg::Request { request, reply }).await?;
-        response
-            .await
-            .with_context(|| format!("room {} stopped before answering", self.key))
+        self.tx.send(msg).await.map_err(|_| anyhow!("room {} has stopped", self.key))
     }
 }

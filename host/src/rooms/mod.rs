@@ -17,7 +17,7 @@ mod room;
 mod state;
 
 pub use handle::{Connect, ROOM_MAILBOX, RoomHandle, RoomMsg};
-pub use registry::{LoadedParty, Rooms};
+pub use registry::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,8 +41,6 @@ pub fn next_socket_serial() -> u64 {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }

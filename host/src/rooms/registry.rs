@@ -1,35 +1,68 @@
-//! The registry of live rooms: finds a room's handle, or spawns the room.
+//! The registry of running rooms: finds a room's handle or spawns the room,
+//! delivers messages to it, and keeps the number of live instances under
+//! the cap by evicting the least recently used.
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info_span};
 
-use super::handle::{ROOM_MAILBOX, RoomHandle};
+use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
 use super::room::Room;
 use super::state::RoomState;
 use crate::ids::{PartyName, RoomId, RoomKey};
 use crate::manifest::Deployment;
 use crate::sandbox::{PartyCode, Request, Response};
-use crate::storage::{Db, StoredAlarm};
+use crate::storage::{Storage, StoredAlarm};
 
 /// A party as the registry runs it.
 pub struct LoadedParty {
     pub code: Arc<PartyCode<RoomState>>,
     pub vars: Vec<(String, String)>,
+    /// Evict idle instances even while sockets are open.
+    pub hibernate: bool,
 }
 
-/// Every live room of the host, by key.
+/// When rooms give up their instances.
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    /// An instance with no event for this long is evicted (hibernating
+    /// parties), or, once its last socket has closed, the room stops.
+    pub idle_timeout: Duration,
+    /// Most instances alive at once; past it the least recently used idle
+    /// ones are evicted.
+    pub max_live_instances: usize,
+}
+
+/// How many rooms and instances are alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Running room actors (each holds its connections and storage cache).
+    pub rooms: usize,
+    /// Live guest instances (each holds a wasm store).
+    pub instances: usize,
+}
+
+/// Every running room of the host, by key.
 pub struct Rooms {
     deployment: Deployment,
     parties: HashMap<PartyName, LoadedParty>,
-    db: Arc<Db>,
+    storage: Storage,
+    config: RoomsConfig,
     /// Handles of running rooms. A room is inserted before its task starts,
     /// under this lock, so two callers never spawn the same room twice.
     live: Mutex<HashMap<RoomKey, RoomHandle>>,
+    /// Rooms with a live instance, with the time of their last event.
+    instances: Mutex<HashMap<RoomKey, Arc<AtomicU64>>>,
+    next_generation: AtomicU64,
+    /// Zero of the clock behind `last_active` stamps.
+    epoch: tokio::time::Instant,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -38,22 +71,35 @@ impl Rooms {
     pub fn new(
         deployment: Deployment,
         parties: HashMap<PartyName, LoadedParty>,
-        db: Arc<Db>,
+        storage: Storage,
+        config: RoomsConfig,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
             deployment,
             parties,
-            db,
-            live: Mutex::new(HashMap::new()),
+            storage,
+            config,
+            live: Mutex::default(),
+            instances: Mutex::default(),
+            next_generation: AtomicU64::new(1),
+            epoch: tokio::time::Instant::now(),
             shutdown,
             tracker,
         })
     }
 
-    pub(super) fn db(&self) -> &Db {
-        &self.db
+    pub(super) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub(super) fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    pub(super) fn config(&self) -> &RoomsConfig {
+        &self.config
     }
 
     /// The party a URL names, following the manifest's `main` alias.
@@ -61,38 +107,81 @@ impl Rooms {
         self.deployment.resolve_party(name)
     }
 
-    /// The handle of a running room, spawning the room if none runs.
+    pub fn stats(&self) -> RoomStats {
+        RoomStats { rooms: lock(&self.live).len(), instances: lock(&self.instances).len() }
+    }
+
+    /// The handle of a running room, spawning the room if none runs. The
+    /// room loads its storage in its own task; messages wait in its mailbox.
     ///
     /// # Errors
-    /// When the party is unknown or the room's storage cannot be read.
+    /// When the party is unknown.
     pub fn get_or_spawn(self: &Arc<Self>, key: &RoomKey) -> anyhow::Result<RoomHandle> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.live);
         if let Some(handle) = live.get(key).filter(|h| !h.tx.is_closed()) {
             return Ok(handle.clone());
         }
-        let party = self
-            .parties
-            .get(&key.party)
-            .ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
-        let storage = self.db.load(key)?;
-        let state = RoomState::new(
-            key.clone(),
-            party.vars.clone(),
-            party.code.limits().clone(),
-            storage,
-        );
+        let party = self.parties.get(&key.party).ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
-        let handle = RoomHandle { key: key.clone(), tx };
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let handle = RoomHandle { key: key.clone(), tx, generation };
         live.insert(key.clone(), handle.clone());
-        let room = Room::new(self.clone(), party.code.clone(), state, rx, self.shutdown.clone());
+        drop(live);
+
+        let (rooms, key, code) = (self.clone(), key.clone(), party.code.clone());
+        let (vars, hibernate) = (party.vars.clone(), party.hibernate);
         let span = info_span!("room", party = %key.party, room = %key.room);
-        self.tracker.spawn(room.run().instrument(span));
-        info!(room = %key, "room spawned");
+        self.tracker.spawn(
+            async move {
+                let storage = match rooms.storage.load(&key).await {
+                    Ok(storage) => storage,
+                    Err(e) => {
+                        // Dropping `rx` fails every queued sender; the next
+                        // caller spawns the room afresh.
+                        tracing::error!(room = %key, cause = %format!("{e:#}"), "could not load the room's storage");
+                        return;
+                    }
+                };
+                let state = RoomState::new(key, vars, code.limits().clone(), storage);
+                Room::new(rooms, code, hibernate, generation, state, rx).run().await;
+            }
+            .instrument(span),
+        );
+        tracing::debug!(room = %handle.key, "room spawned");
         Ok(handle)
     }
 
-    /// Routes a request from one room to another, in-process, queueing it
-    /// at once (see [`RoomHandle::enqueue_request`]).
+    /// Delivers `msg` to the room, spawning it if needed. A room that stopped
+    /// between lookup and send (it retired) is spawned again. Returns the
+    /// handle that took the message.
+    ///
+    /// # Errors
+    /// When the party is unknown, or the room keeps stopping (shutdown).
+    pub async fn send(self: &Arc<Self>, key: &RoomKey, mut msg: RoomMsg) -> anyhow::Result<RoomHandle> {
+        for _ in 0..3 {
+            let handle = self.get_or_spawn(key)?;
+            match handle.tx.send(msg).await {
+                Ok(()) => return Ok(handle),
+                Err(SendError(returned)) => msg = returned,
+            }
+        }
+        Err(anyhow!("room {key} has stopped"))
+    }
+
+    /// Runs an HTTP request through the room's `on-request`.
+    ///
+    /// # Errors
+    /// When the room stops before it answers.
+    pub async fn request(self: &Arc<Self>, key: &RoomKey, request: Request) -> anyhow::Result<Response> {
+        let (reply, response) = oneshot::channel();
+        self.send(key, RoomMsg::Request { request, reply }).await?;
+        response.await.map_err(|_| anyhow!("room {key} stopped before answering"))
+    }
+
+    /// Routes a request from one room to another, in-process. It is queued
+    /// at once, so the requests a room makes reach their target in the
+    /// order it made them; only when the mailbox is full does the request
+    /// wait in a task of its own.
     ///
     /// # Errors
     /// When the target party is unknown or the room id is invalid.
@@ -103,49 +192,102 @@ impl Rooms {
         room: &str,
         request: Request,
     ) -> anyhow::Result<oneshot::Receiver<Response>> {
-        let party = self
-            .resolve_party(party)
-            .ok_or_else(|| anyhow!("no party named `{party}`"))?
-            .clone();
+        let party = self.resolve_party(party).ok_or_else(|| anyhow!("no party named `{party}`"))?.clone();
         let room = RoomId::try_from(room).map_err(|reason| anyhow!("room id {room:?} {reason}"))?;
         let key = RoomKey { party, room };
         tracing::debug!(%from, to = %key, "fetch");
-        let request = Request {
-            url: room_url(&key, &request.url),
-            ..request
-        };
-        Ok(self.get_or_spawn(&key)?.enqueue_request(request))
+        let request = Request { url: room_url(&key, &request.url), ..request };
+        let (reply, response) = oneshot::channel();
+        match self.get_or_spawn(&key)?.tx.try_send(RoomMsg::Request { request, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg) | TrySendError::Closed(msg)) => {
+                let rooms = self.clone();
+                tokio::spawn(async move { rooms.send(&key, msg).await });
+            }
+        }
+        Ok(response)
     }
 
-    /// Wakes, at their time, the rooms whose alarms are stored on disk, so
-    /// alarms fire after a restart without every room being loaded now.
-    ///
-    /// # Errors
-    /// When the alarms table cannot be read.
-    pub fn schedule_stored_alarms(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let alarms = self.db.alarms().context("reading stored alarms")?;
-        let count = alarms.len();
-        for StoredAlarm { room, time_ms } in alarms {
-            if !self.parties.contains_key(&room.party) {
-                continue;
-            }
-            let rooms = self.clone();
-            let shutdown = self.shutdown.clone();
-            self.tracker.spawn(async move {
-                let wait = std::time::Duration::from_millis(time_ms.saturating_sub(super::now_ms()));
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(wait) => {
-                        // The room arms its own timer from storage when it starts.
-                        if let Err(e) = rooms.get_or_spawn(&room) {
-                            tracing::warn!(%room, cause = %format!("{e:#}"), "could not wake a room for its alarm");
-                        }
+    /// Wakes `key` at `time_ms` so its alarm fires, without keeping the room
+    /// loaded until then. The room arms its own timer from storage.
+    pub fn wake_at(self: &Arc<Self>, key: RoomKey, time_ms: u64) {
+        let rooms = self.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let wait = Duration::from_millis(time_ms.saturating_sub(super::now_ms()));
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(wait) => {
+                    if let Err(e) = rooms.get_or_spawn(&key) {
+                        tracing::warn!(room = %key, cause = %format!("{e:#}"), "could not wake a room for its alarm");
                     }
                 }
-            });
-        }
-        Ok(count)
+            }
+        });
     }
+
+    /// Schedules the alarms found on disk at start-up.
+    pub fn schedule_alarms(self: &Arc<Self>, alarms: Vec<StoredAlarm>) {
+        for StoredAlarm { room, time_ms } in alarms {
+            if self.parties.contains_key(&room.party) {
+                self.wake_at(room, time_ms);
+            }
+        }
+    }
+
+    /// Removes a room from the registry if `generation` is still the running
+    /// one and nothing is waiting in its mailbox. Returns whether it did;
+    /// the room must then stop and forward anything that arrives later.
+    pub(super) fn retire(
+        &self,
+        key: &RoomKey,
+        generation: u64,
+        mailbox_empty: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut live = lock(&self.live);
+        let current = live.get(key).is_some_and(|h| h.generation == generation);
+        if current && mailbox_empty() {
+            live.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// Clock for `last_active` stamps, in milliseconds since start.
+    pub(super) fn clock_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a new instance; past the cap, asks the least recently used
+    /// other room to evict its instance (it does, once it is idle).
+    pub(super) fn instance_started(&self, key: &RoomKey, last_active: &Arc<AtomicU64>) {
+        let mut instances = lock(&self.instances);
+        instances.insert(key.clone(), last_active.clone());
+        if instances.len() <= self.config.max_live_instances {
+            return;
+        }
+        let oldest = instances
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .min_by_key(|(_, active)| active.load(Ordering::Relaxed))
+            .map(|(k, _)| k.clone());
+        drop(instances);
+        if let Some(victim) = oldest
+            && let Some(handle) = lock(&self.live).get(&victim)
+        {
+            let _ = handle.tx.try_send(RoomMsg::Evict);
+        }
+    }
+
+    pub(super) fn instance_stopped(&self, key: &RoomKey) {
+        lock(&self.instances).remove(key);
+    }
+}
+
+/// Locks a registry map. A panic while holding one of these locks leaves
+/// the map consistent (each update is a single insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The URL a room sees for a request from another room: a path is taken
@@ -158,9 +300,5 @@ fn room_url(key: &RoomKey, url: &str) -> String {
     }
     let path = url.trim_start_matches('/');
     let base = format!("http://partyhost.internal/parties/{}/{}", key.party, key.room);
-    if path.is_empty() {
-        base
-    } else {
-        format!("{base}/{path}")
-    }
+    if path.is_empty() { base } else { format!("{base}/{path}") }
 }

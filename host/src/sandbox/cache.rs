@@ -27,9 +27,7 @@ pub(super) fn compile(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> anyhow:
         }
     }
     let started = std::time::Instant::now();
-    let component = Component::new(engine, wasm)
-        .map_err(anyhow::Error::from)
-        .context("compiling")?;
+    let component = Component::new(engine, wasm).map_err(anyhow::Error::from).context("compiling")?;
     tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
     if let Err(e) = store(&component, cache_dir, &path) {
         tracing::warn!(path = %path.display(), cause = %format!("{e:#}"), "could not cache compiled code");

@@ -70,11 +70,7 @@ impl fmt::Display for CpuBudgetSpent {
 
 impl fmt::Display for MemoryLimitReached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the instance tried to grow its memory past {} bytes",
-            self.limit
-        )
+        write!(f, "the instance tried to grow its memory past {} bytes", self.limit)
     }
 }
 
@@ -96,9 +92,6 @@ impl GuestError {
                 _ => TrapKind::Other,
             }
         };
-        Self {
-            kind,
-            detail: format!("{error:#}"),
-        }
+        Self { kind, detail: format!("{error:#}") }
     }
 }

@@ -31,11 +31,7 @@ impl<R: RoomApi> Guest<R> {
         store.data_mut().ticks_left = INSTANTIATE_TICKS;
         store.set_epoch_deadline(1);
         match pre.instantiate_async(&mut store).await {
-            Ok(party) => Ok(Self {
-                store,
-                party,
-                ticks_per_event: limits.ticks_per_event(),
-            }),
+            Ok(party) => Ok(Self { store, party, ticks_per_event: limits.ticks_per_event() }),
             Err(e) => Err((store.into_data().room, GuestError::classify(e))),
         }
     }
@@ -69,16 +65,12 @@ impl<R: RoomApi> Guest<R> {
 
     pub async fn on_connect(&mut self, task: u64, conn: &str, request: &Request) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_connect(store, task, &conn.to_owned(), request)
-            .await
-            .map_err(GuestError::classify)
+        h.call_on_connect(store, task, &conn.to_owned(), request).await.map_err(GuestError::classify)
     }
 
     pub async fn on_message(&mut self, task: u64, conn: &str, msg: &Message) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_message(store, task, &conn.to_owned(), msg)
-            .await
-            .map_err(GuestError::classify)
+        h.call_on_message(store, task, &conn.to_owned(), msg).await.map_err(GuestError::classify)
     }
 
     pub async fn on_close(
@@ -89,23 +81,17 @@ impl<R: RoomApi> Guest<R> {
         reason: &str,
     ) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_close(store, task, &conn.to_owned(), code, reason)
-            .await
-            .map_err(GuestError::classify)
+        h.call_on_close(store, task, &conn.to_owned(), code, reason).await.map_err(GuestError::classify)
     }
 
     pub async fn on_error(&mut self, task: u64, conn: &str, error: &str) -> Result<(), GuestError> {
         let (h, store) = self.arm();
-        h.call_on_error(store, task, &conn.to_owned(), error)
-            .await
-            .map_err(GuestError::classify)
+        h.call_on_error(store, task, &conn.to_owned(), error).await.map_err(GuestError::classify)
     }
 
     pub async fn on_request(&mut self, task: u64, request: &Request) -> Result<RequestOutcome, GuestError> {
         let (h, store) = self.arm();
-        h.call_on_request(store, task, request)
-            .await
-            .map_err(GuestError::classify)
+        h.call_on_request(store, task, request).await.map_err(GuestError::classify)
     }
 
     pub async fn on_alarm(&mut self, task: u64) -> Result<(), GuestError> {
@@ -119,9 +105,7 @@ impl<R: RoomApi> Guest<R> {
         request: &Request,
     ) -> Result<Vec<String>, GuestError> {
         let (h, store) = self.arm();
-        h.call_get_connection_tags(store, &conn.to_owned(), request)
-            .await
-            .map_err(GuestError::classify)
+        h.call_get_connection_tags(store, &conn.to_owned(), request).await.map_err(GuestError::classify)
     }
 
     pub async fn resume(

@@ -32,6 +32,9 @@ pub struct Limits {
     pub storage_key_bytes: usize,
     /// Largest storage value (PartyKit: 128 KiB).
     pub storage_value_bytes: usize,
+    /// Storage per room, keys plus values. A room's storage is held in
+    /// memory while the room runs, so this also bounds that memory.
+    pub storage_room_bytes: usize,
     /// How long an outbound fetch may wait for its response before the
     /// awaiting handler gets an error. Ends cycles that can never finish.
     pub fetch_timeout: Duration,
@@ -52,6 +55,7 @@ impl Default for Limits {
             connection_state_bytes: 2 << 10,
             storage_key_bytes: 2 << 10,
             storage_value_bytes: 128 << 10,
+            storage_room_bytes: 16 << 20,
             fetch_timeout: Duration::from_secs(10),
             fetches_in_flight: 64,
             connection_queue_frames: 1024,

@@ -54,17 +54,12 @@ impl Sandbox {
         // call is not measurable (see ../shared/TOOLCHAIN.md).
         config.epoch_interruption(true);
         config.max_wasm_stack(Limits::default().stack_bytes);
-        let engine = Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("configuring the wasmtime engine")?;
+        let engine =
+            Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
             .context("starting the epoch ticker thread")?;
-        Ok(Self {
-            engine,
-            cache_dir: cache_dir.to_path_buf(),
-            ticker_stop,
-        })
+        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker_stop })
     }
 
     /// Compiles (or loads from cache) the component at `wasm` and links it
@@ -94,11 +89,7 @@ impl Sandbox {
         let pre = PartyPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: it does not export the partyhost:party world", context()))?;
-        Ok(PartyCode {
-            pre,
-            limits,
-            engine: self.engine.clone(),
-        })
+        Ok(PartyCode { pre, limits, engine: self.engine.clone() })
     }
 }
 

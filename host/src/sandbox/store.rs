@@ -29,9 +29,7 @@ impl<R> StoreData<R> {
         Self {
             room,
             ticks_left: 0,
-            memory: MemoryLimiter {
-                limit: limits.memory_bytes,
-            },
+            memory: MemoryLimiter { limit: limits.memory_bytes },
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
         }
@@ -44,10 +42,7 @@ impl<R> StoreData<R> {
 
 impl<R: Send> WasiView for StoreData<R> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 

@@ -40,39 +40,45 @@ pub struct ListQuery {
 #[derive(Debug, Default)]
 pub struct RoomStorage {
     entries: BTreeMap<String, Vec<u8>>,
+    /// Bytes of all keys and values, kept up to date for the quota.
+    total_bytes: usize,
     alarm: Option<u64>,
     pending: PendingWrites,
 }
 
 impl RoomStorage {
     pub(super) fn new(entries: BTreeMap<String, Vec<u8>>, alarm: Option<u64>) -> Self {
-        Self {
-            entries,
-            alarm,
-            pending: PendingWrites::default(),
-        }
+        let total_bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Self { entries, total_bytes, alarm, pending: PendingWrites::default() }
     }
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         self.entries.get(key).map(Vec::as_slice)
     }
 
+    /// Total bytes the room would hold after putting `value` at `key`.
+    pub fn total_bytes_after_put(&self, key: &str, value: &[u8]) -> usize {
+        let replaced = self.entries.get(key).map_or(0, |old| key.len() + old.len());
+        self.total_bytes - replaced + key.len() + value.len()
+    }
+
     pub fn put(&mut self, key: String, value: Vec<u8>) {
+        self.total_bytes = self.total_bytes_after_put(&key, &value);
         self.pending.writes.push(Write::Put(key.clone(), value.clone()));
         self.entries.insert(key, value);
     }
 
     /// Returns whether the key existed.
     pub fn delete(&mut self, key: &str) -> bool {
-        let existed = self.entries.remove(key).is_some();
-        if existed {
-            self.pending.writes.push(Write::Delete(key.to_owned()));
-        }
-        existed
+        let Some(old) = self.entries.remove(key) else { return false };
+        self.total_bytes -= key.len() + old.len();
+        self.pending.writes.push(Write::Delete(key.to_owned()));
+        true
     }
 
     pub fn delete_all(&mut self) {
         self.entries.clear();
+        self.total_bytes = 0;
         self.pending.writes.push(Write::DeleteAll);
     }
 
@@ -89,10 +95,8 @@ impl RoomStorage {
             return Vec::new();
         }
         let prefix = query.prefix.as_deref().unwrap_or("");
-        let matching = self
-            .entries
-            .range::<String, _>((lower, upper))
-            .take_while(|(k, _)| k.starts_with(prefix));
+        let matching =
+            self.entries.range::<String, _>((lower, upper)).take_while(|(k, _)| k.starts_with(prefix));
         let limit = query.limit.map_or(usize::MAX, |l| l as usize);
         let clone = |(k, v): (&String, &Vec<u8>)| (k.clone(), v.clone());
         if query.reverse {
@@ -103,9 +107,9 @@ impl RoomStorage {
         }
     }
 
-    /// Total bytes of keys and values, for quotas.
+    /// Total bytes of keys and values.
     pub fn total_bytes(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.total_bytes
     }
 
     pub fn alarm(&self) -> Option<u64> {
@@ -128,12 +132,7 @@ mod tests {
     use super::*;
 
     fn storage(keys: &[&str]) -> RoomStorage {
-        RoomStorage::new(
-            keys.iter()
-                .map(|k| (k.to_string(), k.as_bytes().to_vec()))
-                .collect(),
-            None,
-        )
+        RoomStorage::new(keys.iter().map(|k| (k.to_string(), k.as_bytes().to_vec())).collect(), None)
     }
 
     fn keys(entries: Vec<(String, Vec<u8>)>) -> Vec<String> {
@@ -150,22 +149,10 @@ mod tests {
             limit,
             reverse,
         };
-        assert_eq!(
-            keys(s.list(&q(Some("b/"), None, None, None, false))),
-            ["b/1", "b/2", "b/3"]
-        );
-        assert_eq!(
-            keys(s.list(&q(Some("b/"), None, None, Some(2), true))),
-            ["b/3", "b/2"]
-        );
-        assert_eq!(
-            keys(s.list(&q(None, Some("b/2"), Some("c"), None, false))),
-            ["b/2", "b/3"]
-        );
-        assert_eq!(
-            keys(s.list(&q(Some("b/"), Some("a"), None, None, false))),
-            ["b/1", "b/2", "b/3"]
-        );
+        assert_eq!(keys(s.list(&q(Some("b/"), None, None, None, false))), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys(s.list(&q(Some("b/"), None, None, Some(2), true))), ["b/3", "b/2"]);
+        assert_eq!(keys(s.list(&q(None, Some("b/2"), Some("c"), None, false))), ["b/2", "b/3"]);
+        assert_eq!(keys(s.list(&q(Some("b/"), Some("a"), None, None, false))), ["b/1", "b/2", "b/3"]);
         assert!(s.list(&q(None, Some("c"), Some("a"), None, false)).is_empty());
         assert_eq!(keys(s.list(&ListQuery::default())).len(), 5);
     }
@@ -177,8 +164,11 @@ mod tests {
         assert_eq!(s.get("y"), Some(&b"1"[..]));
         assert!(s.delete("x"));
         assert!(!s.delete("x"));
+        assert_eq!(s.total_bytes(), 2);
+        s.put("y".into(), b"123".to_vec());
+        assert_eq!(s.total_bytes(), 4);
         let pending = s.take_pending();
-        assert_eq!(pending.writes.len(), 2);
+        assert_eq!(pending.writes.len(), 3);
         assert!(s.take_pending().is_empty());
     }
 }

@@ -4,7 +4,6 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use super::cache::{PendingWrites, RoomStorage, Write};
 use crate::ids::{PartyName, RoomId, RoomKey};
@@ -25,10 +24,41 @@ CREATE TABLE IF NOT EXISTS alarms (
 ) WITHOUT ROWID;
 ";
 
-/// The host's storage file. Cheap to share: clone the `Arc` it comes in.
+/// The host's storage file. Owned by the storage thread (see `writer.rs`).
 pub struct Db {
-    /// One connection; rooms hold it only for a load or a commit.
-    conn: Mutex<Connection>,
+    conn: Connection,
+}
+
+/// Applies one room's writes inside `tx`, in the order they were made.
+fn apply(tx: &rusqlite::Transaction<'_>, key: &RoomKey, writes: &PendingWrites) -> rusqlite::Result<()> {
+    let (party, room) = (key.party.as_str(), key.room.as_str());
+    for write in &writes.writes {
+        match write {
+            Write::Put(k, v) => tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![party, room, k, v])?,
+            Write::Delete(k) => tx
+                .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
+                .execute(params![party, room, k])?,
+            Write::DeleteAll => tx
+                .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
+                .execute(params![party, room])?,
+        };
+    }
+    match writes.alarm {
+        None => {}
+        Some(Some(time_ms)) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO alarms (party, room, time_ms) VALUES (?1, ?2, ?3)")?
+                .execute(params![party, room, i64::try_from(time_ms).unwrap_or(i64::MAX)])?;
+        }
+        Some(None) => {
+            tx.prepare_cached("DELETE FROM alarms WHERE party = ?1 AND room = ?2")?
+                .execute(params![party, room])?;
+        }
+    }
+    Ok(())
 }
 
 /// An alarm found in the file at start-up.
@@ -51,17 +81,8 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("creating the schema in {}", path.display()))?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-applied
-        // transaction (rusqlite rolls back on drop), so poison is harmless.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        conn.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Self { conn })
     }
 
     /// Reads a room's entries and alarm.
@@ -69,14 +90,13 @@ impl Db {
     /// # Errors
     /// On an SQLite error; the message names the room.
     pub fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
-        let conn = self.conn();
+        let conn = &self.conn;
         let mut stmt = conn.prepare_cached("SELECT key, value FROM kv WHERE party = ?1 AND room = ?2")?;
         let rows = stmt.query_map(params![key.party.as_str(), key.room.as_str()], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
         });
-        let entries: BTreeMap<String, Vec<u8>> = rows
-            .and_then(Iterator::collect)
-            .with_context(|| format!("loading storage of room {key}"))?;
+        let entries: BTreeMap<String, Vec<u8>> =
+            rows.and_then(Iterator::collect).with_context(|| format!("loading storage of room {key}"))?;
         let alarm = conn
             .query_row(
                 "SELECT time_ms FROM alarms WHERE party = ?1 AND room = ?2",
@@ -88,48 +108,16 @@ impl Db {
         Ok(RoomStorage::new(entries, alarm.map(|t| t.max(0).cast_unsigned())))
     }
 
-    /// Applies a room's queued writes in one transaction.
+    /// Applies the queued writes of one or more rooms in one transaction.
     ///
     /// # Errors
     /// On an SQLite error; nothing of the batch is applied then.
-    pub fn commit(&self, key: &RoomKey, writes: &PendingWrites) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let (party, room) = (key.party.as_str(), key.room.as_str());
-        for write in &writes.writes {
-            match write {
-                Write::Put(k, v) => tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![party, room, k, v])?,
-                Write::Delete(k) => tx
-                    .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
-                    .execute(params![party, room, k])?,
-                Write::DeleteAll => tx
-                    .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
-                    .execute(params![party, room])?,
-            };
+    pub fn commit_many(&mut self, batch: &[(&RoomKey, &PendingWrites)]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        for (key, writes) in batch {
+            apply(&tx, key, writes).with_context(|| format!("writing storage of room {key}"))?;
         }
-        match writes.alarm {
-            None => {}
-            Some(Some(time_ms)) => {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO alarms (party, room, time_ms) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![
-                    party,
-                    room,
-                    i64::try_from(time_ms).unwrap_or(i64::MAX)
-                ])?;
-            }
-            Some(None) => {
-                tx.prepare_cached("DELETE FROM alarms WHERE party = ?1 AND room = ?2")?
-                    .execute(params![party, room])?;
-            }
-        }
-        tx.commit()
-            .with_context(|| format!("committing storage of room {key}"))
+        tx.commit().context("committing storage")
     }
 
     /// Every stored alarm, so the host can schedule them after a restart.
@@ -137,31 +125,23 @@ impl Db {
     /// # Errors
     /// On an SQLite error.
     pub fn alarms(&self) -> anyhow::Result<Vec<StoredAlarm>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT party, room, time_ms FROM alarms")?;
+        let mut stmt = self.conn.prepare("SELECT party, room, time_ms FROM alarms")?;
         let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
         })?;
         let mut alarms = Vec::new();
         for row in rows {
             let (party, room, time_ms) = row.context("reading the alarms table")?;
             // Rows written by an older manifest may name parties that are
             // gone or invalid now; they are skipped, not fatal.
-            let (Ok(party), Ok(room)) = (
-                PartyName::try_from(party.as_str()),
-                RoomId::try_from(room.as_str()),
-            ) else {
+            let (Ok(party), Ok(room)) =
+                (PartyName::try_from(party.as_str()), RoomId::try_from(room.as_str()))
+            else {
                 tracing::warn!(%party, %room, "skipping an alarm with an invalid name");
                 continue;
             };
-            alarms.push(StoredAlarm {
-                room: RoomKey { party, room },
-                time_ms: time_ms.max(0).cast_unsigned(),
-            });
+            alarms
+                .push(StoredAlarm { room: RoomKey { party, room }, time_ms: time_ms.max(0).cast_unsigned() });
         }
         Ok(alarms)
     }
@@ -184,20 +164,20 @@ mod tests {
         let path = dir.path().join("storage.sqlite");
         let (a, b) = (key("p", "a"), key("p", "b"));
         {
-            let db = Db::open(&path)?;
+            let mut db = Db::open(&path)?;
             let mut room = db.load(&a)?;
             room.put("x".into(), b"1".to_vec());
             room.put("y".into(), b"2".to_vec());
             room.delete("y");
             room.set_alarm(Some(1234));
-            db.commit(&a, &room.take_pending())?;
+            db.commit_many(&[(&a, &room.take_pending())])?;
             let mut other = db.load(&b)?;
             other.put("x".into(), b"other".to_vec());
             other.delete_all();
             other.put("z".into(), b"3".to_vec());
-            db.commit(&b, &other.take_pending())?;
+            db.commit_many(&[(&b, &other.take_pending())])?;
         }
-        let db = Db::open(&path)?;
+        let mut db = Db::open(&path)?;
         let room = db.load(&a)?;
         assert_eq!(room.get("x"), Some(&b"1"[..]));
         assert_eq!(room.get("y"), None);
@@ -209,7 +189,7 @@ mod tests {
         assert_eq!((alarms[0].room.clone(), alarms[0].time_ms), (a.clone(), 1234));
         let mut room = db.load(&a)?;
         room.set_alarm(None);
-        db.commit(&a, &room.take_pending())?;
+        db.commit_many(&[(&a, &room.take_pending())])?;
         assert!(db.alarms()?.is_empty());
         Ok(())
     }

@@ -3,12 +3,15 @@
 //!
 //! A room's storage is loaded into its [`RoomStorage`] when the room starts.
 //! Writes apply to the cache at once (so reads within a handler see them)
-//! and are queued; after each event the room commits the queue in one
-//! transaction with [`Db::commit`]. This module knows nothing of wasmtime or
-//! of sockets.
+//! and are queued; after each event the room hands the queue to the
+//! [`Storage`] thread, which commits the queues of every room waiting at that
+//! moment in one transaction. This module knows nothing of wasmtime or of
+//! sockets.
 
 mod cache;
 mod db;
+mod writer;
 
 pub use cache::{ListQuery, PendingWrites, RoomStorage};
 pub use db::{Db, StoredAlarm};
+pub use writer::Storage;

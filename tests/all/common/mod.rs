@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use partyhost::Host;
 use partyhost::manifest::Deployment;
+use partyhost::rooms::RoomStats;
 
 /// Every await in a test is bounded by this.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -39,7 +40,7 @@ pub fn manifest(parties: &[(&str, &str)], extra: &str) -> String {
 pub struct TestHost {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<()>>>,
+    host: Option<Host>,
 }
 
 impl TestHost {
@@ -49,27 +50,30 @@ impl TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(partyhost::run(deployment, listener, shutdown.clone()));
-        // Serving starts after the parties load; wait until it answers.
-        let host = Self {
-            addr,
-            shutdown,
-            task: Some(task),
-        };
-        within("host start", async {
-            while TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let host = Host::start(deployment, listener, shutdown.clone()).await?;
+        Ok(Self { addr, shutdown, host: Some(host) })
+    }
+
+    /// Live rooms and instances right now.
+    pub fn stats(&self) -> RoomStats {
+        self.host.as_ref().map_or(RoomStats { rooms: 0, instances: 0 }, Host::stats)
+    }
+
+    /// Polls until `done(stats)` holds, failing after [`STEP`].
+    pub async fn wait_for_stats(&self, what: &str, done: impl Fn(RoomStats) -> bool) {
+        within(what, async {
+            while !done(self.stats()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
-        Ok(host)
     }
 
     /// Stops the host and waits until every room has stopped.
     pub async fn stop(mut self) -> Result<()> {
         self.shutdown.cancel();
-        match self.task.take() {
-            Some(task) => within("host stop", task).await.context("host task panicked")?,
+        match self.host.take() {
+            Some(host) => within("host stop", host.wait()).await,
             None => Ok(()),
         }
     }
@@ -88,11 +92,7 @@ impl TestHost {
         );
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
         let mut response = Vec::new();
-        within(
-            "http response",
-            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response),
-        )
-        .await?;
+        within("http response", tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)).await?;
         let text = String::from_utf8_lossy(&response);
         let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
         let status = head.split(' ').nth(1).context("no status")?.parse()?;

@@ -36,15 +36,12 @@ impl host::Connections for RoomState {
         let id = self.known(&conn)?;
         // 1000 and 3000-4999 are the codes an application may send.
         if code != 1000 && !(3000..=4999).contains(&code) {
-            return Err(Refusal::Invalid(format!(
-                "close code {code} is reserved; use 1000 or 3000-4999"
-            )));
+            return Err(Refusal::Invalid(format!("close code {code} is reserved; use 1000 or 3000-4999")));
         }
         if reason.len() > 123 {
             return Err(Refusal::TooLarge("close reason is over 123 bytes".into()));
         }
-        self.outbox
-            .push((Target::One(id), Outgoing::Close { code, reason }));
+        self.outbox.push((Target::One(id), Outgoing::Close { code, reason }));
         Ok(())
     }
 
@@ -69,9 +66,7 @@ impl host::Connections for RoomState {
         let id = self.known(&conn)?;
         let limit = self.limits.connection_state_bytes;
         if state.as_ref().is_some_and(|s| s.len() > limit) {
-            return Err(Refusal::TooLarge(format!(
-                "connection state is over {limit} bytes"
-            )));
+            return Err(Refusal::TooLarge(format!("connection state is over {limit} bytes")));
         }
         if let Some(entry) = self.connections.get_mut(&id) {
             entry.state = state;

@@ -6,17 +6,10 @@ impl host::Outbound for RoomState {
     fn fetch(&mut self, party: String, room: String, request: Request) -> Result<u64, Refusal> {
         let limit = self.limits.fetches_in_flight;
         if self.fetches_in_flight + self.fetches.len() >= limit {
-            return Err(Refusal::QuotaExceeded(format!(
-                "{limit} fetches already in flight from this room"
-            )));
+            return Err(Refusal::QuotaExceeded(format!("{limit} fetches already in flight from this room")));
         }
         let id = self.next_fetch_id();
-        self.fetches.push(FetchStart {
-            id,
-            party,
-            room,
-            request,
-        });
+        self.fetches.push(FetchStart { id, party, room, request });
         Ok(id)
     }
 }

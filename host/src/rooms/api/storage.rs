@@ -10,14 +10,14 @@ impl host::Storage for RoomState {
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Refusal> {
         let (key_limit, value_limit) = (self.limits.storage_key_bytes, self.limits.storage_value_bytes);
         if key.len() > key_limit {
-            return Err(Refusal::TooLarge(format!(
-                "storage key is over {key_limit} bytes"
-            )));
+            return Err(Refusal::TooLarge(format!("storage key is over {key_limit} bytes")));
         }
         if value.len() > value_limit {
-            return Err(Refusal::TooLarge(format!(
-                "value of key {key:?} is over {value_limit} bytes"
-            )));
+            return Err(Refusal::TooLarge(format!("value of key {key:?} is over {value_limit} bytes")));
+        }
+        let quota = self.limits.storage_room_bytes;
+        if self.storage.total_bytes_after_put(&key, &value) > quota {
+            return Err(Refusal::QuotaExceeded(format!("room storage would exceed {quota} bytes")));
         }
         self.storage.put(key, value);
         Ok(())

@@ -2,7 +2,7 @@
 //! Each message names a misdeed; anything else is echoed with the number of
 //! times this instance has started, so tests can see a restart.
 
-use partyhost_guest::{Connection, Message, Party, Request, Response, Room, export_party};
+use partyhost_guest::{Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now};
 
 use std::cell::Cell;
 
@@ -50,6 +50,18 @@ fn wide_recurse(depth: u64) -> u64 {
     wide_recurse(std::hint::black_box(depth + 1)) + frame[(depth % 512) as usize]
 }
 
+/// Writes `kib` KiB of storage in 64 KiB values; says where it stopped.
+fn fill(kib: usize) -> String {
+    let storage = partyhost_guest::Room::default().storage();
+    let chunk = vec![7u8; 64 << 10];
+    for i in 0..kib.div_ceil(64) {
+        if let Err(e) = storage.put_bytes(&format!("fill/{i}"), &chunk) {
+            return format!("filled {i} chunks, then {e}");
+        }
+    }
+    format!("filled {kib} KiB")
+}
+
 impl Hostile {
     async fn fetch_self(&self, path: &str) -> Response {
         let (party, room) = (self.room.party(), self.room.id());
@@ -62,10 +74,7 @@ impl Hostile {
 
 impl Party for Hostile {
     fn new(room: Room) -> Self {
-        Self {
-            room,
-            starts: Cell::new(0),
-        }
+        Self { room, starts: Cell::new(0) }
     }
 
     async fn on_start(&self) {
@@ -77,7 +86,39 @@ impl Party for Hostile {
     async fn on_message(&self, message: Message, sender: Connection) {
         let text = message.as_text().unwrap_or_default().to_owned();
         misbehave(&text);
-        sender.send(format!("echo {text} starts={}", self.starts.get()));
+        let starts = self.starts.get();
+        let storage = self.room.storage();
+        let reply = match text.split_once(':') {
+            Some(("tagged", tag)) => format!("tagged {tag} = {}", self.room.connections_tagged(tag).len()),
+            Some(("remember", value)) => match sender.set_state(&value) {
+                Ok(()) => format!("remembered {value}"),
+                Err(e) => format!("refused: {e}"),
+            },
+            Some(("recall", _)) => format!("recall {}", sender.state::<String>().unwrap_or_default()),
+            Some(("broadcast", text)) => {
+                self.room.broadcast(format!("broadcast {text} starts={starts}"), &[]);
+                return;
+            }
+            Some(("alarm", ms)) => {
+                storage.set_alarm(now() + ms.parse::<u64>().unwrap_or(0));
+                format!("alarm set starts={starts}")
+            }
+            Some(("fill", kib)) => fill(kib.parse().unwrap_or(0)),
+            _ => format!("echo {text} starts={starts}"),
+        };
+        sender.send(reply);
+    }
+
+    fn get_connection_tags(&self, _conn: &Connection, ctx: &ConnectionContext) -> Vec<String> {
+        // `?tag=x&tag=y` in the connection URL.
+        let query = ctx.request.url.split_once('?').map_or("", |(_, q)| q);
+        query.split('&').filter_map(|pair| pair.strip_prefix("tag=")).map(str::to_owned).collect()
+    }
+
+    async fn on_alarm(&self) {
+        let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0) + 1;
+        let _ = self.room.storage().put("alarms-fired", &fired);
+        self.room.broadcast(format!("alarm fired starts={}", self.starts.get()), &[]);
     }
 
     async fn on_request(&self, request: Request) -> Response {
@@ -91,6 +132,10 @@ impl Party for Hostile {
             "never" => std::future::pending().await,
             // Awaits a request to this room that never answers.
             "await-never" => self.fetch_self("/never").await,
+            "alarms-fired" => {
+                let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0);
+                Response::text(200, format!("alarms fired {fired}"))
+            }
             _ => Response::text(200, format!("ok starts={}", self.starts.get())),
         }
     }

@@ -1,31 +1,33 @@
-//! The room actor: one task per live room, owning its guest instance, its
-//! connections and its storage cache. Everything else talks to it through
-//! its [`RoomHandle`](super::RoomHandle).
+//! The room actor: one task per running room, owning its guest instance,
+//! its connections and its storage cache. Everything else talks to it
+//! through its [`RoomHandle`](super::RoomHandle).
 //!
 //! Events are handled one at a time. A handler that awaits a fetch parks
 //! inside the guest and the call returns, so the room goes on with its next
 //! event; when the fetch's response arrives (from the `fetches` set) the
 //! room calls `resume` and the handler carries on.
 //!
-//! After each guest call the room commits the call's storage writes, then
-//! releases its effects: frames, fetches, responses. A trap or a failed
-//! commit discards the effects, drops the instance and reloads storage; the
-//! next event starts a fresh instance, so the room recovers by itself.
+//! - this file: the loop and one method per event;
+//! - `effects.rs`: after a call, commit its writes, then release its output;
+//! - `lifecycle.rs`: instances started, evicted, reset; the room retiring.
+
+mod effects;
+mod lifecycle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use super::handle::{Connect, RoomMsg};
 use super::registry::Rooms;
-use super::state::{ConnectionEntry, FetchStart, Outgoing, RoomState, Target};
-use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, now_ms};
+use super::state::{ConnectionEntry, Outgoing, RoomState};
+use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, now_ms};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{Guest, GuestError, PartyCode, Request, RequestOutcome, Response};
+use crate::sandbox::{Guest, PartyCode, Request, RequestOutcome, Response};
 
 /// Most tags a connection keeps (its id included), as in Durable Objects.
 const MAX_TAGS: usize = 10;
@@ -36,7 +38,7 @@ const MAX_TAG_BYTES: usize = 256;
 enum Slot {
     Live(Guest<RoomState>),
     Idle(RoomState),
-    /// Only while an instance is being created.
+    /// Only while an instance is being created or dropped.
     Empty,
 }
 
@@ -44,43 +46,57 @@ pub(super) struct Room {
     key: RoomKey,
     rooms: Arc<Rooms>,
     code: Arc<PartyCode<RoomState>>,
+    /// Evict the instance when idle even while sockets are open.
+    hibernate: bool,
+    /// This run's generation in the registry (see `Rooms::retire`).
+    generation: u64,
     rx: mpsc::Receiver<RoomMsg>,
     slot: Slot,
     next_task: u64,
+    /// When the last event was handled; idleness is measured from it.
+    last_event: tokio::time::Instant,
+    /// The same, on the registry's clock, read by it to pick LRU victims.
+    last_active: Arc<AtomicU64>,
     /// Replies owed to parked `on-request` handlers, by task id.
     pending_requests: HashMap<u64, oneshot::Sender<Response>>,
     /// Outbound fetches in flight; dropping the set aborts them.
     fetches: JoinSet<(u64, Result<Response, String>)>,
-    shutdown: CancellationToken,
 }
 
 impl Room {
     pub(super) fn new(
         rooms: Arc<Rooms>,
         code: Arc<PartyCode<RoomState>>,
+        hibernate: bool,
+        generation: u64,
         state: RoomState,
         rx: mpsc::Receiver<RoomMsg>,
-        shutdown: CancellationToken,
     ) -> Self {
         Self {
             key: state.key.clone(),
+            last_active: Arc::new(AtomicU64::new(rooms.clock_ms())),
             rooms,
             code,
+            hibernate,
+            generation,
             rx,
             slot: Slot::Idle(state),
             next_task: 1,
+            last_event: tokio::time::Instant::now(),
             pending_requests: HashMap::new(),
             fetches: JoinSet::new(),
-            shutdown,
         }
     }
 
-    /// Handles events until shutdown, then closes every socket with 1001.
+    /// Handles events until the room retires (idle, no sockets) or the host
+    /// shuts down; then closes any socket left with 1001.
     pub(super) async fn run(mut self) {
+        let shutdown = self.rooms.shutdown().clone();
         loop {
             let alarm = self.state().storage.alarm();
+            let idle_at = self.idle_action().map(|_| self.last_event + self.rooms.config().idle_timeout);
             tokio::select! {
-                () = self.shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
@@ -91,14 +107,20 @@ impl Room {
                     }
                 }
                 () = sleep_until_ms(alarm), if alarm.is_some() => self.fire_alarm().await,
+                () = sleep_until(idle_at), if idle_at.is_some() => {
+                    if self.on_idle() && self.rooms.retire(&self.key, self.generation, || self.rx.is_empty()) {
+                        return self.retired().await;
+                    }
+                }
             }
+            self.touch();
         }
         for entry in self.state().connections.values() {
-            let _ = entry.sender.try_send(Outgoing::Close {
-                code: CLOSE_GOING_AWAY,
-                reason: "server shutting down".into(),
-            });
+            let _ = entry
+                .sender
+                .try_send(Outgoing::Close { code: CLOSE_GOING_AWAY, reason: "server shutting down".into() });
         }
+        self.drop_instance();
         info!(room = %self.key, "room stopped");
     }
 
@@ -114,12 +136,7 @@ impl Room {
                     }
                 }
             }
-            RoomMsg::Close {
-                conn,
-                socket,
-                code,
-                reason,
-            } => {
+            RoomMsg::Close { conn, socket, code, reason } => {
                 if self.remove_connection(&conn, socket) {
                     let task = self.next_task();
                     if let Some(guest) = self.live_guest().await {
@@ -138,6 +155,7 @@ impl Room {
                 }
             }
             RoomMsg::Request { request, reply } => self.request(request, reply).await,
+            RoomMsg::Evict => self.evict_if_idle(),
         }
     }
 
@@ -145,10 +163,7 @@ impl Room {
         if let Some(old) = self.state_mut().connections.remove(&c.conn) {
             // partysocket reconnects with the same `_pk`; the newer socket wins.
             let reason = "replaced by a newer connection with the same id".to_owned();
-            let _ = old.sender.try_send(Outgoing::Close {
-                code: 1000,
-                reason: reason.clone(),
-            });
+            let _ = old.sender.try_send(Outgoing::Close { code: 1000, reason: reason.clone() });
             let task = self.next_task();
             if let Some(guest) = self.live_guest().await {
                 let result = guest.on_close(task, c.conn.as_str(), 1000, &reason).await;
@@ -156,19 +171,16 @@ impl Room {
             }
         }
         let refuse = |c: &Connect| {
-            let _ = c.sender.try_send(Outgoing::Close {
-                code: CLOSE_INTERNAL_ERROR,
-                reason: "room error".into(),
-            });
+            let _ = c
+                .sender
+                .try_send(Outgoing::Close { code: CLOSE_INTERNAL_ERROR, reason: "room error".into() });
         };
         let task = self.next_task();
-        let Some(guest) = self.live_guest().await else {
-            return refuse(&c);
-        };
+        let Some(guest) = self.live_guest().await else { return refuse(&c) };
         let tags = match guest.get_connection_tags(c.conn.as_str(), &c.request).await {
             Ok(tags) => tags,
             Err(e) => {
-                self.reset(&e);
+                self.reset(&e).await;
                 return refuse(&c);
             }
         };
@@ -193,8 +205,7 @@ impl Room {
             let _ = reply.send(error_response(503, "the room could not start; see the host log"));
             return;
         };
-        let outcome = guest.on_request(task, &request).await;
-        match outcome {
+        match guest.on_request(task, &request).await {
             Ok(RequestOutcome::Ready(response)) => {
                 // Released with the call's other effects, after the commit.
                 guest.room_mut().completed.push((task, response));
@@ -237,131 +248,6 @@ impl Room {
         }
     }
 
-    /// The running instance, creating it (and running `on-start`) if none
-    /// runs. `None` when the instance could not start; that is logged.
-    async fn live_guest(&mut self) -> Option<&mut Guest<RoomState>> {
-        if let Slot::Idle(_) = self.slot {
-            let Slot::Idle(state) = std::mem::replace(&mut self.slot, Slot::Empty) else {
-                return None;
-            };
-            match self.code.instantiate(state).await {
-                Ok(mut guest) => {
-                    let task = self.next_task();
-                    let started = guest.on_start(task).await;
-                    self.slot = Slot::Live(guest);
-                    info!(room = %self.key, "instance started");
-                    if !self.finish(started).await {
-                        return None;
-                    }
-                }
-                Err((state, e)) => {
-                    warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "instance failed to start");
-                    self.slot = Slot::Idle(state);
-                    return None;
-                }
-            }
-        }
-        match &mut self.slot {
-            Slot::Live(guest) => Some(guest),
-            _ => None,
-        }
-    }
-
-    /// Ends a guest call: commits its writes and releases its effects, or
-    /// resets the room if it failed. Returns whether the call took effect.
-    async fn finish(&mut self, result: Result<(), GuestError>) -> bool {
-        if let Err(e) = result {
-            self.reset(&e);
-            return false;
-        }
-        let writes = self.state_mut().storage.take_pending();
-        if !writes.is_empty()
-            && let Err(e) = self.rooms.db().commit(&self.key, &writes)
-        {
-            tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
-            self.reset_state();
-            return false;
-        }
-        self.release();
-        true
-    }
-
-    /// Sends what the last call queued: frames, fetches, responses.
-    fn release(&mut self) {
-        let state = self.state_mut();
-        let outbox = std::mem::take(&mut state.outbox);
-        let fetches = std::mem::take(&mut state.fetches);
-        let completed = std::mem::take(&mut state.completed);
-        for (target, frame) in outbox {
-            deliver(&state.connections, target, frame);
-        }
-        for fetch in fetches {
-            self.start_fetch(fetch);
-        }
-        for (task, response) in completed {
-            if let Some(reply) = self.pending_requests.remove(&task) {
-                let _ = reply.send(response);
-            }
-        }
-        // Callers that gave up (timeout, deadline) no longer need a reply.
-        self.pending_requests.retain(|_, reply| !reply.is_closed());
-    }
-
-    fn start_fetch(&mut self, fetch: FetchStart) {
-        self.state_mut().fetches_in_flight += 1;
-        let FetchStart {
-            id,
-            party,
-            room,
-            request,
-        } = fetch;
-        let response = self.rooms.fetch(&self.key, &party, &room, request);
-        let timeout = self.code.limits().fetch_timeout;
-        self.fetches.spawn(async move {
-            let result = match response {
-                Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
-                Ok(response) => match tokio::time::timeout(timeout, response).await {
-                    Ok(Ok(response)) => Ok(response),
-                    Ok(Err(_)) => Err(format!("fetch to {party}/{room} failed: the room stopped")),
-                    Err(_) => Err(format!(
-                        "fetch to {party}/{room} got no response within {timeout:?} (a request cycle that cannot finish?)"
-                    )),
-                },
-            };
-            (id, result)
-        });
-    }
-
-    /// Logs a failed call and resets the room.
-    fn reset(&mut self, e: &GuestError) {
-        warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
-        self.reset_state();
-    }
-
-    /// Drops the instance and every effect not yet released, and reloads
-    /// storage from disk so uncommitted writes vanish.
-    fn reset_state(&mut self) {
-        let mut state = match std::mem::replace(&mut self.slot, Slot::Empty) {
-            Slot::Live(guest) => guest.into_room(),
-            Slot::Idle(state) => state,
-            Slot::Empty => return,
-        };
-        state.discard_effects();
-        match self.rooms.db().load(&self.key) {
-            Ok(storage) => state.storage = storage,
-            Err(e) => {
-                tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")
-            }
-        }
-        // Handlers parked in the dropped instance will never finish.
-        self.fetches.abort_all();
-        state.fetches_in_flight = 0;
-        for (_, reply) in self.pending_requests.drain() {
-            let _ = reply.send(error_response(500, "the room restarted after an error"));
-        }
-        self.slot = Slot::Idle(state);
-    }
-
     fn state(&self) -> &RoomState {
         match &self.slot {
             Slot::Live(guest) => guest.room(),
@@ -379,10 +265,7 @@ impl Room {
     }
 
     fn is_current(&self, conn: &ConnectionId, socket: u64) -> bool {
-        self.state()
-            .connections
-            .get(conn)
-            .is_some_and(|e| e.socket == socket)
+        self.state().connections.get(conn).is_some_and(|e| e.socket == socket)
     }
 
     /// Forgets a connection if `socket` is still the one registered for it.
@@ -399,30 +282,19 @@ impl Room {
         self.next_task += 1;
         task
     }
+
+    /// Marks the room active now (for idleness and the instance LRU).
+    fn touch(&mut self) {
+        self.last_event = tokio::time::Instant::now();
+        self.last_active.store(self.rooms.clock_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
-/// `Slot::Empty` exists only inside `live_guest` and `reset_state`, which
-/// never call back into the room.
+/// `Slot::Empty` exists only inside `lifecycle.rs`, which never calls back
+/// into the room while the slot is empty.
 #[allow(clippy::panic)]
 fn unreachable_state() -> ! {
-    panic!("room state read while an instance was being created")
-}
-
-/// Queues `frame` for its target; a full queue marks the client too slow.
-fn deliver(connections: &HashMap<ConnectionId, ConnectionEntry>, target: Target, frame: Outgoing) {
-    let push = |entry: &ConnectionEntry| {
-        if let Err(mpsc::error::TrySendError::Full(_)) = entry.sender.try_send(frame.clone()) {
-            debug!("outgoing queue full; dropping the client as too slow ({CLOSE_TRY_AGAIN})");
-            entry.too_slow.cancel();
-        }
-    };
-    match target {
-        Target::One(id) => connections.get(&id).into_iter().for_each(push),
-        Target::All { without } => connections
-            .iter()
-            .filter(|(id, _)| !without.iter().any(|w| w == id.as_str()))
-            .for_each(|(_, entry)| push(entry)),
-    }
+    panic!("room state read while an instance was being created or dropped")
 }
 
 /// The connection id first, then the guest's tags, without duplicates,
@@ -431,7 +303,7 @@ fn clean_tags(conn: &ConnectionId, tags: Vec<String>) -> Vec<String> {
     let mut clean = vec![conn.to_string()];
     for tag in tags {
         if clean.len() == MAX_TAGS {
-            warn!(conn = %conn, "more than {MAX_TAGS} connection tags; the rest are dropped");
+            tracing::warn!(conn = %conn, "more than {MAX_TAGS} connection tags; the rest are dropped");
             break;
         }
         if tag.is_empty() || tag.len() > MAX_TAG_BYTES || clean.contains(&tag) {
@@ -455,8 +327,13 @@ fn error_response(status: u16, message: &str) -> Response {
 
 /// Sleeps until a wall-clock time in milliseconds since the Unix epoch.
 async fn sleep_until_ms(time_ms: Option<u64>) {
-    let wait = time_ms.map_or(Duration::MAX, |t| {
-        Duration::from_millis(t.saturating_sub(now_ms()))
-    });
+    let wait = time_ms.map_or(Duration::MAX, |t| Duration::from_millis(t.saturating_sub(now_ms())));
     tokio::time::sleep(wait.min(Duration::from_secs(86_400 * 365))).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

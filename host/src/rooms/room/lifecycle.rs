@@ -1,0 +1,141 @@
+//! A room's instance comes and goes: started on demand (running
+//! `on-start`), evicted when idle, dropped and restarted from storage after
+//! a failure. The room itself retires when it has nothing left to keep.
+
+use tracing::{info, warn};
+
+use super::{Room, Slot};
+use crate::rooms::state::RoomState;
+use crate::sandbox::{Guest, GuestError};
+
+/// What an idle room does when its idle time is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IdleAction {
+    /// Drop the instance; sockets stay open, kept by the host.
+    Evict,
+    /// Stop the room: no sockets, nothing pending.
+    Retire,
+}
+
+impl Room {
+    /// The running instance, creating it (and running `on-start`) if none
+    /// runs. `None` when the instance could not start; that is logged.
+    pub(super) async fn live_guest(&mut self) -> Option<&mut Guest<RoomState>> {
+        if let Slot::Idle(_) = self.slot {
+            let Slot::Idle(state) = std::mem::replace(&mut self.slot, Slot::Empty) else {
+                return None;
+            };
+            match self.code.instantiate(state).await {
+                Ok(mut guest) => {
+                    let task = self.next_task();
+                    let started = guest.on_start(task).await;
+                    self.slot = Slot::Live(guest);
+                    self.rooms.instance_started(&self.key, &self.last_active);
+                    info!(room = %self.key, "instance started");
+                    if !self.finish(started).await {
+                        return None;
+                    }
+                }
+                Err((state, e)) => {
+                    warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "instance failed to start");
+                    self.slot = Slot::Idle(state);
+                    return None;
+                }
+            }
+        }
+        match &mut self.slot {
+            Slot::Live(guest) => Some(guest),
+            _ => None,
+        }
+    }
+
+    /// What to do once the idle time is up, if anything. Nothing while a
+    /// handler is parked (its future lives in the instance) or a request
+    /// waits.
+    pub(super) fn idle_action(&self) -> Option<IdleAction> {
+        if !self.fetches.is_empty() || !self.pending_requests.is_empty() || !self.rx.is_empty() {
+            return None;
+        }
+        let no_sockets = self.state().connections.is_empty();
+        match self.slot {
+            _ if no_sockets => Some(IdleAction::Retire),
+            Slot::Live(_) if self.hibernate => Some(IdleAction::Evict),
+            _ => None,
+        }
+    }
+
+    /// Evicts the instance or reports that the room should retire.
+    pub(super) fn on_idle(&mut self) -> bool {
+        match self.idle_action() {
+            Some(IdleAction::Evict) => {
+                self.drop_instance();
+                info!(room = %self.key, sockets = self.state().connections.len(), "instance evicted (hibernating)");
+                false
+            }
+            Some(IdleAction::Retire) => true,
+            None => false,
+        }
+    }
+
+    /// The registry asks for the instance (too many are alive).
+    pub(super) fn evict_if_idle(&mut self) {
+        if self.fetches.is_empty() && self.pending_requests.is_empty() && matches!(self.slot, Slot::Live(_)) {
+            self.drop_instance();
+            info!(room = %self.key, "instance evicted (live instance cap)");
+        }
+    }
+
+    /// Drops the instance, keeping the room's state.
+    pub(super) fn drop_instance(&mut self) {
+        if let Slot::Live(_) = self.slot
+            && let Slot::Live(guest) = std::mem::replace(&mut self.slot, Slot::Empty)
+        {
+            self.slot = Slot::Idle(guest.into_room());
+            self.rooms.instance_stopped(&self.key);
+        }
+    }
+
+    /// Logs a failed call and resets the room.
+    pub(super) async fn reset(&mut self, e: &GuestError) {
+        warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
+        self.reset_state().await;
+    }
+
+    /// Drops the instance and every effect not yet released, and reloads
+    /// storage from disk so uncommitted writes vanish.
+    pub(super) async fn reset_state(&mut self) {
+        self.drop_instance();
+        // Handlers parked in the dropped instance will never finish.
+        self.fetches.abort_all();
+        for (_, reply) in self.pending_requests.drain() {
+            let _ = reply.send(super::error_response(500, "the room restarted after an error"));
+        }
+        let reloaded = self.rooms.storage().load(&self.key).await;
+        let state = self.state_mut();
+        state.discard_effects();
+        state.fetches_in_flight = 0;
+        match reloaded {
+            Ok(storage) => state.storage = storage,
+            Err(e) => {
+                tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")
+            }
+        }
+    }
+
+    /// After the registry let the room go: forward anything that reached the
+    /// mailbox meanwhile to the room's next run, and make sure a pending
+    /// alarm still wakes the room.
+    pub(super) async fn retired(mut self) {
+        self.rx.close();
+        self.drop_instance();
+        if let Some(time_ms) = self.state().storage.alarm() {
+            self.rooms.wake_at(self.key.clone(), time_ms);
+        }
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Err(e) = self.rooms.send(&self.key, msg).await {
+                warn!(room = %self.key, cause = %format!("{e:#}"), "could not forward a message after retiring");
+            }
+        }
+        info!(room = %self.key, "room retired");
+    }
+}

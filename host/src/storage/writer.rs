@@ -1,0 +1,113 @@
+//! The storage thread: the only user of the SQLite connection. Rooms send it
+//! loads and commits; it applies every commit queued at that moment in one
+//! transaction (group commit), so many rooms writing at once share a commit.
+//!
+//! Jobs run in arrival order, so a room loaded after another room's commit
+//! (after an eviction, say) always sees it.
+
+use anyhow::{Context, anyhow};
+use std::path::Path;
+use tokio::sync::{mpsc, oneshot};
+
+use super::cache::{PendingWrites, RoomStorage};
+use super::db::{Db, StoredAlarm};
+use crate::ids::RoomKey;
+
+/// Jobs waiting for the storage thread. When full, rooms wait (they are
+/// waiting for their commit anyway).
+const QUEUE: usize = 4096;
+/// Most commits folded into one transaction.
+const MAX_GROUP: usize = 512;
+
+enum Job {
+    Load { key: RoomKey, reply: oneshot::Sender<anyhow::Result<RoomStorage>> },
+    Commit { key: RoomKey, writes: PendingWrites, reply: oneshot::Sender<anyhow::Result<()>> },
+}
+
+/// A handle on the storage thread. Cheap to clone; the thread stops when
+/// the last handle is dropped, after finishing the jobs it has.
+#[derive(Clone)]
+pub struct Storage {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Storage {
+    /// Opens the file and starts the storage thread. Also returns the alarms
+    /// stored in the file, read before the thread starts.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or read.
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<StoredAlarm>)> {
+        let mut db = Db::open(path)?;
+        let alarms = db.alarms()?;
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("storage".into())
+            .spawn(move || run(&mut db, queue))
+            .context("starting the storage thread")?;
+        Ok((Self { jobs }, alarms))
+    }
+
+    /// Reads a room's storage.
+    ///
+    /// # Errors
+    /// On an SQLite error, or when the storage thread has stopped.
+    pub async fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
+        let (reply, result) = oneshot::channel();
+        self.send(Job::Load { key: key.clone(), reply }).await?;
+        result.await.map_err(|_| anyhow!("the storage thread stopped"))?
+    }
+
+    /// Makes `writes` durable; returns once they are committed.
+    ///
+    /// # Errors
+    /// When the commit failed (nothing of `writes` is applied then).
+    pub async fn commit(&self, key: &RoomKey, writes: PendingWrites) -> anyhow::Result<()> {
+        let (reply, result) = oneshot::channel();
+        self.send(Job::Commit { key: key.clone(), writes, reply }).await?;
+        result.await.map_err(|_| anyhow!("the storage thread stopped"))?
+    }
+
+    async fn send(&self, job: Job) -> anyhow::Result<()> {
+        self.jobs.send(job).await.map_err(|_| anyhow!("the storage thread stopped"))
+    }
+}
+
+fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>) {
+    let mut group = Vec::new();
+    while let Some(job) = queue.blocking_recv() {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Commit { key, writes, reply } => group.push((key, writes, reply)),
+                Job::Load { key, reply } => {
+                    // Commits queued before this load must land first.
+                    commit_group(db, &mut group);
+                    let _ = reply.send(db.load(&key));
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
+            }
+        }
+        commit_group(db, &mut group);
+    }
+}
+
+/// Commits every queued room's writes in one transaction. If that fails,
+/// each room is committed alone, so one bad batch fails only its own room.
+fn commit_group(db: &mut Db, group: &mut Vec<(RoomKey, PendingWrites, oneshot::Sender<anyhow::Result<()>>)>) {
+    if group.is_empty() {
+        return;
+    }
+    let batch: Vec<(&RoomKey, &PendingWrites)> = group.iter().map(|(k, w, _)| (k, w)).collect();
+    match db.commit_many(&batch) {
+        Ok(()) => group.drain(..).for_each(|(_, _, reply)| drop(reply.send(Ok(())))),
+        Err(e) => {
+            tracing::warn!(rooms = group.len(), cause = %format!("{e:#}"), "group commit failed; committing rooms one by one");
+            for (key, writes, reply) in group.drain(..) {
+                let _ = reply.send(db.commit_many(&[(&key, &writes)]));
+            }
+        }
+    }
+}
