@@ -142,7 +142,10 @@ async fn storage_beyond_the_room_quota_is_refused() -> Result<()> {
     client.send_text("fill:4096").await?;
     // Chunks 0-7 overwrite the first fill; 15 chunks of 64 KiB fit in 1 MiB
     // next to the `starts` key.
-    assert_eq!(client.recv_text().await?, "filled 15 chunks, then quota exceeded: room storage would exceed 1048576 bytes");
+    assert_eq!(
+        client.recv_text().await?,
+        "filled 15 chunks, then quota exceeded: room storage would exceed 1048576 bytes"
+    );
     client.send_text("hi").await?;
     assert_eq!(client.recv_text().await?, "echo hi starts=1", "the room goes on");
     host.stop().await

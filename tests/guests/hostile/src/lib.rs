@@ -2,7 +2,9 @@
 //! Each message names a misdeed; anything else is echoed with the number of
 //! times this instance has started, so tests can see a restart.
 
-use partyhost_guest::{Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now};
+use partyhost_guest::{
+    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now,
+};
 
 use std::cell::Cell;
 
