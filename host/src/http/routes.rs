@@ -15,6 +15,11 @@ use crate::ids::{ConnectionId, RoomId, RoomKey};
 use crate::manifest::MAIN_ALIAS;
 use crate::sandbox::{self, Header};
 
+/// Initial read buffer per WebSocket. tungstenite's default (128 KiB) made
+/// an idle connection cost about 145 KiB; messages larger than this still
+/// arrive whole, the buffer grows for them.
+const SOCKET_READ_BUFFER_BYTES: usize = 4 << 10;
+
 /// How long an HTTP client waits for a room's response before a 504.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,7 +79,13 @@ async fn serve(
         let conn = connection_id(&parts.uri)?;
         let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
         let (rooms, limits, shutdown) = (app.rooms.clone(), app.limits.clone(), app.shutdown.clone());
-        let upgrade = upgrade.max_message_size(limits.message_bytes).max_frame_size(limits.message_bytes);
+        let upgrade = upgrade
+            .max_message_size(limits.message_bytes)
+            .max_frame_size(limits.message_bytes)
+            .read_buffer_size(SOCKET_READ_BUFFER_BYTES)
+            // The socket task flushes every frame, so buffering writes
+            // would only hold memory.
+            .write_buffer_size(0);
         return Ok(upgrade
             .on_upgrade(move |ws| {
                 let span = info_span!("connection", room = %key, conn = %conn);

@@ -1,0 +1,63 @@
+//! The host under test, as a child process running this binary's `host`
+//! command, with a manifest written for the scenario.
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use partyhost::manifest::Deployment;
+
+/// The built reactions guest.
+pub fn reactions_wasm() -> anyhow::Result<PathBuf> {
+    let wasm =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/guest/reactions.wasm");
+    anyhow::ensure!(wasm.exists(), "{} is missing: run scripts/build-guests.sh", wasm.display());
+    Ok(wasm)
+}
+
+/// A host child process serving one manifest from a temporary directory.
+pub struct ChildHost {
+    pub port: u16,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildHost {
+    /// Starts a host for `toml` (a manifest without `listen`).
+    pub async fn start(toml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let manifest = dir.path().join("partykit.toml");
+        std::fs::write(&manifest, format!("listen = \"127.0.0.1:{port}\"\n{toml}"))?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("host")
+            .arg(&manifest)
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the host")?;
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "the host did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self { port, child, _dir: dir })
+    }
+
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("the host has exited")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// The child's side: serve until killed.
+pub async fn serve(manifest: &Path) -> anyhow::Result<()> {
+    let deployment = Deployment::load(manifest)?;
+    let listener = tokio::net::TcpListener::bind(deployment.listen).await?;
+    partyhost::run(deployment, listener, CancellationToken::new()).await
+}
