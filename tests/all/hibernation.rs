@@ -137,6 +137,17 @@ async fn storage_beyond_the_room_quota_is_refused() -> Result<()> {
     let toml = manifest(&[("hostile", HOSTILE)], "[limits]\nstorage_mib = 1");
     let host = TestHost::start(dir.path(), &toml).await?;
     let mut client = Client::connect(&host.ws_url("/parties/hostile/full")).await?;
+    // Keys over 2 KiB and values over 128 KiB are refused, as in PartyKit.
+    client.send_text("put-key:2048").await?;
+    assert_eq!(client.recv_text().await?, "stored 2048 bytes");
+    client.send_text("put-key:2049").await?;
+    assert_eq!(client.recv_text().await?, "refused: too large: storage key is over 2048 bytes");
+    client.send_text("put-value:131072").await?;
+    assert_eq!(client.recv_text().await?, "stored 131072 bytes");
+    client.send_text("put-value:131073").await?;
+    assert_eq!(client.recv_text().await?, r#"refused: too large: value of key "v" is over 131072 bytes"#);
+    client.send_text("put-value:0").await?;
+    assert_eq!(client.recv_text().await?, "stored 0 bytes");
     client.send_text("fill:512").await?;
     assert_eq!(client.recv_text().await?, "filled 512 KiB");
     client.send_text("fill:4096").await?;

@@ -106,6 +106,17 @@ impl Party for Hostile {
                 format!("alarm set starts={starts}")
             }
             Some(("fill", kib)) => fill(kib.parse().unwrap_or(0)),
+            Some((what @ ("put-key" | "put-value"), len)) => {
+                let len = len.parse().unwrap_or(0);
+                let stored = match what {
+                    "put-key" => storage.put_bytes(&"k".repeat(len), b"v"),
+                    _ => storage.put_bytes("v", &vec![0; len]),
+                };
+                match stored {
+                    Ok(()) => format!("stored {len} bytes"),
+                    Err(e) => format!("refused: {e}"),
+                }
+            }
             _ => format!("echo {text} starts={starts}"),
         };
         sender.send(reply);
