@@ -152,7 +152,7 @@ async fn storage_beyond_the_room_quota_is_refused() -> Result<()> {
     assert_eq!(client.recv_text().await?, "filled 512 KiB");
     client.send_text("fill:4096").await?;
     // Chunks 0-7 overwrite the first fill; 15 chunks of 64 KiB fit in 1 MiB
-    // next to the `starts` key.
+    // next to the 2 KiB key and the `starts` key; the 16th does not.
     assert_eq!(
         client.recv_text().await?,
         "filled 15 chunks, then quota exceeded: room storage would exceed 1048576 bytes"
