@@ -17,12 +17,15 @@
 pub mod http;
 pub mod ids;
 pub mod manifest;
+pub mod reload;
 pub mod rooms;
 pub mod sandbox;
+pub mod scaffold;
 pub mod storage;
 
 use anyhow::Context;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -31,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use manifest::{Deployment, LimitsSpec, RoomsSpec};
+use ids::PartyName;
+use manifest::{Deployment, LimitsSpec, PartySpec, RoomsSpec};
 use rooms::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 use sandbox::{Limits, Sandbox};
 use storage::Storage;
@@ -55,8 +59,9 @@ pub struct Host {
     rooms: Arc<Rooms>,
     server: JoinHandle<anyhow::Result<()>>,
     tracker: TaskTracker,
-    /// Kept alive as long as the host serves: it owns the epoch ticker.
-    _sandbox: Sandbox,
+    /// Compiles parties; also used to reload them in `partyhost dev`.
+    sandbox: Arc<Sandbox>,
+    limits: Limits,
 }
 
 impl Host {
@@ -76,15 +81,10 @@ impl Host {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let (storage, alarms) = Storage::open(&data_dir.join("storage.sqlite"))?;
-        let sandbox = Sandbox::new(&data_dir.join("compiled"))?;
+        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"))?);
         let mut parties = HashMap::new();
         for (name, spec) in &deployment.parties {
-            let started = std::time::Instant::now();
-            let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
-            info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
-            let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            parties
-                .insert(name.clone(), LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate });
+            parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec, &limits)?));
         }
 
         let tracker = TaskTracker::new();
@@ -96,7 +96,7 @@ impl Host {
         rooms.schedule_alarms(alarms);
         let app = http::router(http::AppState {
             rooms: rooms.clone(),
-            limits: Arc::new(limits),
+            limits: Arc::new(limits.clone()),
             shutdown: shutdown.clone(),
         });
         let addr = listener.local_addr().context("reading the listening address")?;
@@ -107,7 +107,13 @@ impl Host {
                 .await
                 .context("serving HTTP")
         });
-        Ok(Self { rooms, server, tracker, _sandbox: sandbox })
+        Ok(Self { rooms, server, tracker, sandbox, limits })
+    }
+
+    /// A reloader for `partyhost dev`, watching the manifest at `manifest`
+    /// (the one this host was started from, by an absolute path).
+    pub fn reloader(&self, manifest: PathBuf) -> reload::Reloader {
+        reload::Reloader::new(manifest, self.rooms.clone(), self.sandbox.clone(), self.limits.clone())
     }
 
     /// How many rooms and instances are alive now.
@@ -126,6 +132,23 @@ impl Host {
         info!("stopped");
         served
     }
+}
+
+/// Compiles (or loads from the cache) one party's component.
+///
+/// # Errors
+/// When the component is missing, invalid, or does not fit our world.
+fn load_party(
+    sandbox: &Sandbox,
+    name: &PartyName,
+    spec: &PartySpec,
+    limits: &Limits,
+) -> anyhow::Result<LoadedParty> {
+    let started = std::time::Instant::now();
+    let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
+    info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
+    let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate })
 }
 
 /// The manifest's `[rooms]` over the host defaults.

@@ -27,6 +27,18 @@ struct Cli {
 enum Command {
     /// Serve the parties of a manifest (the default command).
     Serve(ServeArgs),
+    /// Serve, and rebuild and swap in parties as their files change; sockets
+    /// stay open.
+    Dev(ServeArgs),
+    /// Create a party crate under guests/ and add it to the manifest.
+    New {
+        /// The party's name: a-z, 0-9, `-` and `_`.
+        name: String,
+        /// The manifest to add it to. Default: partykit.toml, else
+        /// partykit.toml.example.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -55,12 +67,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args, false)),
+        Command::Dev(args) => runtime.block_on(serve(args, true)),
+        Command::New { name, manifest } => {
+            let manifest = manifest.unwrap_or_else(default_manifest);
+            let created = partyhost::scaffold::new_party(&manifest, &name)?;
+            println!("created {}", created.display());
+            println!("added [parties.{name}] to {}", manifest.display());
+            println!("next: scripts/build-guests.sh {name}, then partyhost dev");
+            Ok(())
+        }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let manifest = args.manifest.unwrap_or_else(default_manifest);
+    // Absolute, so the paths the watcher reports match the manifest's.
+    let manifest =
+        std::path::absolute(&manifest).with_context(|| format!("resolving {}", manifest.display()))?;
     let mut deployment = Deployment::load(&manifest)?;
     if let Some(listen) = args.listen {
         deployment.listen = listen;
@@ -70,7 +94,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", deployment.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    partyhost::run(deployment, listener, shutdown).await
+    let host = partyhost::Host::start(deployment, listener, shutdown.clone()).await?;
+    if dev {
+        tokio::spawn(host.reloader(manifest).run(shutdown));
+    }
+    host.wait().await
 }
 
 fn default_manifest() -> PathBuf {

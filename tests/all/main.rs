@@ -5,6 +5,7 @@
 
 mod common;
 
+mod dev;
 mod fetch_cycles;
 mod hibernation;
 mod isolation;

@@ -63,10 +63,10 @@ async fn serve(
     room: &str,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let party =
-        app.rooms.resolve_party(party).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!("no party named `{party}` is deployed on this host"))
-        })?;
+    let party = app
+        .rooms
+        .resolve_party(party)
+        .ok_or_else(|| ApiError::NotFound(format!("no party named `{party}` is deployed on this host")))?;
     let room = RoomId::try_from(room)
         .map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
     let key = RoomKey { party, room };

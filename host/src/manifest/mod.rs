@@ -61,10 +61,23 @@ pub struct PartyManifest {
     pub hibernate: bool,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// How `partyhost dev` rebuilds the component (PartyKit's `build`).
+    pub build: Option<BuildSpec>,
+}
+
+/// `[parties.<name>.build]`: `partyhost dev` runs `command` (in the
+/// manifest's folder) when a file under `watch` changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    pub command: String,
+    /// Files or folders, relative to the manifest.
+    #[serde(default)]
+    pub watch: Vec<PathBuf>,
 }
 
 /// `[rooms]`: each field overrides the host's default when set.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomsSpec {
     /// Milliseconds without an event before an instance is evicted
@@ -76,7 +89,7 @@ pub struct RoomsSpec {
 }
 
 /// `[limits]`: each field overrides the host's default when set.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// CPU milliseconds per handler call.
@@ -105,13 +118,15 @@ pub struct Deployment {
 }
 
 /// A validated party.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartySpec {
     /// Absolute (or manifest-relative resolved) path to the component.
     pub wasm: PathBuf,
     /// Project vars overlaid with the party's own.
     pub vars: BTreeMap<String, String>,
     pub hibernate: bool,
+    /// For `partyhost dev`, with `watch` resolved against the manifest.
+    pub build: Option<BuildSpec>,
 }
 
 impl Deployment {
@@ -157,7 +172,12 @@ impl Manifest {
                 .map_err(|reason| ManifestError::PartyName { name: name.clone(), reason })?;
             let mut vars = self.vars.clone();
             vars.extend(party.vars);
-            parties.insert(name, PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate });
+            let build = party.build.map(|b| BuildSpec {
+                command: b.command,
+                watch: b.watch.iter().map(|w| base.join(w)).collect(),
+            });
+            let spec = PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate, build };
+            parties.insert(name, spec);
         }
         let main = match self.main {
             Some(main) => {

@@ -5,7 +5,7 @@
 use anyhow::anyhow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +21,8 @@ use crate::manifest::Deployment;
 use crate::sandbox::{PartyCode, Request, Response};
 use crate::storage::{Storage, StoredAlarm};
 
-/// A party as the registry runs it.
+/// A party as the registry runs it. Replaced whole when its code or
+/// settings change; rooms notice at their next event.
 pub struct LoadedParty {
     pub code: Arc<PartyCode<RoomState>>,
     pub vars: Vec<(String, String)>,
@@ -51,8 +52,9 @@ pub struct RoomStats {
 
 /// Every running room of the host, by key.
 pub struct Rooms {
-    deployment: Deployment,
-    parties: HashMap<PartyName, LoadedParty>,
+    /// The manifest being served (for the `main` alias); replaced on reload.
+    deployment: RwLock<Deployment>,
+    parties: RwLock<HashMap<PartyName, Arc<LoadedParty>>>,
     storage: Storage,
     config: RoomsConfig,
     /// Handles of running rooms. A room is inserted before its task starts,
@@ -70,15 +72,15 @@ pub struct Rooms {
 impl Rooms {
     pub fn new(
         deployment: Deployment,
-        parties: HashMap<PartyName, LoadedParty>,
+        parties: HashMap<PartyName, Arc<LoadedParty>>,
         storage: Storage,
         config: RoomsConfig,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
-            deployment,
-            parties,
+            deployment: RwLock::new(deployment),
+            parties: RwLock::new(parties),
             storage,
             config,
             live: Mutex::default(),
@@ -103,8 +105,34 @@ impl Rooms {
     }
 
     /// The party a URL names, following the manifest's `main` alias.
-    pub fn resolve_party(&self, name: &str) -> Option<&PartyName> {
-        self.deployment.resolve_party(name)
+    pub fn resolve_party(&self, name: &str) -> Option<PartyName> {
+        read(&self.deployment).resolve_party(name).cloned()
+    }
+
+    /// The party's current code and settings.
+    pub fn party(&self, name: &PartyName) -> Option<Arc<LoadedParty>> {
+        read(&self.parties).get(name).cloned()
+    }
+
+    /// Serves `party` from now on (or stops serving `name`, with `None`).
+    /// Running rooms switch at their next event.
+    pub fn replace_party(&self, name: &PartyName, party: Option<LoadedParty>) {
+        let mut parties = self.parties.write().unwrap_or_else(|p| p.into_inner());
+        match party {
+            Some(party) => parties.insert(name.clone(), Arc::new(party)),
+            None => parties.remove(name),
+        };
+    }
+
+    /// The manifest now being served.
+    pub fn deployment(&self) -> Deployment {
+        read(&self.deployment).clone()
+    }
+
+    /// Replaces the manifest used to resolve names (call after the parties
+    /// it names are in place).
+    pub fn set_deployment(&self, deployment: Deployment) {
+        *self.deployment.write().unwrap_or_else(|p| p.into_inner()) = deployment;
     }
 
     pub fn stats(&self) -> RoomStats {
@@ -121,15 +149,14 @@ impl Rooms {
         if let Some(handle) = live.get(key).filter(|h| !h.tx.is_closed()) {
             return Ok(handle.clone());
         }
-        let party = self.parties.get(&key.party).ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
+        let party = self.party(&key.party).ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let handle = RoomHandle { key: key.clone(), tx, generation };
         live.insert(key.clone(), handle.clone());
         drop(live);
 
-        let (rooms, key, code) = (self.clone(), key.clone(), party.code.clone());
-        let (vars, hibernate) = (party.vars.clone(), party.hibernate);
+        let (rooms, key) = (self.clone(), key.clone());
         let span = info_span!("room", party = %key.party, room = %key.room);
         self.tracker.spawn(
             async move {
@@ -142,8 +169,8 @@ impl Rooms {
                         return;
                     }
                 };
-                let state = RoomState::new(key, vars, code.limits().clone(), storage);
-                Room::new(rooms, code, hibernate, generation, state, rx).run().await;
+                let state = RoomState::new(key, party.vars.clone(), party.code.limits().clone(), storage);
+                Room::new(rooms, party, generation, state, rx).run().await;
             }
             .instrument(span),
         );
@@ -192,7 +219,7 @@ impl Rooms {
         room: &str,
         request: Request,
     ) -> anyhow::Result<oneshot::Receiver<Response>> {
-        let party = self.resolve_party(party).ok_or_else(|| anyhow!("no party named `{party}`"))?.clone();
+        let party = self.resolve_party(party).ok_or_else(|| anyhow!("no party named `{party}`"))?;
         let room = RoomId::try_from(room).map_err(|reason| anyhow!("room id {room:?} {reason}"))?;
         let key = RoomKey { party, room };
         tracing::debug!(%from, to = %key, "fetch");
@@ -229,7 +256,7 @@ impl Rooms {
     /// Schedules the alarms found on disk at start-up.
     pub fn schedule_alarms(self: &Arc<Self>, alarms: Vec<StoredAlarm>) {
         for StoredAlarm { room, time_ms } in alarms {
-            if self.parties.contains_key(&room.party) {
+            if self.party(&room.party).is_some() {
                 self.wake_at(room, time_ms);
             }
         }
@@ -282,6 +309,11 @@ impl Rooms {
     pub(super) fn instance_stopped(&self, key: &RoomKey) {
         lock(&self.instances).remove(key);
     }
+}
+
+/// Reads a registry value; see [`lock`] on poisoning.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Locks a registry map. A panic while holding one of these locks leaves

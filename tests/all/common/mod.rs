@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use partyhost::Host;
 use partyhost::manifest::Deployment;
+use partyhost::reload::ReloadStats;
 use partyhost::rooms::RoomStats;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Every await in a test is bounded by this.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -41,6 +44,8 @@ pub struct TestHost {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     host: Option<Host>,
+    /// In dev mode: what the reloader has done.
+    pub reloads: Option<Arc<ReloadStats>>,
 }
 
 impl TestHost {
@@ -51,7 +56,41 @@ impl TestHost {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let host = Host::start(deployment, listener, shutdown.clone()).await?;
-        Ok(Self { addr, shutdown, host: Some(host) })
+        Ok(Self { addr, shutdown, host: Some(host), reloads: None })
+    }
+
+    /// Starts a host in dev mode: the manifest is written to
+    /// `dir/partykit.toml` and watched, as `partyhost dev` does.
+    pub async fn start_dev(dir: &Path, manifest_toml: &str) -> Result<Self> {
+        let manifest = std::path::absolute(dir)?.join("partykit.toml");
+        std::fs::write(&manifest, manifest_toml)?;
+        let deployment = Deployment::load(&manifest)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let host = Host::start(deployment, listener, shutdown.clone()).await?;
+        let reloader = host.reloader(manifest);
+        let reloads = Some(reloader.stats());
+        tokio::spawn(reloader.run(shutdown.clone()));
+        Ok(Self { addr, shutdown, host: Some(host), reloads })
+    }
+
+    /// Waits until the reloader has applied `applied` changes and refused
+    /// `failed` ones, in all.
+    pub async fn wait_for_reloads(&self, applied: u64, failed: u64) {
+        let Some(stats) = &self.reloads else { panic!("not in dev mode") };
+        let what = format!("{applied} reloads applied and {failed} refused");
+        within(&what, async {
+            loop {
+                let now = (stats.applied.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed));
+                if now == (applied, failed) {
+                    return;
+                }
+                assert!(now.0 <= applied && now.1 <= failed, "{what}, but saw {now:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
     }
 
     /// Live rooms and instances right now.

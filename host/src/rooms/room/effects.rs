@@ -56,7 +56,7 @@ impl Room {
         self.state_mut().fetches_in_flight += 1;
         let FetchStart { id, party, room, request } = fetch;
         let response = self.rooms.fetch(&self.key, &party, &room, request);
-        let timeout = self.code.limits().fetch_timeout;
+        let timeout = self.party.code.limits().fetch_timeout;
         self.fetches.spawn(async move {
             let result = match response {
                 Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),

@@ -2,6 +2,7 @@
 //! `on-start`), evicted when idle, dropped and restarted from storage after
 //! a failure. The room itself retires when it has nothing left to keep.
 
+use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{Room, Slot};
@@ -25,7 +26,7 @@ impl Room {
             let Slot::Idle(state) = std::mem::replace(&mut self.slot, Slot::Empty) else {
                 return None;
             };
-            match self.code.instantiate(state).await {
+            match self.party.code.instantiate(state).await {
                 Ok(mut guest) => {
                     let task = self.next_task();
                     let started = guest.on_start(task).await;
@@ -49,6 +50,27 @@ impl Room {
         }
     }
 
+    /// Switches to the registry's current code for the party, if it changed
+    /// and no handler is parked in the old instance (its future lives
+    /// there). Returns false when the party is no longer served.
+    pub(super) fn follow_party(&mut self) -> bool {
+        let Some(current) = self.rooms.party(&self.key.party) else {
+            info!(room = %self.key, "party removed; closing the room");
+            return false;
+        };
+        if Arc::ptr_eq(&current, &self.party) || !self.fetches.is_empty() || !self.pending_requests.is_empty()
+        {
+            return true;
+        }
+        self.drop_instance();
+        let state = self.state_mut();
+        state.vars.clone_from(&current.vars);
+        state.limits = current.code.limits().clone();
+        self.party = current;
+        info!(room = %self.key, "party updated; the next event runs the new code");
+        true
+    }
+
     /// What to do once the idle time is up, if anything. Nothing while a
     /// handler is parked (its future lives in the instance) or a request
     /// waits.
@@ -59,7 +81,7 @@ impl Room {
         let no_sockets = self.state().connections.is_empty();
         match self.slot {
             _ if no_sockets => Some(IdleAction::Retire),
-            Slot::Live(_) if self.hibernate => Some(IdleAction::Evict),
+            Slot::Live(_) if self.party.hibernate => Some(IdleAction::Evict),
             _ => None,
         }
     }

@@ -23,16 +23,24 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 use super::handle::{Connect, RoomMsg};
-use super::registry::Rooms;
+use super::registry::{LoadedParty, Rooms};
 use super::state::{ConnectionEntry, Outgoing, RoomState};
 use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, now_ms};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{Guest, PartyCode, Request, RequestOutcome, Response};
+use crate::sandbox::{Guest, Request, RequestOutcome, Response};
 
 /// Most tags a connection keeps (its id included), as in Durable Objects.
 const MAX_TAGS: usize = 10;
 /// Longest tag kept, in bytes.
 const MAX_TAG_BYTES: usize = 256;
+
+/// What woke the room.
+enum Event {
+    Message(RoomMsg),
+    FetchDone(u64, Result<Response, String>),
+    Alarm,
+    Idle,
+}
 
 /// The instance, or the state alone while no instance runs.
 enum Slot {
@@ -45,9 +53,9 @@ enum Slot {
 pub(super) struct Room {
     key: RoomKey,
     rooms: Arc<Rooms>,
-    code: Arc<PartyCode<RoomState>>,
-    /// Evict the instance when idle even while sockets are open.
-    hibernate: bool,
+    /// The party's code and settings this room runs; compared with the
+    /// registry's at each event, so a reload reaches every room.
+    party: Arc<LoadedParty>,
     /// This run's generation in the registry (see `Rooms::retire`).
     generation: u64,
     rx: mpsc::Receiver<RoomMsg>,
@@ -66,8 +74,7 @@ pub(super) struct Room {
 impl Room {
     pub(super) fn new(
         rooms: Arc<Rooms>,
-        code: Arc<PartyCode<RoomState>>,
-        hibernate: bool,
+        party: Arc<LoadedParty>,
         generation: u64,
         state: RoomState,
         rx: mpsc::Receiver<RoomMsg>,
@@ -76,8 +83,7 @@ impl Room {
             key: state.key.clone(),
             last_active: Arc::new(AtomicU64::new(rooms.clock_ms())),
             rooms,
-            code,
-            hibernate,
+            party,
             generation,
             rx,
             slot: Slot::Idle(state),
@@ -95,20 +101,29 @@ impl Room {
         loop {
             let alarm = self.state().storage.alarm();
             let idle_at = self.idle_action().map(|_| self.last_event + self.rooms.config().idle_timeout);
-            tokio::select! {
+            let event = tokio::select! {
                 () = shutdown.cancelled() => break,
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => Event::Message(msg),
                     None => break,
                 },
-                Some(done) = self.fetches.join_next(), if !self.fetches.is_empty() => {
-                    if let Ok((fetch, result)) = done {
-                        self.resume(fetch, result).await;
-                    }
+                Some(Ok((fetch, result))) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    Event::FetchDone(fetch, result)
                 }
-                () = sleep_until_ms(alarm), if alarm.is_some() => self.fire_alarm().await,
-                () = sleep_until(idle_at), if idle_at.is_some() => {
-                    if self.on_idle() && self.rooms.retire(&self.key, self.generation, || self.rx.is_empty()) {
+                () = sleep_until_ms(alarm), if alarm.is_some() => Event::Alarm,
+                () = sleep_until(idle_at), if idle_at.is_some() => Event::Idle,
+            };
+            // A reload reaches the room here, before the event it woke for.
+            if !self.follow_party() {
+                break;
+            }
+            match event {
+                Event::Message(msg) => self.handle(msg).await,
+                Event::FetchDone(fetch, result) => self.resume(fetch, result).await,
+                Event::Alarm => self.fire_alarm().await,
+                Event::Idle => {
+                    if self.on_idle() && self.rooms.retire(&self.key, self.generation, || self.rx.is_empty())
+                    {
                         return self.retired().await;
                     }
                 }

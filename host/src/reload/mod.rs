@@ -1,0 +1,235 @@
+//! `partyhost dev`: live reload while sockets stay open.
+//!
+//! A [`Reloader`] watches the manifest, each party's `.wasm`, and each
+//! party's `build.watch` paths (notify). Bursts of file events are
+//! debounced. A change to a party's sources runs its `build.command`, with
+//! the compiler's output shown as it comes; a changed `.wasm` is validated
+//! and compiled on a blocking thread, off the serving path, then swapped into
+//! the registry. Rooms pick the new code up at their next event: their
+//! instance is dropped, a new one runs `on-start` from storage, and clients
+//! see no close. A failed build, an invalid component or a bad manifest
+//! leaves the previous version serving and prints one error; fixing the
+//! file recovers.
+//!
+//! Reload reaches rooms only through the registry (`Rooms::replace_party`).
+
+mod watcher;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::ids::PartyName;
+use crate::manifest::{Deployment, PartySpec};
+use crate::rooms::{LoadedParty, Rooms};
+use crate::sandbox::{Limits, Sandbox};
+use watcher::Watcher;
+
+/// Quiet time that ends a burst of file events (editors and cargo write
+/// several times per save).
+const DEBOUNCE: Duration = Duration::from_millis(30);
+/// A burst is cut off after this long even if events keep coming.
+const MAX_BURST: Duration = Duration::from_millis(500);
+
+/// Counts of what the reloader did, for tests and tooling.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Party code swapped in, or a manifest applied.
+    pub applied: AtomicU64,
+    /// Builds, components or manifests refused (the old version serves on).
+    pub failed: AtomicU64,
+}
+
+/// Watches a served manifest and swaps in what changes.
+pub struct Reloader {
+    manifest: PathBuf,
+    rooms: Arc<Rooms>,
+    sandbox: Arc<Sandbox>,
+    limits: Limits,
+    /// Digest of the `.wasm` each party now runs: an unchanged file (a
+    /// no-op build, a touch) does not restart the party's rooms.
+    digests: HashMap<PartyName, [u8; 32]>,
+    stats: Arc<ReloadStats>,
+}
+
+impl Reloader {
+    pub(crate) fn new(manifest: PathBuf, rooms: Arc<Rooms>, sandbox: Arc<Sandbox>, limits: Limits) -> Self {
+        let digests = rooms
+            .deployment()
+            .parties
+            .iter()
+            .filter_map(|(name, spec)| Some((name.clone(), digest(&spec.wasm).ok()?)))
+            .collect();
+        Self { manifest, rooms, sandbox, limits, digests, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<ReloadStats> {
+        self.stats.clone()
+    }
+
+    /// Watches until `shutdown`.
+    ///
+    /// # Errors
+    /// When the file watcher cannot start.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
+        info!(manifest = %self.manifest.display(), "watching for changes");
+        loop {
+            let changed = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                changed = watcher.next_burst(DEBOUNCE, MAX_BURST) => changed,
+            };
+            let Some(changed) = changed else { return Ok(()) };
+            if changed.contains(&self.manifest) || watcher.overflowed() {
+                if self.apply_manifest().await {
+                    watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
+                }
+                continue;
+            }
+            self.apply_changes(&changed).await;
+        }
+    }
+
+    /// Rebuilds parties whose sources changed, then reloads changed `.wasm`s.
+    async fn apply_changes(&mut self, changed: &BTreeSet<PathBuf>) {
+        let deployment = self.rooms.deployment();
+        for (name, spec) in &deployment.parties {
+            let Some(build) = &spec.build else { continue };
+            if changed.iter().any(|path| build.watch.iter().any(|w| path.starts_with(w))) {
+                self.build(name, &build.command).await;
+            }
+        }
+        // Built or written directly: reload whichever component changed.
+        for (name, spec) in &deployment.parties {
+            if let Err(e) = self.reload_party(name, spec).await {
+                self.refused(&format!("party `{name}`: {e:#}"));
+            }
+        }
+    }
+
+    /// Runs a party's build command with its output shown as it comes.
+    async fn build(&self, party: &PartyName, command: &str) -> bool {
+        let started = Instant::now();
+        eprintln!("partyhost dev: building `{party}`: {command}");
+        let dir = self.manifest.parent().unwrap_or(Path::new("."));
+        let status =
+            tokio::process::Command::new("sh").arg("-c").arg(command).current_dir(dir).status().await;
+        match status {
+            Ok(status) if status.success() => {
+                eprintln!("partyhost dev: built `{party}` in {:.1} s", started.elapsed().as_secs_f64());
+                true
+            }
+            Ok(status) => {
+                self.refused(&format!(
+                    "build of `{party}` failed ({status}); the previous version keeps serving"
+                ));
+                false
+            }
+            Err(e) => {
+                self.refused(&format!("could not run the build of `{party}`: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Compiles the party's component if its bytes changed, then swaps it in.
+    async fn reload_party(&mut self, name: &PartyName, spec: &PartySpec) -> anyhow::Result<()> {
+        let new_digest = digest(&spec.wasm)?;
+        if self.digests.get(name) == Some(&new_digest) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let party = self.compile(name, spec).await?;
+        self.rooms.replace_party(name, Some(party));
+        self.digests.insert(name.clone(), new_digest);
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "partyhost dev: `{name}` reloaded in {} ms; rooms switch at their next event",
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// Loads the manifest again and applies it whole, or not at all.
+    /// Returns whether it was applied.
+    async fn apply_manifest(&mut self) -> bool {
+        let new = match Deployment::load(&self.manifest) {
+            Ok(new) => new,
+            Err(e) => {
+                self.refused(&format!("{e}; the previous manifest keeps serving"));
+                return false;
+            }
+        };
+        let old = self.rooms.deployment();
+        if new.listen != old.listen
+            || new.data_dir != old.data_dir
+            || new.limits != old.limits
+            || new.rooms != old.rooms
+        {
+            warn!("listen, data_dir, [limits] and [rooms] take effect at the next start");
+        }
+        // Compile everything new or changed first: one bad party refuses
+        // the whole manifest.
+        let mut loaded = Vec::new();
+        for (name, spec) in &new.parties {
+            let wasm_digest = match digest(&spec.wasm) {
+                Ok(d) => d,
+                Err(e) => {
+                    return self
+                        .refused(&format!("party `{name}`: {e:#}; the previous manifest keeps serving"));
+                }
+            };
+            let unchanged =
+                old.parties.get(name) == Some(spec) && self.digests.get(name) == Some(&wasm_digest);
+            if unchanged {
+                continue;
+            }
+            match self.compile(name, spec).await {
+                Ok(party) => loaded.push((name.clone(), party, wasm_digest)),
+                Err(e) => {
+                    return self
+                        .refused(&format!("party `{name}`: {e:#}; the previous manifest keeps serving"));
+                }
+            }
+        }
+        for (name, party, wasm_digest) in loaded {
+            self.rooms.replace_party(&name, Some(party));
+            self.digests.insert(name, wasm_digest);
+        }
+        for name in old.parties.keys().filter(|n| !new.parties.contains_key(*n)) {
+            self.rooms.replace_party(name, None);
+            self.digests.remove(name);
+        }
+        self.rooms.set_deployment(new);
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        eprintln!("partyhost dev: manifest applied");
+        true
+    }
+
+    async fn compile(&self, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
+        let (sandbox, name, spec, limits) =
+            (self.sandbox.clone(), name.clone(), spec.clone(), self.limits.clone());
+        tokio::task::spawn_blocking(move || crate::load_party(&sandbox, &name, &spec, &limits))
+            .await
+            .context("the compile task panicked")?
+    }
+
+    /// Reports a refused change; returns false for `apply_manifest`.
+    fn refused(&self, message: &str) -> bool {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        error!("{message}");
+        eprintln!("partyhost dev: error: {message}");
+        false
+    }
+}
+
+fn digest(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(bytes).into())
+}
