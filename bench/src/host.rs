@@ -27,6 +27,15 @@ pub struct ChildHost {
 impl ChildHost {
     /// Starts a host for `toml` (a manifest without `listen`).
     pub async fn start(toml: &str) -> anyhow::Result<Self> {
+        Self::spawn(toml, false).await
+    }
+
+    /// The same, watching and reloading as `partyhost dev`.
+    pub async fn start_dev(toml: &str) -> anyhow::Result<Self> {
+        Self::spawn(toml, true).await
+    }
+
+    async fn spawn(toml: &str, dev: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let manifest = dir.path().join("partykit.toml");
@@ -34,6 +43,7 @@ impl ChildHost {
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("host")
             .arg(&manifest)
+            .args(dev.then_some("--dev"))
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -56,8 +66,18 @@ impl ChildHost {
 }
 
 /// The child's side: serve until killed.
-pub async fn serve(manifest: &Path) -> anyhow::Result<()> {
-    let deployment = Deployment::load(manifest)?;
+pub async fn serve(manifest: &Path, dev: bool) -> anyhow::Result<()> {
+    let manifest = std::path::absolute(manifest)?;
+    let deployment = Deployment::load(&manifest)?;
     let listener = tokio::net::TcpListener::bind(deployment.listen).await?;
-    partyhost::run(deployment, listener, CancellationToken::new()).await
+    let shutdown = CancellationToken::new();
+    let host = if dev {
+        partyhost::Host::start_dev(deployment, listener, shutdown.clone()).await?
+    } else {
+        partyhost::Host::start(deployment, listener, shutdown.clone()).await?
+    };
+    if dev {
+        tokio::spawn(host.reloader(manifest).run(shutdown));
+    }
+    host.wait().await
 }

@@ -5,6 +5,7 @@
 //! memory read from `/proc` is the host's alone.
 
 mod host;
+mod reload;
 mod revive;
 mod stats;
 
@@ -28,9 +29,23 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         rooms: usize,
     },
+    /// `partyhost dev`: from a `.wasm` written, and from a source saved, to
+    /// the first event served by the new code.
+    Reload {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Source edits to time (each runs cargo); 0 skips them.
+        #[arg(long, default_value_t = 5)]
+        source_rounds: usize,
+    },
     /// Internal: serve a manifest (the benchmarks' child process).
     #[command(hide = true)]
-    Host { manifest: PathBuf },
+    Host {
+        manifest: PathBuf,
+        /// Watch and reload, as `partyhost dev`.
+        #[arg(long)]
+        dev: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,7 +60,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Revive { rooms } => revive::run(rooms).await,
-            Command::Host { manifest } => host::serve(&manifest).await,
+            Command::Reload { rounds, source_rounds } => reload::run(rounds, source_rounds).await,
+            Command::Host { manifest, dev } => host::serve(&manifest, dev).await,
         }
     });
     match result {

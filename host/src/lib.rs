@@ -76,12 +76,34 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        Self::start_in(deployment, listener, shutdown, false).await
+    }
+
+    /// [`Host::start`] for `partyhost dev`: components compile without
+    /// optimisation, so a reload serves sooner (the code runs slower).
+    ///
+    /// # Errors
+    /// As [`Host::start`].
+    pub async fn start_dev(
+        deployment: Deployment,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(deployment, listener, shutdown, true).await
+    }
+
+    async fn start_in(
+        deployment: Deployment,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        fast_compile: bool,
+    ) -> anyhow::Result<Self> {
         let limits = limits_from(&deployment.limits);
         let data_dir = &deployment.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let (storage, alarms) = Storage::open(&data_dir.join("storage.sqlite"))?;
-        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"))?);
+        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile)?);
         let mut parties = HashMap::new();
         for (name, spec) in &deployment.parties {
             parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec, &limits)?));

@@ -94,7 +94,11 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", deployment.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let host = partyhost::Host::start(deployment, listener, shutdown.clone()).await?;
+    let host = if dev {
+        partyhost::Host::start_dev(deployment, listener, shutdown.clone()).await?
+    } else {
+        partyhost::Host::start(deployment, listener, shutdown.clone()).await?
+    };
     if dev {
         tokio::spawn(host.reloader(manifest).run(shutdown));
     }

@@ -86,7 +86,7 @@ impl Reloader {
                 changed = watcher.next_burst(DEBOUNCE, MAX_BURST) => changed,
             };
             let Some(changed) = changed else { return Ok(()) };
-            if changed.contains(&self.manifest) || watcher.overflowed() {
+            if changed.contains(&watcher::normal(&self.manifest)) || watcher.overflowed() {
                 if self.apply_manifest().await {
                     watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
                 }
@@ -101,7 +101,7 @@ impl Reloader {
         let deployment = self.rooms.deployment();
         for (name, spec) in &deployment.parties {
             let Some(build) = &spec.build else { continue };
-            if changed.iter().any(|path| build.watch.iter().any(|w| path.starts_with(w))) {
+            if changed.iter().any(|path| build.watch.iter().any(|root| watcher::is_source_change(path, root))) {
                 self.build(name, &build.command).await;
             }
         }

@@ -64,24 +64,16 @@ impl Watcher {
     /// Waits for changes and returns them once `quiet` passes without more
     /// (or `max` after the first). `None` when the watcher has stopped.
     pub(super) async fn next_burst(&mut self, quiet: Duration, max: Duration) -> Option<BTreeSet<PathBuf>> {
-        loop {
-            let mut changed = BTreeSet::new();
-            changed.insert(self.events.recv().await?);
-            let deadline = tokio::time::Instant::now() + max;
-            while let Ok(Some(path)) = tokio::time::timeout(quiet, self.events.recv()).await {
-                changed.insert(path);
-                if tokio::time::Instant::now() > deadline {
-                    break;
-                }
-            }
-            // Build output is never an input: this stops build -> event ->
-            // build loops when a watched folder holds a target directory.
-            changed
-                .retain(|p| is_wasm(p) || !p.components().any(|c| c == Component::Normal("target".as_ref())));
-            if !changed.is_empty() {
-                return Some(changed);
+        let mut changed = BTreeSet::new();
+        changed.insert(normal(&self.events.recv().await?));
+        let deadline = tokio::time::Instant::now() + max;
+        while let Ok(Some(path)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            changed.insert(normal(&path));
+            if tokio::time::Instant::now() > deadline {
+                break;
             }
         }
+        Some(changed)
     }
 
     /// Whether events were lost since the last call.
@@ -94,6 +86,34 @@ fn parent(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
-fn is_wasm(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "wasm")
+/// `path` with its folder resolved (`..`, symlinks), so the paths notify
+/// reports and the paths the manifest names compare equal. The file itself
+/// may be gone (an editor's rename), so only the folder is resolved.
+pub(super) fn normal(path: &Path) -> PathBuf {
+    match (path.parent().and_then(|p| std::fs::canonicalize(p).ok()), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether a change at `path` is an input under the watched `root`. Build
+/// output never is: a `target` folder below the root is skipped, which
+/// stops build -> event -> build loops.
+pub(super) fn is_source_change(path: &Path, root: &Path) -> bool {
+    path.strip_prefix(normal(root)).is_ok_and(|rest| !rest.components().any(|c| c == Component::Normal("target".as_ref())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_source_change;
+    use std::path::Path;
+
+    #[test]
+    fn build_output_below_the_watched_root_is_not_a_source_change() {
+        assert!(is_source_change(Path::new("/p/src/lib.rs"), Path::new("/p")));
+        assert!(!is_source_change(Path::new("/p/target/wasm32-wasip2/x.wasm"), Path::new("/p")));
+        assert!(!is_source_change(Path::new("/q/src/lib.rs"), Path::new("/p")));
+        // A project that itself lives under a `target` folder still works.
+        assert!(is_source_change(Path::new("/w/target/party/src/lib.rs"), Path::new("/w/target/party/src")));
+    }
 }

@@ -45,11 +45,16 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Builds the engine. Compiled components are cached in `cache_dir`.
+    /// `fast_compile` (for `partyhost dev`) skips Cranelift's optimisations:
+    /// code compiles in less time and runs slower.
     ///
     /// # Errors
     /// When the engine configuration is rejected by this CPU.
-    pub fn new(cache_dir: &Path) -> anyhow::Result<Self> {
+    pub fn new(cache_dir: &Path, fast_compile: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
+        if fast_compile {
+            config.cranelift_opt_level(wasmtime::OptLevel::None);
+        }
         // Epoch interruption bounds each handler's CPU time; its cost per
         // call is not measurable (see ../shared/TOOLCHAIN.md).
         config.epoch_interruption(true);

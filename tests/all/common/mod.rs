@@ -68,7 +68,7 @@ impl TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let host = Host::start(deployment, listener, shutdown.clone()).await?;
+        let host = Host::start_dev(deployment, listener, shutdown.clone()).await?;
         let reloader = host.reloader(manifest);
         let reloads = Some(reloader.stats());
         tokio::spawn(reloader.run(shutdown.clone()));
