@@ -100,7 +100,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         partyhost::Host::start(deployment, listener, shutdown.clone()).await?
     };
     if dev {
-        tokio::spawn(host.reloader(manifest).run(shutdown));
+        host.reloader(manifest).spawn(shutdown)?;
     }
     host.wait().await
 }

@@ -73,13 +73,21 @@ impl Reloader {
         self.stats.clone()
     }
 
-    /// Watches until `shutdown`.
+    /// Starts watching now (a change made once this returns is seen), and
+    /// reloads in a task until `shutdown`.
     ///
     /// # Errors
     /// When the file watcher cannot start.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
+    pub fn spawn(
+        self,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
         info!(manifest = %self.manifest.display(), "watching for changes");
+        Ok(tokio::spawn(self.run(watcher, shutdown)))
+    }
+
+    async fn run(mut self, mut watcher: Watcher, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             let changed = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -101,7 +109,8 @@ impl Reloader {
         let deployment = self.rooms.deployment();
         for (name, spec) in &deployment.parties {
             let Some(build) = &spec.build else { continue };
-            if changed.iter().any(|path| build.watch.iter().any(|root| watcher::is_source_change(path, root))) {
+            if changed.iter().any(|path| build.watch.iter().any(|root| watcher::is_source_change(path, root)))
+            {
                 self.build(name, &build.command).await;
             }
         }

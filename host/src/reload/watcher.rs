@@ -100,7 +100,8 @@ pub(super) fn normal(path: &Path) -> PathBuf {
 /// output never is: a `target` folder below the root is skipped, which
 /// stops build -> event -> build loops.
 pub(super) fn is_source_change(path: &Path, root: &Path) -> bool {
-    path.strip_prefix(normal(root)).is_ok_and(|rest| !rest.components().any(|c| c == Component::Normal("target".as_ref())))
+    path.strip_prefix(normal(root))
+        .is_ok_and(|rest| !rest.components().any(|c| c == Component::Normal("target".as_ref())))
 }
 
 #[cfg(test)]

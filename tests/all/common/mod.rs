@@ -71,7 +71,7 @@ impl TestHost {
         let host = Host::start_dev(deployment, listener, shutdown.clone()).await?;
         let reloader = host.reloader(manifest);
         let reloads = Some(reloader.stats());
-        tokio::spawn(reloader.run(shutdown.clone()));
+        reloader.spawn(shutdown.clone())?;
         Ok(Self { addr, shutdown, host: Some(host), reloads })
     }
 
