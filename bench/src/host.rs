@@ -35,19 +35,31 @@ impl ChildHost {
         Self::spawn(toml, true).await
     }
 
+    /// The native baseline server.
+    pub async fn start_native(limiter: bool) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("native").arg(port.to_string()).args((!limiter).then_some("--no-limiter"));
+        Self::run(command, port, dir).await
+    }
+
     async fn spawn(toml: &str, dev: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let manifest = dir.path().join("partykit.toml");
         std::fs::write(&manifest, format!("listen = \"127.0.0.1:{port}\"\n{toml}"))?;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("host")
-            .arg(&manifest)
-            .args(dev.then_some("--dev"))
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the host")?;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("host").arg(&manifest).args(dev.then_some("--dev"));
+        Self::run(command, port, dir).await
+    }
+
+    async fn run(
+        mut command: tokio::process::Command,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
+        let child = command.stderr(Stdio::null()).kill_on_drop(true).spawn().context("starting the host")?;
         let started = Instant::now();
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "the host did not start");
@@ -65,6 +77,10 @@ impl ChildHost {
     }
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// The child's side: serve until killed.
 pub async fn serve(manifest: &Path, dev: bool) -> anyhow::Result<()> {
     let manifest = std::path::absolute(manifest)?;
@@ -77,7 +93,7 @@ pub async fn serve(manifest: &Path, dev: bool) -> anyhow::Result<()> {
         partyhost::Host::start(deployment, listener, shutdown.clone()).await?
     };
     if dev {
-        tokio::spawn(host.reloader(manifest).run(shutdown));
+        host.reloader(manifest).spawn(shutdown)?;
     }
     host.wait().await
 }

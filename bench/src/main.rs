@@ -5,8 +5,11 @@
 //! memory read from `/proc` is the host's alone.
 
 mod host;
+mod load;
+mod native;
 mod reload;
 mod revive;
+mod scenarios;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +25,54 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Every side-by-side scenario against partyhost and the native server.
+    All {
+        /// Seconds per timed run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Fan-out: rooms x clients, each reacting as fast as the limiter allows.
+    FanOut {
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 500)]
+        per_room: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Accepted reactions/s into one room with the limiter off.
+    Throughput {
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Connecting to never-seen rooms.
+    ColdStart {
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+    },
+    /// Server memory per idle connection.
+    Connections {
+        #[arg(long, default_value_t = 15000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+    },
+    /// One reaction at a time through each server.
+    RoundTrip {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+    /// Internal: the native baseline server.
+    #[command(hide = true)]
+    Native {
+        port: u16,
+        #[arg(long)]
+        no_limiter: bool,
+    },
     /// Revive latency of hibernated rooms against live ones, and memory per
     /// live and per hibernated room.
     Revive {
@@ -59,6 +110,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::All { seconds } => all(seconds).await,
+            Command::FanOut { rooms, per_room, seconds } => {
+                scenarios::fan_out(rooms, per_room, seconds).await
+            }
+            Command::Throughput { window, seconds } => scenarios::throughput(window, seconds).await,
+            Command::ColdStart { rooms, workers } => scenarios::cold_start(rooms, workers).await,
+            Command::Connections { connections, rooms } => scenarios::connections(connections, rooms).await,
+            Command::RoundTrip { count } => scenarios::round_trip(count).await,
+            Command::Native { port, no_limiter } => native::serve(port, !no_limiter).await,
             Command::Revive { rooms } => revive::run(rooms).await,
             Command::Reload { rounds, source_rounds } => reload::run(rounds, source_rounds).await,
             Command::Host { manifest, dev } => host::serve(&manifest, dev).await,
@@ -71,4 +131,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The scenarios of docs/benchmarks.md, in order.
+async fn all(seconds: u64) -> anyhow::Result<()> {
+    scenarios::fan_out(1, 500, seconds).await?;
+    scenarios::fan_out(50, 10, seconds).await?;
+    scenarios::throughput(32, seconds).await?;
+    scenarios::cold_start(1000, 16).await?;
+    revive::run(1000).await?;
+    scenarios::connections(15000, 1000).await?;
+    scenarios::round_trip(2000).await
 }

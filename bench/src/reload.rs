@@ -96,9 +96,15 @@ async fn source_edits(root: &Path, rounds: usize) -> anyhow::Result<Vec<Duration
     let crate_dir = root.join("target/bench-party");
     write_party_crate(&crate_dir, root, 0)?;
     let wasm = crate_dir.join("target/wasm32-wasip2/release/bench_party.wasm");
-    let build = format!("cd {:?} && cargo build --quiet --release --target wasm32-wasip2", crate_dir.display().to_string());
+    let build = format!(
+        "cd {:?} && cargo build --quiet --release --target wasm32-wasip2",
+        crate_dir.display().to_string()
+    );
     println!("  building the scratch party once (cold)...");
-    anyhow::ensure!(std::process::Command::new("sh").arg("-c").arg(&build).status()?.success(), "build failed");
+    anyhow::ensure!(
+        std::process::Command::new("sh").arg("-c").arg(&build).status()?.success(),
+        "build failed"
+    );
     let toml = format!(
         "name = \"bench\"\n[parties.src]\nwasm = {:?}\n[parties.src.build]\ncommand = {build:?}\nwatch = [{:?}]\n",
         wasm.display().to_string(),

@@ -58,18 +58,35 @@ impl Storage {
         result.await.map_err(|_| anyhow!("the storage thread stopped"))?
     }
 
-    /// Makes `writes` durable; returns once they are committed.
+    /// Queues `writes` for commit and returns at once (waiting only while
+    /// the queue is full); the receiver tells when they are durable. Commits
+    /// queued by one room apply in the order it queued them.
     ///
     /// # Errors
-    /// When the commit failed (nothing of `writes` is applied then).
-    pub async fn commit(&self, key: &RoomKey, writes: PendingWrites) -> anyhow::Result<()> {
+    /// When the storage thread has stopped.
+    pub async fn queue_commit(&self, key: &RoomKey, writes: PendingWrites) -> anyhow::Result<CommitTicket> {
         let (reply, result) = oneshot::channel();
         self.send(Job::Commit { key: key.clone(), writes, reply }).await?;
-        result.await.map_err(|_| anyhow!("the storage thread stopped"))?
+        Ok(CommitTicket(result))
     }
 
     async fn send(&self, job: Job) -> anyhow::Result<()> {
         self.jobs.send(job).await.map_err(|_| anyhow!("the storage thread stopped"))
+    }
+}
+
+/// Resolves when a queued commit is durable, or failed.
+pub struct CommitTicket(oneshot::Receiver<anyhow::Result<()>>);
+
+impl CommitTicket {
+    /// Waits in place, so a caller that stops waiting (a `select!` that
+    /// took another branch) keeps the ticket. Do not wait again after it
+    /// has resolved.
+    ///
+    /// # Errors
+    /// When the commit failed or the storage thread stopped.
+    pub async fn durable(&mut self) -> anyhow::Result<()> {
+        (&mut self.0).await.map_err(|_| anyhow!("the storage thread stopped"))?
     }
 }
 

@@ -2,41 +2,114 @@
 //! only then release what it produced: frames, fetches, responses. No
 //! client sees an effect whose writes a crash could still lose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use tokio::sync::mpsc;
 
 use super::Room;
 use crate::ids::ConnectionId;
 use crate::rooms::CLOSE_TRY_AGAIN;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
-use crate::sandbox::GuestError;
+use crate::sandbox::{GuestError, Response};
+use crate::storage::CommitTicket;
+
+/// What one guest call produced, held until its writes are durable.
+pub(super) struct Output {
+    /// `None` when the call wrote nothing: it still waits its turn, so
+    /// output leaves in the order the calls ran.
+    commit: Option<CommitTicket>,
+    outbox: Vec<(Target, Outgoing)>,
+    fetches: Vec<FetchStart>,
+    completed: Vec<(u64, Response)>,
+}
 
 impl Room {
-    /// Ends a guest call: commits its writes and releases its effects, or
-    /// resets the room if it failed. Returns whether the call took effect.
+    /// Ends a guest call. Its writes are queued for commit and its output
+    /// (frames, fetches, responses) joins the gate, to leave once the
+    /// writes are durable; the room meanwhile goes on with its next event,
+    /// so one room's commits overlap its calls and share transactions.
+    /// A failed call resets the room. Returns whether the call succeeded.
     pub(super) async fn finish(&mut self, result: Result<(), GuestError>) -> bool {
         if let Err(e) = result {
             self.reset(&e).await;
             return false;
         }
-        let writes = self.state_mut().storage.take_pending();
-        if !writes.is_empty()
-            && let Err(e) = self.rooms.storage().commit(&self.key, writes).await
-        {
-            tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
-            self.reset_state().await;
-            return false;
+        let state = self.state_mut();
+        let writes = state.storage.take_pending();
+        let output = Output {
+            commit: None,
+            outbox: std::mem::take(&mut state.outbox),
+            fetches: std::mem::take(&mut state.fetches),
+            completed: std::mem::take(&mut state.completed),
+        };
+        let commit = if writes.is_empty() {
+            None
+        } else {
+            match self.rooms.storage().queue_commit(&self.key, writes).await {
+                Ok(ticket) => Some(ticket),
+                Err(e) => {
+                    self.commit_failed(&e).await;
+                    return false;
+                }
+            }
+        };
+        if commit.is_none() && self.gate.is_empty() {
+            self.release(output);
+        } else {
+            self.gate.push_back(Output { commit, ..output });
         }
-        self.release();
         true
     }
 
-    /// Sends what the last call queued: frames, fetches, responses.
-    fn release(&mut self) {
+    /// Waits for the oldest held output's commit; `None` when nothing is
+    /// held. Safe to drop half-way: the ticket stays in the gate.
+    pub(super) async fn next_durable(gate: &mut VecDeque<Output>) -> Option<anyhow::Result<()>> {
+        let front = gate.front_mut()?;
+        let result = match &mut front.commit {
+            Some(ticket) => ticket.durable().await,
+            None => Ok(()),
+        };
+        front.commit = None;
+        Some(result)
+    }
+
+    /// The oldest held output's writes are durable (or failed): release it
+    /// and every output behind it that wrote nothing.
+    pub(super) async fn on_durable(&mut self, result: anyhow::Result<()>) {
+        if let Err(e) = result {
+            return self.commit_failed(&e).await;
+        }
+        while self.gate.front().is_some_and(|output| output.commit.is_none()) {
+            if let Some(output) = self.gate.pop_front() {
+                self.release(output);
+            }
+        }
+    }
+
+    /// Waits for every held output and releases it (shutdown).
+    pub(super) async fn drain_gate(&mut self) {
+        while let Some(result) = Self::next_durable(&mut self.gate).await {
+            self.on_durable(result).await;
+        }
+    }
+
+    /// A commit failed: the room's cache and every held output reflect
+    /// writes that are not durable, so all of it goes.
+    async fn commit_failed(&mut self, e: &anyhow::Error) {
+        tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
+        self.gate.clear();
+        self.reset_state().await;
+    }
+
+    /// Tasks whose responses wait in the gate: a reset must not fail them,
+    /// their calls succeeded.
+    pub(super) fn held_tasks(&self) -> Vec<u64> {
+        self.gate.iter().flat_map(|o| o.completed.iter().map(|(task, _)| *task)).collect()
+    }
+
+    /// Sends what a call produced: frames, fetches, responses.
+    fn release(&mut self, output: Output) {
+        let Output { outbox, fetches, completed, .. } = output;
         let state = self.state_mut();
-        let outbox = std::mem::take(&mut state.outbox);
-        let fetches = std::mem::take(&mut state.fetches);
-        let completed = std::mem::take(&mut state.completed);
         for (target, frame) in outbox {
             deliver(&state.connections, target, frame);
         }

@@ -75,7 +75,11 @@ impl Room {
     /// handler is parked (its future lives in the instance) or a request
     /// waits.
     pub(super) fn idle_action(&self) -> Option<IdleAction> {
-        if !self.fetches.is_empty() || !self.pending_requests.is_empty() || !self.rx.is_empty() {
+        if !self.fetches.is_empty()
+            || !self.pending_requests.is_empty()
+            || !self.gate.is_empty()
+            || !self.rx.is_empty()
+        {
             return None;
         }
         let no_sockets = self.state().connections.is_empty();
@@ -127,9 +131,11 @@ impl Room {
     /// storage from disk so uncommitted writes vanish.
     pub(super) async fn reset_state(&mut self) {
         self.drop_instance();
-        // Handlers parked in the dropped instance will never finish.
+        // Handlers parked in the dropped instance will never finish; those
+        // whose response waits in the gate did finish.
         self.fetches.abort_all();
-        for (_, reply) in self.pending_requests.drain() {
+        let held = self.held_tasks();
+        for (_, reply) in self.pending_requests.extract_if(|task, _| !held.contains(task)) {
             let _ = reply.send(super::error_response(500, "the room restarted after an error"));
         }
         let reloaded = self.rooms.storage().load(&self.key).await;

@@ -14,7 +14,7 @@
 mod effects;
 mod lifecycle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -40,6 +40,8 @@ enum Event {
     FetchDone(u64, Result<Response, String>),
     Alarm,
     Idle,
+    /// The oldest held output's commit finished.
+    Durable(anyhow::Result<()>),
 }
 
 /// The instance, or the state alone while no instance runs.
@@ -69,6 +71,9 @@ pub(super) struct Room {
     pending_requests: HashMap<u64, oneshot::Sender<Response>>,
     /// Outbound fetches in flight; dropping the set aborts them.
     fetches: JoinSet<(u64, Result<Response, String>)>,
+    /// The output gate: what each call produced, in order, until its
+    /// writes are durable.
+    gate: VecDeque<effects::Output>,
 }
 
 impl Room {
@@ -91,6 +96,7 @@ impl Room {
             last_event: tokio::time::Instant::now(),
             pending_requests: HashMap::new(),
             fetches: JoinSet::new(),
+            gate: VecDeque::new(),
         }
     }
 
@@ -112,6 +118,7 @@ impl Room {
                 }
                 () = sleep_until_ms(alarm), if alarm.is_some() => Event::Alarm,
                 () = sleep_until(idle_at), if idle_at.is_some() => Event::Idle,
+                Some(result) = Self::next_durable(&mut self.gate), if !self.gate.is_empty() => Event::Durable(result),
             };
             // A reload reaches the room here, before the event it woke for.
             if !self.follow_party() {
@@ -121,6 +128,7 @@ impl Room {
                 Event::Message(msg) => self.handle(msg).await,
                 Event::FetchDone(fetch, result) => self.resume(fetch, result).await,
                 Event::Alarm => self.fire_alarm().await,
+                Event::Durable(result) => self.on_durable(result).await,
                 Event::Idle => {
                     if self.on_idle() && self.rooms.retire(&self.key, self.generation, || self.rx.is_empty())
                     {
@@ -130,6 +138,8 @@ impl Room {
             }
             self.touch();
         }
+        // Flush: what already ran reaches clients once it is durable.
+        self.drain_gate().await;
         for entry in self.state().connections.values() {
             let _ = entry
                 .sender

@@ -1,0 +1,91 @@
+//! The load generator: WebSocket clients that speak the reactions protocol,
+//! and the two servers under test as child processes.
+
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::host::ChildHost;
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub const REACTION: &str = r#"{"type":"reaction","kind":"clap"}"#;
+
+/// Which server a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Partyhost,
+    Native,
+}
+
+impl Server {
+    pub const BOTH: [Server; 2] = [Server::Partyhost, Server::Native];
+
+    /// Starts the server, with the example-reactions limiter on or off.
+    pub async fn start(self, limiter: bool) -> anyhow::Result<ChildHost> {
+        match self {
+            Self::Partyhost => {
+                let wasm = crate::host::reactions_wasm()?;
+                let cooldown = if limiter { 100 } else { 0 };
+                let toml = format!(
+                    "name = \"bench\"\n[rooms]\nmax_live_instances = 100000\n[parties.reactions]\nwasm = {:?}\n\
+                     [parties.reactions.vars]\nRATE_LIMIT_MS = \"{cooldown}\"\n",
+                    wasm.display().to_string()
+                );
+                ChildHost::start(&toml).await
+            }
+            Self::Native => ChildHost::start_native(limiter).await,
+        }
+    }
+}
+
+pub async fn connect(host: &ChildHost, room: &str) -> anyhow::Result<Socket> {
+    let (socket, _) =
+        tokio_tungstenite::connect_async(host.url(&format!("/parties/reactions/{room}"))).await?;
+    Ok(socket)
+}
+
+/// The next text message, or an error after 10 s.
+pub async fn next_text(socket: &mut Socket) -> anyhow::Result<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await? {
+            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_reaction(socket: &mut Socket) -> anyhow::Result<()> {
+    socket.send(Message::text(REACTION)).await?;
+    Ok(())
+}
+
+/// CPU time this process has used (user + system).
+pub fn own_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `)` that ends the command name; utime and stime are
+    // the 12th and 13th of those, in clock ticks (100 per second here).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Measures the generator's own CPU over a piece of work.
+pub struct CpuMeter {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self { cpu: own_cpu(), wall: Instant::now() }
+    }
+
+    /// Generator CPU as a share of one core since `start`.
+    pub fn share(&self) -> f64 {
+        (own_cpu() - self.cpu).as_secs_f64() / self.wall.elapsed().as_secs_f64()
+    }
+}

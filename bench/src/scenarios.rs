@@ -1,0 +1,294 @@
+//! The side-by-side scenarios: each runs against partyhost, then against
+//! the native server, in the same invocation, and prints both and the ratio.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+use crate::load::{CpuMeter, Server, Socket, connect, next_text, send_reaction};
+use crate::stats::{Percentiles, rss_bytes};
+
+/// One row of a scenario's table.
+struct Row {
+    measure: &'static str,
+    partyhost: f64,
+    native: f64,
+    unit: &'static str,
+}
+
+fn print_table(title: &str, rows: &[Row], generator_cpu: f64) {
+    println!("\n### {title}\n");
+    println!("| measure | partyhost | native | partyhost / native |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        let ratio = if row.native > 0.0 { row.partyhost / row.native } else { f64::NAN };
+        println!(
+            "| {} | {:.0} {} | {:.0} {} | {ratio:.2}x |",
+            row.measure, row.partyhost, row.unit, row.native, row.unit
+        );
+    }
+    println!("\nload generator CPU: {:.0} % of one core (highest of the runs)", generator_cpu * 100.0);
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Fan-out: `rooms` x `per_room` clients, each sending a reaction every
+/// 105 ms (as fast as the 100 ms limiter allows), for `seconds`.
+pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let mut cpu: f64 = 0.0;
+    for server in Server::BOTH {
+        let host = server.start(true).await?;
+        let mut sockets = Vec::new();
+        for r in 0..rooms {
+            for _ in 0..per_room {
+                let mut socket = connect(&host, &format!("fan-{r}")).await?;
+                next_text(&mut socket).await?;
+                sockets.push(socket);
+            }
+        }
+        let deliveries = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let meter = CpuMeter::start();
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let tasks: Vec<_> = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, socket)| {
+                tokio::spawn(fan_out_client(socket, i, until, deliveries.clone(), latencies.clone()))
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        cpu = cpu.max(meter.share());
+        let mut latencies = latencies.lock().await.clone();
+        results.push((
+            deliveries.load(Ordering::Relaxed) as f64 / seconds as f64,
+            Percentiles::of(&mut latencies),
+        ));
+    }
+    let (p, n) = (&results[0], &results[1]);
+    print_table(
+        &format!(
+            "Fan-out: {rooms} room(s) x {per_room} clients, a reaction per client every 105 ms, {seconds} s"
+        ),
+        &[
+            Row { measure: "deliveries/s", partyhost: p.0, native: n.0, unit: "" },
+            Row {
+                measure: "send -> next update p50",
+                partyhost: us(p.1.p50),
+                native: us(n.1.p50),
+                unit: "µs",
+            },
+            Row {
+                measure: "send -> next update p99",
+                partyhost: us(p.1.p99),
+                native: us(n.1.p99),
+                unit: "µs",
+            },
+        ],
+        cpu,
+    );
+    Ok(())
+}
+
+async fn fan_out_client(
+    mut socket: Socket,
+    index: usize,
+    until: Instant,
+    deliveries: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    // Spread the clients' sends over the interval.
+    let interval = Duration::from_millis(105);
+    let mut next_send = Instant::now() + interval.mul_f64((index % 97) as f64 / 97.0);
+    let mut sent_at: Option<Instant> = None;
+    let mut mine = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        let wake = next_send.min(until);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {
+                if Instant::now() >= next_send {
+                    send_reaction(&mut socket).await?;
+                    sent_at = Some(Instant::now());
+                    next_send += interval;
+                }
+            }
+            msg = socket.next() => match msg {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    if text.starts_with("{") {
+                        deliveries.fetch_add(1, Ordering::Relaxed);
+                        // The first update after a send stands for its own
+                        // (others' reactions may come first under load).
+                        if let Some(sent) = sent_at.take() {
+                            mine.push(sent.elapsed());
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+        }
+    }
+    latencies.lock().await.extend(mine);
+    Ok(())
+}
+
+/// Room throughput: one client keeps `window` reactions in flight into one
+/// room with the limiter off; each reaction is one guest call, one storage
+/// write (partyhost) and one update back.
+pub async fn throughput(window: usize, seconds: u64) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    let mut cpu: f64 = 0.0;
+    for server in Server::BOTH {
+        let host = server.start(false).await?;
+        let mut socket = connect(&host, "throughput").await?;
+        next_text(&mut socket).await?;
+        let meter = CpuMeter::start();
+        for _ in 0..window {
+            send_reaction(&mut socket).await?;
+        }
+        let started = Instant::now();
+        let mut accepted = 0u64;
+        while started.elapsed() < Duration::from_secs(seconds) {
+            next_text(&mut socket).await?;
+            accepted += 1;
+            send_reaction(&mut socket).await?;
+        }
+        cpu = cpu.max(meter.share());
+        rates.push(accepted as f64 / started.elapsed().as_secs_f64());
+    }
+    print_table(
+        &format!("Room throughput: one room, limiter off, {window} reactions in flight, {seconds} s"),
+        &[Row { measure: "accepted reactions/s", partyhost: rates[0], native: rates[1], unit: "" }],
+        cpu,
+    );
+    Ok(())
+}
+
+/// Cold start: `workers` concurrent clients each connect to never-seen
+/// rooms, `rooms` in all; connect-to-first-message latency and rooms/s.
+pub async fn cold_start(rooms: usize, workers: usize) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let mut cpu: f64 = 0.0;
+    for server in Server::BOTH {
+        let host = Arc::new(server.start(true).await?);
+        let next = Arc::new(AtomicU64::new(0));
+        let meter = CpuMeter::start();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (host, next) = (host.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if n >= rooms {
+                            return anyhow::Ok(times);
+                        }
+                        let t = Instant::now();
+                        let mut socket = connect(&host, &format!("cold-{n}")).await?;
+                        next_text(&mut socket).await?;
+                        times.push(t.elapsed());
+                    }
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for task in tasks {
+            times.extend(task.await??);
+        }
+        let rate = rooms as f64 / started.elapsed().as_secs_f64();
+        cpu = cpu.max(meter.share());
+        results.push((rate, Percentiles::of(&mut times)));
+    }
+    let (p, n) = (&results[0], &results[1]);
+    print_table(
+        &format!("Cold start: {rooms} never-seen rooms, {workers} clients connecting at once"),
+        &[
+            Row {
+                measure: "connect -> first message p50",
+                partyhost: us(p.1.p50),
+                native: us(n.1.p50),
+                unit: "µs",
+            },
+            Row {
+                measure: "connect -> first message p99",
+                partyhost: us(p.1.p99),
+                native: us(n.1.p99),
+                unit: "µs",
+            },
+            Row { measure: "new rooms/s", partyhost: p.0, native: n.0, unit: "" },
+        ],
+        cpu,
+    );
+    Ok(())
+}
+
+/// Idle connections: `connections` over `rooms`; server memory per
+/// connection (RSS growth over the idle server).
+pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()> {
+    let mut per_connection = Vec::new();
+    for server in Server::BOTH {
+        let host = server.start(true).await?;
+        let pid = host.pid()?;
+        let base = rss_bytes(pid)?;
+        let mut sockets = Vec::with_capacity(connections);
+        for i in 0..connections {
+            let mut socket = connect(&host, &format!("idle-{}", i % rooms)).await?;
+            next_text(&mut socket).await?;
+            sockets.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        per_connection.push(rss_bytes(pid)?.saturating_sub(base) as f64 / connections as f64 / 1024.0);
+    }
+    print_table(
+        &format!("Idle connections: {connections} over {rooms} rooms (server RSS growth)"),
+        &[Row {
+            measure: "memory per connection",
+            partyhost: per_connection[0],
+            native: per_connection[1],
+            unit: "KiB",
+        }],
+        0.0,
+    );
+    Ok(())
+}
+
+/// Guest call overhead: one client, one reaction at a time, limiter off:
+/// the round trip through each server.
+pub async fn round_trip(count: usize) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for server in Server::BOTH {
+        let host = server.start(false).await?;
+        let mut socket = connect(&host, "rtt").await?;
+        next_text(&mut socket).await?;
+        let mut times = Vec::with_capacity(count);
+        for _ in 0..count {
+            let t = Instant::now();
+            send_reaction(&mut socket).await?;
+            next_text(&mut socket).await?;
+            times.push(t.elapsed());
+        }
+        results.push(Percentiles::of(&mut times));
+    }
+    let (p, n) = (&results[0], &results[1]);
+    print_table(
+        &format!("Round trip: one client, {count} reactions one at a time (guest call + commit vs. plain)"),
+        &[
+            Row { measure: "reaction -> update p50", partyhost: us(p.p50), native: us(n.p50), unit: "µs" },
+            Row { measure: "reaction -> update p99", partyhost: us(p.p99), native: us(n.p99), unit: "µs" },
+        ],
+        0.0,
+    );
+    Ok(())
+}
