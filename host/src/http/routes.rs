@@ -20,6 +20,9 @@ use crate::sandbox::{self, Header};
 /// arrive whole, the buffer grows for them.
 const SOCKET_READ_BUFFER_BYTES: usize = 4 << 10;
 
+/// Bytes of frames gathered before a write; a batch ends with a flush anyway.
+const SOCKET_WRITE_BUFFER_BYTES: usize = 16 << 10;
+
 /// How long an HTTP client waits for a room's response before a 504.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,9 +86,9 @@ async fn serve(
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes)
             .read_buffer_size(SOCKET_READ_BUFFER_BYTES)
-            // The socket task flushes every frame, so buffering writes
-            // would only hold memory.
-            .write_buffer_size(0);
+            // Frames queued together are written together (see
+            // socket::write_batch); the buffer grows only as far as a batch.
+            .write_buffer_size(SOCKET_WRITE_BUFFER_BYTES);
         return Ok(upgrade
             .on_upgrade(move |ws| {
                 let span = info_span!("connection", room = %key, conn = %conn);

@@ -7,8 +7,8 @@
 //! releases them only after the call's storage writes are committed, so no
 //! client sees a state that a crash could lose.
 
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +20,9 @@ use crate::storage::RoomStorage;
 /// connection's socket task.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// Shared, so a broadcast is encoded once for every receiver.
-    Text(Arc<str>),
-    Binary(Arc<[u8]>),
+    /// UTF-8 text, shared: a broadcast is encoded once for every receiver.
+    Text(Bytes),
+    Binary(Bytes),
     /// Close the socket with this code and reason.
     Close {
         code: u16,
@@ -33,8 +33,8 @@ pub enum Outgoing {
 impl From<&Message> for Outgoing {
     fn from(msg: &Message) -> Self {
         match msg {
-            Message::Text(text) => Self::Text(text.as_str().into()),
-            Message::Binary(bytes) => Self::Binary(bytes.as_slice().into()),
+            Message::Text(text) => Self::Text(Bytes::copy_from_slice(text.as_bytes())),
+            Message::Binary(bytes) => Self::Binary(Bytes::copy_from_slice(bytes)),
         }
     }
 }
