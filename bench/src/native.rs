@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Default)]
 struct Room {
@@ -40,10 +41,16 @@ fn update(counts: &BTreeMap<String, u64>) -> Message {
 #[allow(clippy::result_large_err)]
 async fn client(stream: tokio::net::TcpStream, id: u64, rooms: Rooms, limiter: bool) {
     let mut path = String::new();
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, res: Response| {
-        path = req.uri().path().to_owned();
-        Ok(res)
-    })
+    // The same socket buffers as partyhost (see its http/routes.rs).
+    let config = WebSocketConfig::default().read_buffer_size(4 << 10).write_buffer_size(16 << 10);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &Request, res: Response| {
+            path = req.uri().path().to_owned();
+            Ok(res)
+        },
+        Some(config),
+    )
     .await
     else {
         return;
@@ -66,7 +73,7 @@ async fn client(stream: tokio::net::TcpStream, id: u64, rooms: Rooms, limiter: b
             }
         }
     });
-    let mut next_allowed = Instant::now();
+    let (mut next_allowed, mut violations) = (Instant::now(), 0);
     while let Some(Ok(Message::Text(text))) = stream.next().await {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         let Some(kind) = msg["kind"].as_str().filter(|_| msg["type"] == "reaction") else { continue };
@@ -74,14 +81,23 @@ async fn client(stream: tokio::net::TcpStream, id: u64, rooms: Rooms, limiter: b
         let Some(room) = rooms.get_mut(&path) else { break };
         if limiter {
             let now = Instant::now();
+            // example-reactions' limiter: `slowdown`, and at the 10th
+            // violation in a row `goaway` and a close.
             if next_allowed > now {
                 next_allowed += Duration::from_millis(100);
+                violations += 1;
                 if let Some(me) = room.clients.get(&id) {
-                    let _ = me.send(Message::text("slowdown"));
+                    if violations < 10 {
+                        let _ = me.send(Message::text("slowdown"));
+                    } else {
+                        let _ = me.send(Message::text("goaway"));
+                        let _ = me.send(Message::Close(None));
+                    }
                 }
                 continue;
             }
             next_allowed = now + Duration::from_millis(100);
+            violations = 0;
         }
         *room.counts.entry(kind.to_owned()).or_default() += 1;
         let message = update(&room.counts);

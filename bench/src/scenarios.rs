@@ -52,19 +52,33 @@ pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Res
         }
         let deliveries = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(Vec::new()));
+        let closes = Arc::new(Mutex::new(Vec::new()));
         let meter = CpuMeter::start();
         let until = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = sockets
             .into_iter()
             .enumerate()
             .map(|(i, socket)| {
-                tokio::spawn(fan_out_client(socket, i, until, deliveries.clone(), latencies.clone()))
+                tokio::spawn(fan_out_client(
+                    socket,
+                    i,
+                    until,
+                    deliveries.clone(),
+                    latencies.clone(),
+                    closes.clone(),
+                ))
             })
             .collect();
         for task in tasks {
             task.await??;
         }
         cpu = cpu.max(meter.share());
+        let closes = closes.lock().await.clone();
+        if !closes.is_empty() {
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            closes.iter().for_each(|c| *counts.entry(c.as_str()).or_default() += 1);
+            println!("  {server:?}: limiter answers and closes: {counts:?}");
+        }
         let mut latencies = latencies.lock().await.clone();
         results.push((
             deliveries.load(Ordering::Relaxed) as f64 / seconds as f64,
@@ -79,13 +93,13 @@ pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Res
         &[
             Row { measure: "deliveries/s", partyhost: p.0, native: n.0, unit: "" },
             Row {
-                measure: "send -> next update p50",
+                measure: "send -> first update after it, p50 (lower bound)",
                 partyhost: us(p.1.p50),
                 native: us(n.1.p50),
                 unit: "µs",
             },
             Row {
-                measure: "send -> next update p99",
+                measure: "send -> first update after it, p99 (lower bound)",
                 partyhost: us(p.1.p99),
                 native: us(n.1.p99),
                 unit: "µs",
@@ -102,6 +116,7 @@ async fn fan_out_client(
     until: Instant,
     deliveries: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<Duration>>>,
+    closes: Arc<Mutex<Vec<String>>>,
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     // Spread the clients' sends over the interval.
@@ -118,14 +133,18 @@ async fn fan_out_client(
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {
                 if Instant::now() >= next_send {
-                    send_reaction(&mut socket).await?;
+                    if send_reaction(&mut socket).await.is_err() {
+                        break;
+                    }
                     sent_at = Some(Instant::now());
                     next_send += interval;
                 }
             }
             msg = socket.next() => match msg {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                    if text.starts_with("{") {
+                    if text.as_str() == "slowdown" || text.as_str() == "goaway" {
+                        closes.lock().await.push(text.to_string());
+                    } else if text.starts_with("{") {
                         deliveries.fetch_add(1, Ordering::Relaxed);
                         // The first update after a send stands for its own
                         // (others' reactions may come first under load).
@@ -133,6 +152,11 @@ async fn fan_out_client(
                             mine.push(sent.elapsed());
                         }
                     }
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    closes.lock().await.push(format!("closed {code}"));
+                    break;
                 }
                 Some(Ok(_)) => {}
                 _ => break,
