@@ -87,13 +87,9 @@ pub async fn serve(manifest: &Path, dev: bool) -> anyhow::Result<()> {
     let deployment = Deployment::load(&manifest)?;
     let listener = tokio::net::TcpListener::bind(deployment.listen).await?;
     let shutdown = CancellationToken::new();
-    let host = if dev {
-        partyhost::Host::start_dev(deployment, listener, shutdown.clone()).await?
-    } else {
-        partyhost::Host::start(deployment, listener, shutdown.clone()).await?
-    };
     if dev {
-        host.reloader(manifest).spawn(shutdown)?;
+        partyhost::run_dev(manifest, deployment, listener, shutdown).await
+    } else {
+        partyhost::run(deployment, listener, shutdown).await
     }
-    host.wait().await
 }

@@ -54,6 +54,22 @@ pub async fn run(
     Host::start(deployment, listener, shutdown).await?.wait().await
 }
 
+/// [`run`] for `partyhost dev`: also watches `manifest` (the file
+/// `deployment` came from, by an absolute path) and swaps in what changes.
+///
+/// # Errors
+/// As [`run`], or when the file watcher cannot start.
+pub async fn run_dev(
+    manifest: PathBuf,
+    deployment: Deployment,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let host = Host::start_dev(deployment, listener, shutdown.clone()).await?;
+    host.reloader(manifest).spawn(shutdown)?;
+    host.wait().await
+}
+
 /// A running host: what [`run`] drives, and what tests inspect.
 pub struct Host {
     rooms: Arc<Rooms>,

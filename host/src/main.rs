@@ -94,15 +94,11 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", deployment.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let host = if dev {
-        partyhost::Host::start_dev(deployment, listener, shutdown.clone()).await?
-    } else {
-        partyhost::Host::start(deployment, listener, shutdown.clone()).await?
-    };
     if dev {
-        host.reloader(manifest).spawn(shutdown)?;
+        partyhost::run_dev(manifest, deployment, listener, shutdown).await
+    } else {
+        partyhost::run(deployment, listener, shutdown).await
     }
-    host.wait().await
 }
 
 fn default_manifest() -> PathBuf {
