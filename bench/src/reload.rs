@@ -27,15 +27,10 @@ pub async fn run(rounds: usize, source_rounds: usize) -> anyhow::Result<()> {
     std::fs::write(&wasm, with_custom_section(&original, 0))?;
     let toml = format!("name = \"bench\"\n[parties.x]\nwasm = {:?}\n", wasm.display().to_string());
     let host = ChildHost::start_dev(&toml).await?;
-    let (mut socket, _) = tokio_tungstenite::connect_async(host.url("/parties/x/room")).await?;
-    let mut starts = ask(&mut socket).await?;
-    let mut wasm_times = Vec::new();
-    for round in 1..=rounds {
-        let written = Instant::now();
-        std::fs::write(&wasm, with_custom_section(&original, round as u64))?;
-        starts = wait_for_new_code(&mut socket, starts).await?;
-        wasm_times.push(written.elapsed());
-    }
+    let mut wasm_times = time_swaps(&host, "x", rounds, |round| {
+        Ok(std::fs::write(&wasm, with_custom_section(&original, round as u64))?)
+    })
+    .await?;
     println!("reload: {rounds} component swaps, {source_rounds} source edits, one socket kept open");
     println!();
     println!("| from | to first event on the new code p50 | p90 | p99 | max |");
@@ -111,14 +106,26 @@ async fn source_edits(root: &Path, rounds: usize) -> anyhow::Result<Vec<Duration
         crate_dir.join("src").display().to_string()
     );
     let host = ChildHost::start_dev(&toml).await?;
-    let (mut socket, _) = tokio_tungstenite::connect_async(host.url("/parties/src/room")).await?;
+    time_swaps(&host, "src", rounds, |round| write_party_crate(&crate_dir, root, round)).await
+}
+
+/// Over one socket to `party`, runs `change(round)` for each round and
+/// times it to the first reply from the new code (its `starts` count rises).
+async fn time_swaps(
+    host: &ChildHost,
+    party: &str,
+    rounds: usize,
+    mut change: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Duration>> {
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(host.url(&format!("/parties/{party}/room"))).await?;
     let mut starts = ask(&mut socket).await?;
-    let mut times = Vec::new();
+    let mut times = Vec::with_capacity(rounds);
     for round in 1..=rounds {
-        let saved = Instant::now();
-        write_party_crate(&crate_dir, root, round)?;
+        let changed = Instant::now();
+        change(round)?;
         starts = wait_for_new_code(&mut socket, starts).await?;
-        times.push(saved.elapsed());
+        times.push(changed.elapsed());
     }
     Ok(times)
 }

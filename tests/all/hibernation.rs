@@ -5,7 +5,7 @@
 use anyhow::Result;
 use std::time::Duration;
 
-use crate::common::{Client, TestHost, manifest, temp_dir};
+use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
 use crate::guests::HOSTILE;
 
 /// The hostile test party, hibernating or not, with a short idle time.
@@ -44,14 +44,11 @@ async fn a_hibernating_room_is_evicted_and_revived_with_sockets_open() -> Result
     host.wait_for_stats("second eviction", |s| s.instances == 0).await;
     drop(bob);
     // Bob's close travels on his socket, so ask until the room has seen it.
-    let deadline = tokio::time::Instant::now() + crate::common::STEP;
-    loop {
+    eventually("bob's close to reach the room", async || {
         alice.send_text("tagged:red").await?;
-        if alice.recv_text().await? == "tagged red = 1" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "bob's close never reached the room");
-    }
+        Ok(alice.recv_text().await? == "tagged red = 1")
+    })
+    .await?;
     alice.send_text("hi").await?;
     assert_eq!(alice.recv_text().await?, "echo hi starts=3");
     host.stop().await
@@ -96,15 +93,10 @@ async fn alarms_revive_evicted_and_stopped_rooms() -> Result<()> {
     assert_eq!(setter.recv_text().await?, "alarm set starts=1");
     drop(setter);
     host.wait_for_stats("the empty room to stop", |s| s.rooms == 1).await;
-    let deadline = tokio::time::Instant::now() + crate::common::STEP;
-    loop {
-        let (_, body) = host.http("GET", "/parties/hostile/empty/alarms-fired", "").await?;
-        if body == "alarms fired 1" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the alarm never fired: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the stopped room's alarm to fire", async || {
+        Ok(host.http("GET", "/parties/hostile/empty/alarms-fired", "").await?.1 == "alarms fired 1")
+    })
+    .await?;
     host.stop().await
 }
 

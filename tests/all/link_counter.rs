@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
 
-use crate::common::{Client, STEP, TestHost, manifest, temp_dir};
+use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
 use crate::guests::{COUNTER, PAGE};
 
 const PAGE_LINKS: [(&str, &[&str]); 4] =
@@ -110,21 +110,13 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
     let (client, _) = visit(&host, "a").await?;
     drop(client);
     // The page's close reaches the counter (a's count back to 0) ...
-    let mut counts_zero = false;
-    for _ in 0..100 {
+    eventually("page a's close to reach the counter", async || {
         let conn = rusqlite::Connection::open(&db)?;
-        let state: String = conn.query_row(
-            "SELECT CAST(value AS TEXT) FROM kv WHERE room = 'all-pages' AND key = 'a'",
-            [],
-            |r| r.get(0),
-        )?;
-        if state.contains("\"connectionCount\":0") {
-            counts_zero = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(counts_zero, "page a's close reached the counter");
+        let sql = "SELECT CAST(value AS TEXT) FROM kv WHERE room = 'all-pages' AND key = 'a'";
+        let state: String = conn.query_row(sql, [], |r| r.get(0))?;
+        Ok(state.contains("\"connectionCount\":0"))
+    })
+    .await?;
     // ... then the host stops before any alarm is due.
     host.stop().await?;
     let (alarms, keys) = stored(&db)?;
@@ -143,10 +135,6 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
     // A new host wakes both rooms at their alarm time: every page has no
     // connections, so the counter forgets them all and the page its summary.
     let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
-    let deadline = tokio::time::Instant::now() + STEP;
-    while stored(&db)? != (vec![], vec![]) {
-        assert!(tokio::time::Instant::now() < deadline, "alarms did not clean up: {:?}", stored(&db)?);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the alarms to clean up", async || Ok(stored(&db)? == (vec![], vec![]))).await?;
     host.stop().await
 }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::common::{Client, TestHost, manifest, temp_dir};
+use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
 use crate::guests::PRESENCE;
 
 fn presence(users: Value) -> Value {
@@ -45,11 +45,10 @@ async fn users_are_added_removed_and_dropped_on_close() -> Result<()> {
     cat.send_json(json!({ "type": "add-anonymous-user", "payload": { "id": "ghost", "name": "x" } })).await?;
     // ... but anonymous users appear in the next broadcast (score 0: last),
     // once the room has handled cat's messages.
-    let deadline = tokio::time::Instant::now() + crate::common::STEP;
-    while !host.http("GET", "/parties/presence/workshop/presence", "").await?.1.contains("ghost") {
-        assert!(tokio::time::Instant::now() < deadline, "the anonymous user never appeared");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually("the anonymous user to appear", async || {
+        Ok(host.http("GET", "/parties/presence/workshop/presence", "").await?.1.contains("ghost"))
+    })
+    .await?;
     bob.send_json(json!({ "type": "remove-user", "payload": { "id": "bob" } })).await?;
     for client in [&mut ann, &mut bob, &mut cat] {
         assert_eq!(client.recv_json().await?, presence(json!([ann_user, { "id": "ghost" }])));

@@ -30,6 +30,20 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Checks `done` every 10 ms until it holds, failing the test after
+/// [`STEP`] with `what`. For state the test can only observe by asking.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
+    within(what, async {
+        loop {
+            if done().await? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// A manifest serving `parties` (name, wasm path), plus extra TOML.
 pub fn manifest(parties: &[(&str, &str)], extra: &str) -> String {
     let mut toml = format!("name = \"test\"\n{extra}\n");
@@ -100,12 +114,8 @@ impl TestHost {
 
     /// Polls until `done(stats)` holds, failing after [`STEP`].
     pub async fn wait_for_stats(&self, what: &str, done: impl Fn(RoomStats) -> bool) {
-        within(what, async {
-            while !done(self.stats()) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        let stats = eventually(what, async || Ok(done(self.stats()))).await;
+        stats.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops the host and waits until every room has stopped.
