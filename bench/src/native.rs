@@ -42,7 +42,7 @@ fn update(counts: &BTreeMap<String, u64>) -> Message {
 async fn client(stream: tokio::net::TcpStream, id: u64, rooms: Rooms, limiter: bool) {
     let mut path = String::new();
     // The same socket buffers as partyhost (see its http/routes.rs).
-    let config = WebSocketConfig::default().read_buffer_size(4 << 10).write_buffer_size(16 << 10);
+    let config = WebSocketConfig::default().read_buffer_size(1 << 10).write_buffer_size(16 << 10);
     let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         |req: &Request, res: Response| {

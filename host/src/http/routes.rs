@@ -16,9 +16,10 @@ use crate::manifest::MAIN_ALIAS;
 use crate::sandbox::{self, Header};
 
 /// Initial read buffer per WebSocket. tungstenite's default (128 KiB) made
-/// an idle connection cost about 145 KiB; messages larger than this still
-/// arrive whole, the buffer grows for them.
-const SOCKET_READ_BUFFER_BYTES: usize = 4 << 10;
+/// an idle connection cost about 145 KiB, 4 KiB about 15 KiB, 1 KiB about
+/// 12 KiB; messages larger than this still arrive whole, the buffer grows
+/// for them.
+const SOCKET_READ_BUFFER_BYTES: usize = 1 << 10;
 
 /// Bytes of frames gathered before a write; a batch ends with a flush anyway.
 const SOCKET_WRITE_BUFFER_BYTES: usize = 16 << 10;
