@@ -10,16 +10,10 @@ use tracing::debug;
 
 use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::{
-    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Outgoing, RoomMsg,
-    Rooms, next_socket_serial,
+    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Departure, Outgoing,
+    RoomMsg, Rooms, next_socket_serial,
 };
 use crate::sandbox::{Limits, Message, Request};
-
-/// How a socket ended, as reported to the room's `on-close` / `on-error`.
-enum Ending {
-    Closed { code: u16, reason: String },
-    Failed(String),
-}
 
 /// Serves one WebSocket until it closes, then tells the room how it ended.
 pub(super) async fn run(
@@ -53,64 +47,60 @@ pub(super) async fn run(
                 Some(frame) => match write_batch(&mut sink, frame, &mut outgoing).await {
                     Ok(None) => {}
                     Ok(Some(ending)) => break ending,
-                    Err(e) => break Ending::Failed(format!("write failed: {e}")),
+                    Err(e) => break Departure::Failed(format!("write failed: {e}")),
                 },
                 // The room stopped (shutdown): tell the client to come back.
                 None => {
                     let reason = "room stopped".to_owned();
                     let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
-                    break Ending::Closed { code: CLOSE_GOING_AWAY, reason };
+                    break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
                 }
             },
             incoming = stream.next() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {
                     let msg = Message::Text(text.as_str().to_owned());
                     if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
-                        break Ending::Failed("room stopped".into());
+                        break Departure::Failed("room stopped".into());
                     }
                 }
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     let msg = Message::Binary(bytes.to_vec());
                     if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
-                        break Ending::Failed("room stopped".into());
+                        break Departure::Failed("room stopped".into());
                     }
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
-                    break Ending::Closed { code, reason };
+                    break Departure::Closed { code, reason };
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                 Some(Err(e)) => match classify(e) {
-                    SocketError::Gone => break Ending::Closed { code: 1006, reason: String::new() },
+                    SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
                     SocketError::TooBig(error) => {
                         let _ = sink.send(close_frame(CLOSE_TOO_BIG, "message too big")).await;
-                        break Ending::Failed(error);
+                        break Departure::Failed(error);
                     }
                     SocketError::Protocol(error) => {
                         let _ = sink.send(close_frame(CLOSE_PROTOCOL_ERROR, "protocol error")).await;
-                        break Ending::Failed(error);
+                        break Departure::Failed(error);
                     }
                 },
-                None => break Ending::Closed { code: 1006, reason: String::new() },
+                None => break Departure::Closed { code: 1006, reason: String::new() },
             },
             () = &mut dropped_as_slow => {
                 let reason = "too slow: outgoing queue full".to_owned();
                 let _ = sink.send(close_frame(CLOSE_TRY_AGAIN, &reason)).await;
-                break Ending::Failed(reason);
+                break Departure::Failed(reason);
             }
             () = &mut shutting_down => {
                 let reason = "server shutting down".to_owned();
                 let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
-                break Ending::Closed { code: CLOSE_GOING_AWAY, reason };
+                break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
             }
         }
     };
     debug!("disconnected");
-    let msg = match ending {
-        Ending::Closed { code, reason } => RoomMsg::Close { conn, socket, code, reason },
-        Ending::Failed(error) => RoomMsg::Error { conn, socket, error },
-    };
-    let _ = room.send(msg).await;
+    let _ = room.send(RoomMsg::Departed { conn, socket, how: ending }).await;
 }
 
 /// What went wrong on a socket, by what the room and the client are told.
@@ -149,13 +139,13 @@ async fn write_batch(
     sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
     first: Outgoing,
     queued: &mut mpsc::Receiver<Outgoing>,
-) -> Result<Option<Ending>, axum::Error> {
+) -> Result<Option<Departure>, axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
     while let Some(frame) = next.take() {
         if let Outgoing::Close { code, reason } = frame {
             sink.send(close_frame(code, &reason)).await?;
-            return Ok(Some(Ending::Closed { code, reason }));
+            return Ok(Some(Departure::Closed { code, reason }));
         }
         sink.feed(to_ws(frame)).await?;
         written += 1;

@@ -26,6 +26,15 @@ pub struct Connect {
     pub too_slow: tokio_util::sync::CancellationToken,
 }
 
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Departure {
+    /// Closed, by either side, with a WebSocket close code and reason.
+    Closed { code: u16, reason: String },
+    /// Failed (protocol error, oversized message, write error).
+    Failed(String),
+}
+
 /// What a room is asked to do.
 #[derive(Debug)]
 pub enum RoomMsg {
@@ -35,16 +44,11 @@ pub enum RoomMsg {
         socket: u64,
         msg: Message,
     },
-    Close {
+    /// A socket ended; the room runs `on-close` or `on-error` for it.
+    Departed {
         conn: ConnectionId,
         socket: u64,
-        code: u16,
-        reason: String,
-    },
-    Error {
-        conn: ConnectionId,
-        socket: u64,
-        error: String,
+        how: Departure,
     },
     Request {
         request: Request,

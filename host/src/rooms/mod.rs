@@ -16,7 +16,7 @@ mod registry;
 mod room;
 mod state;
 
-pub use handle::{Connect, ROOM_MAILBOX, RoomHandle, RoomMsg};
+pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg};
 pub use registry::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::info;
 
-use super::handle::{Connect, RoomMsg};
+use super::handle::{Connect, Departure, RoomMsg};
 use super::registry::{LoadedParty, Rooms};
 use super::state::{ConnectionEntry, Outgoing, RoomState};
 use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, now_ms};
@@ -161,22 +161,9 @@ impl Room {
                     }
                 }
             }
-            RoomMsg::Close { conn, socket, code, reason } => {
+            RoomMsg::Departed { conn, socket, how } => {
                 if self.remove_connection(&conn, socket) {
-                    let task = self.next_task();
-                    if let Some(guest) = self.live_guest().await {
-                        let result = guest.on_close(task, conn.as_str(), code, &reason).await;
-                        self.finish(result).await;
-                    }
-                }
-            }
-            RoomMsg::Error { conn, socket, error } => {
-                if self.remove_connection(&conn, socket) {
-                    let task = self.next_task();
-                    if let Some(guest) = self.live_guest().await {
-                        let result = guest.on_error(task, conn.as_str(), &error).await;
-                        self.finish(result).await;
-                    }
+                    self.departed(&conn, how).await;
                 }
             }
             RoomMsg::Request { request, reply } => self.request(request, reply).await,
@@ -189,11 +176,7 @@ impl Room {
             // partysocket reconnects with the same `_pk`; the newer socket wins.
             let reason = "replaced by a newer connection with the same id".to_owned();
             let _ = old.sender.try_send(Outgoing::Close { code: 1000, reason: reason.clone() });
-            let task = self.next_task();
-            if let Some(guest) = self.live_guest().await {
-                let result = guest.on_close(task, c.conn.as_str(), 1000, &reason).await;
-                self.finish(result).await;
-            }
+            self.departed(&c.conn, Departure::Closed { code: 1000, reason }).await;
         }
         let refuse = |c: &Connect| {
             let _ = c
@@ -222,6 +205,17 @@ impl Room {
             self.state_mut().connections.remove(&c.conn);
             refuse(&c);
         }
+    }
+
+    /// Tells the guest a connection (already forgotten) has gone.
+    async fn departed(&mut self, conn: &ConnectionId, how: Departure) {
+        let task = self.next_task();
+        let Some(guest) = self.live_guest().await else { return };
+        let result = match &how {
+            Departure::Closed { code, reason } => guest.on_close(task, conn.as_str(), *code, reason).await,
+            Departure::Failed(error) => guest.on_error(task, conn.as_str(), error).await,
+        };
+        self.finish(result).await;
     }
 
     async fn request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
