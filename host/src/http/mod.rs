@@ -4,8 +4,10 @@
 //! - `routes.rs`: `/parties/<party>/<room>[/...]` and the legacy
 //!   `/party/<room>[/...]` (the `main` party), for upgrades and plain HTTP.
 //! - `socket.rs`: one task per WebSocket, between the client and its room.
+//! - `assets.rs`: the manifest's `serve` folder at `/` (the fallback route).
 //! - `error.rs`: [`ApiError`], the one error type of every route.
 
+mod assets;
 mod error;
 mod routes;
 mod socket;

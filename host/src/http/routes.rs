@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tracing::{Instrument, info_span};
 
-use super::{ApiError, AppState, socket};
+use super::{ApiError, AppState, assets, socket};
 use crate::ids::{ConnectionId, RoomId, RoomKey};
 use crate::manifest::MAIN_ALIAS;
 use crate::sandbox::{self, Header};
@@ -33,12 +33,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/parties/{party}/{room}/{*rest}", any(party_route))
         .route("/party/{room}", any(legacy_route))
         .route("/party/{room}/{*rest}", any(legacy_route))
-        .fallback(|uri: Uri| async move {
-            ApiError::NotFound(format!(
-                "no route for {}; parties live at /parties/<party>/<room>",
-                uri.path()
-            ))
-        })
+        .fallback(assets::static_file)
 }
 
 /// `/party/<room>`: PartyKit's legacy path for the `main` party.
@@ -122,40 +117,13 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// `_pk` from the query (what partysocket sends), else a random UUID.
 fn connection_id(uri: &Uri) -> Result<ConnectionId, ApiError> {
-    let pk = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "_pk").then(|| percent_decode(value))
-    });
+    let query = uri.query().unwrap_or_default().as_bytes();
+    let pk = form_urlencoded::parse(query).find_map(|(name, value)| (name == "_pk").then_some(value));
     match pk {
-        Some(pk) => ConnectionId::try_from(pk.as_str())
+        Some(pk) => ConnectionId::try_from(pk.as_ref())
             .map_err(|reason| ApiError::BadRequest(format!("connection id `_pk` {reason}"))),
         None => Ok(ConnectionId::random()),
     }
-}
-
-/// Decodes `%XX` escapes and `+`; invalid escapes are kept as written.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The request as a guest sees it: full URL, lower-case header names.

@@ -7,8 +7,10 @@
 //! uses no wasmtime and no tokio.
 
 mod error;
+mod serve;
 
 pub use error::ManifestError;
+pub use serve::{ServeManifest, ServeSpec};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -47,6 +49,8 @@ pub struct Manifest {
     pub rooms: RoomsSpec,
     #[serde(default)]
     pub parties: BTreeMap<String, PartyManifest>,
+    /// Static files served at `/` beside the parties (PartyKit's `serve`).
+    pub serve: Option<ServeManifest>,
 }
 
 /// One `[parties.<name>]` table.
@@ -115,6 +119,8 @@ pub struct Deployment {
     pub limits: LimitsSpec,
     pub rooms: RoomsSpec,
     pub parties: BTreeMap<PartyName, PartySpec>,
+    /// The static files, if the project serves any.
+    pub serve: Option<ServeSpec>,
 }
 
 /// A validated party.
@@ -201,6 +207,7 @@ impl Manifest {
             limits: self.limits,
             rooms: self.rooms,
             parties,
+            serve: self.serve.map(|serve| serve.resolve(base)),
         })
     }
 }

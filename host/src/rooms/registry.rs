@@ -17,7 +17,7 @@ use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
 use super::room::Room;
 use super::state::RoomState;
 use crate::ids::{PartyName, RoomId, RoomKey};
-use crate::manifest::Deployment;
+use crate::manifest::{Deployment, ServeSpec};
 use crate::sandbox::{PartyCode, Request, Response};
 use crate::storage::{Storage, StoredAlarm};
 
@@ -122,6 +122,11 @@ impl Rooms {
             Some(party) => parties.insert(name.clone(), Arc::new(party)),
             None => parties.remove(name),
         };
+    }
+
+    /// The static files the manifest serves, if any.
+    pub fn serve(&self) -> Option<ServeSpec> {
+        read(&self.deployment).serve.clone()
     }
 
     /// The manifest now being served.

@@ -5,6 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -133,9 +134,23 @@ impl TestHost {
 
     /// A plain HTTP request; returns status and body.
     pub async fn http(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let response = self.http_with(method, path, &[], body).await?;
+        Ok((response.status, response.body))
+    }
+
+    /// A raw HTTP/1.1 request: `path` is sent exactly as written (no
+    /// client-side normalisation of `..` or escapes).
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<HttpResponse> {
         let mut stream = TcpStream::connect(self.addr).await?;
+        let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         );
@@ -144,13 +159,30 @@ impl TestHost {
         within("http response", tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)).await?;
         let text = String::from_utf8_lossy(&response);
         let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-        let status = head.split(' ').nth(1).context("no status")?.parse()?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Ok((status, body))
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split(' ').nth(1)).context("no status")?.parse()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked");
+        let body = if chunked { dechunk(body) } else { body.to_owned() };
+        Ok(HttpResponse { status, headers, body })
+    }
+}
+
+/// What [`TestHost::http_with`] read back.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -233,6 +265,24 @@ impl Client {
 }
 
 /// A temporary directory for one test's data.
+/// Runs a script of tests/node and parses the JSON report it prints.
+pub async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value> {
+    let script = repo_root().join("tests/node").join(script);
+    let child = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running node (scripts/setup.sh installs tests/node)")?;
+    let output =
+        tokio::time::timeout(STEP * 6, child.wait_with_output()).await.context("node timed out")??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    Ok(serde_json::from_str(stdout.trim())?)
+}
+
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"))
 }
