@@ -6,8 +6,11 @@
 #      (under a timeout: the download is not available everywhere). Route B
 #      when that fails: Debian's rustc-web + rust-web-src + wasi-libc, used
 #      with -Zbuild-std by scripts/build-guests.sh.
-#   2. The Node packages of the partysocket tests (tests/node), from the
-#      lockfile.
+#   2. The example pages (web/): npm packages from the lockfile, then the
+#      partysocket bundle, rebuilt every time (esbuild takes milliseconds).
+#   3. With --tests: the Node packages of the client and browser tests
+#      (tests/node, from the lockfile) and Debian's chromium (with an emoji
+#      font, for the reaction buttons) for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/wasm-toolchain.sh
@@ -32,8 +35,20 @@ else
   fi
 fi
 
-if [[ ! -d tests/node/node_modules/partysocket ]]; then
+npm_ci() {
   command -v npm >/dev/null || apt_install nodejs npm
-  step "installing the Node test clients (tests/node, from package-lock.json)"
-  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+  step "installing $1's npm packages (from package-lock.json)"
+  (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+[[ -d web/node_modules/partysocket ]] || npm_ci web
+step "bundling the example pages (web/public/build)"
+(cd web && npm run --silent build -- --log-level=warning)
+
+if [[ "${1:-}" == --tests ]]; then
+  [[ -d tests/node/node_modules/playwright-core ]] || npm_ci tests/node
+  if ! command -v chromium >/dev/null || [[ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]]; then
+    step "installing Debian's chromium for the browser tests"
+    apt_install chromium fonts-noto-color-emoji
+  fi
 fi

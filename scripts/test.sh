@@ -4,6 +4,6 @@
 # drive them with real WebSocket and partysocket clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 scripts/build-guests.sh
 cargo test --release "$@"

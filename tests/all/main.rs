@@ -3,6 +3,8 @@
 //! it with real WebSocket clients, and runs real guest components built by
 //! scripts/build-guests.sh.
 
+mod assets;
+mod browser;
 mod common;
 
 mod dev;

@@ -41,6 +41,8 @@ fn the_example_manifest_is_valid() -> Result<()> {
     assert_eq!(deployment.listen.to_string(), "127.0.0.1:1999");
     assert_eq!(deployment.resolve_party("main").map(|p| p.as_str()), Some("reactions"));
     assert!(deployment.parties.values().all(|p| p.wasm.exists()), "every example party is built");
+    let serve = deployment.serve.as_ref().map(|s| s.dir.join("index.html"));
+    assert!(serve.is_some_and(|index| index.exists()), "the example pages are served");
     Ok(())
 }
 

@@ -1,28 +1,9 @@
 //! The real `partysocket` npm client (tests/node) against a real host.
 
 use anyhow::{Context, Result};
-use std::process::Stdio;
 
-use crate::common::{STEP, TestHost, manifest, repo_root, temp_dir};
+use crate::common::{TestHost, manifest, run_node, temp_dir};
 use crate::guests::{COUNTER, PAGE, PRESENCE, REACTIONS};
-
-/// Runs a script of tests/node against `host` and parses its JSON report.
-async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value> {
-    let script = repo_root().join("tests/node").join(script);
-    let child = tokio::process::Command::new("node")
-        .arg(&script)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running node (scripts/setup.sh installs tests/node)")?;
-    let output =
-        tokio::time::timeout(STEP * 2, child.wait_with_output()).await.context("node timed out")??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    Ok(serde_json::from_str(stdout.trim())?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partysocket_clients_see_every_reaction() -> Result<()> {
