@@ -23,13 +23,16 @@ impl Server {
     pub const BOTH: [Server; 2] = [Server::Partyhost, Server::Native];
 
     /// Starts the server, with the example-reactions limiter on or off.
+    /// partyhost's own per-client message rate limit is lifted: the native
+    /// server has none, and the throughput scenario sends flat out.
     pub async fn start(self, limiter: bool) -> anyhow::Result<ChildHost> {
         match self {
             Self::Partyhost => {
                 let wasm = crate::host::reactions_wasm()?;
                 let cooldown = if limiter { 100 } else { 0 };
                 let toml = format!(
-                    "name = \"bench\"\n[rooms]\nmax_live_instances = 100000\n[parties.reactions]\nwasm = {:?}\n\
+                    "name = \"bench\"\n[rooms]\nmax_live_instances = 100000\n\
+                     [limits]\nmessages_per_second = 1000000\n[parties.reactions]\nwasm = {:?}\n\
                      [parties.reactions.vars]\nRATE_LIMIT_MS = \"{cooldown}\"\n",
                     wasm.display().to_string()
                 );

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use ids::PartyName;
-use manifest::{Deployment, LimitsSpec, PartySpec, RoomsSpec};
+use manifest::{Deployment, PartySpec, RoomsSpec};
 use rooms::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 use sandbox::{Limits, Sandbox};
 use storage::Storage;
@@ -77,7 +77,6 @@ pub struct Host {
     tracker: TaskTracker,
     /// Compiles parties; also used to reload them in `partyhost dev`.
     sandbox: Arc<Sandbox>,
-    limits: Limits,
 }
 
 impl Host {
@@ -114,7 +113,6 @@ impl Host {
         shutdown: CancellationToken,
         fast_compile: bool,
     ) -> anyhow::Result<Self> {
-        let limits = limits_from(&deployment.limits);
         let data_dir = &deployment.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -122,7 +120,7 @@ impl Host {
         let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile)?);
         let mut parties = HashMap::new();
         for (name, spec) in &deployment.parties {
-            parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec, &limits)?));
+            parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec)?));
         }
 
         let tracker = TaskTracker::new();
@@ -132,11 +130,7 @@ impl Host {
             info!(alarms = alarms.len(), "scheduling stored alarms");
         }
         rooms.schedule_alarms(alarms);
-        let app = http::router(http::AppState {
-            rooms: rooms.clone(),
-            limits: Arc::new(limits.clone()),
-            shutdown: shutdown.clone(),
-        });
+        let app = http::router(http::AppState { rooms: rooms.clone(), shutdown: shutdown.clone() });
         let addr = listener.local_addr().context("reading the listening address")?;
         info!(%addr, "serving");
         let server = tokio::spawn(async move {
@@ -145,13 +139,13 @@ impl Host {
                 .await
                 .context("serving HTTP")
         });
-        Ok(Self { rooms, server, tracker, sandbox, limits })
+        Ok(Self { rooms, server, tracker, sandbox })
     }
 
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`
     /// (the one this host was started from, by an absolute path).
     pub fn reloader(&self, manifest: PathBuf) -> reload::Reloader {
-        reload::Reloader::new(manifest, self.rooms.clone(), self.sandbox.clone(), self.limits.clone())
+        reload::Reloader::new(manifest, self.rooms.clone(), self.sandbox.clone())
     }
 
     /// How many rooms and instances are alive now.
@@ -176,14 +170,9 @@ impl Host {
 ///
 /// # Errors
 /// When the component is missing, invalid, or does not fit our world.
-fn load_party(
-    sandbox: &Sandbox,
-    name: &PartyName,
-    spec: &PartySpec,
-    limits: &Limits,
-) -> anyhow::Result<LoadedParty> {
+fn load_party(sandbox: &Sandbox, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
     let started = std::time::Instant::now();
-    let code = sandbox.load(name.as_str(), &spec.wasm, limits.clone())?;
+    let code = sandbox.load(name.as_str(), &spec.wasm, Limits::from(&spec.limits))?;
     info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
     let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     Ok(LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate })
@@ -195,25 +184,4 @@ fn rooms_config(spec: &RoomsSpec) -> RoomsConfig {
         idle_timeout: Duration::from_millis(spec.idle_timeout_ms.unwrap_or(10_000)),
         max_live_instances: spec.max_live_instances.unwrap_or(1000).max(1),
     }
-}
-
-/// The manifest's `[limits]` over the host defaults.
-fn limits_from(spec: &LimitsSpec) -> Limits {
-    let mut limits = Limits::default();
-    if let Some(ms) = spec.cpu_ms {
-        limits.cpu_per_event = Duration::from_millis(ms);
-    }
-    if let Some(mib) = spec.memory_mib {
-        limits.memory_bytes = usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    }
-    if let Some(kib) = spec.message_kib {
-        limits.message_bytes = usize::try_from(kib.saturating_mul(1 << 10)).unwrap_or(usize::MAX);
-    }
-    if let Some(ms) = spec.fetch_timeout_ms {
-        limits.fetch_timeout = Duration::from_millis(ms);
-    }
-    if let Some(mib) = spec.storage_mib {
-        limits.storage_room_bytes = usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    }
-    limits
 }

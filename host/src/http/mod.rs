@@ -18,13 +18,11 @@ use axum::Router;
 use std::sync::Arc;
 
 use crate::rooms::Rooms;
-use crate::sandbox::Limits;
 
 /// What every route needs.
 #[derive(Clone)]
 pub struct AppState {
     pub rooms: Arc<Rooms>,
-    pub limits: Arc<Limits>,
     /// Cancelled at shutdown; socket tasks close their clients with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -13,6 +13,7 @@ use tracing::{Instrument, info_span};
 use super::{ApiError, AppState, assets, socket};
 use crate::ids::{ConnectionId, RoomId, RoomKey};
 use crate::manifest::MAIN_ALIAS;
+use crate::rooms::Limit;
 use crate::sandbox::{self, Header};
 
 /// Initial read buffer per WebSocket. tungstenite's default (128 KiB) made
@@ -68,6 +69,11 @@ async fn serve(
         .ok_or_else(|| ApiError::NotFound(format!("no party named `{party}` is deployed on this host")))?;
     let room = RoomId::try_from(room)
         .map_err(|reason| ApiError::BadRequest(format!("room id {room:?} {reason}")))?;
+    let limits = app
+        .rooms
+        .party(&party)
+        .map(|p| p.code.limits().clone())
+        .ok_or_else(|| ApiError::NotFound(format!("party `{party}` was just removed")))?;
     let key = RoomKey { party, room };
 
     if is_websocket_upgrade(request.headers()) {
@@ -77,7 +83,7 @@ async fn serve(
             .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
         let conn = connection_id(&parts.uri)?;
         let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
-        let (rooms, limits, shutdown) = (app.rooms.clone(), app.limits.clone(), app.shutdown.clone());
+        let (rooms, shutdown) = (app.rooms.clone(), app.shutdown.clone());
         let upgrade = upgrade
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes)
@@ -94,8 +100,9 @@ async fn serve(
     }
 
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, app.limits.message_bytes).await.map_err(|_| {
-        ApiError::TooLarge(format!("request body is over {} bytes", app.limits.message_bytes))
+    let body = axum::body::to_bytes(body, limits.message_bytes).await.map_err(|_| {
+        app.rooms.limit_hits().count(Limit::MessageSize);
+        ApiError::TooLarge(format!("request body is over {} bytes", limits.message_bytes))
     })?;
     let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
     let response = tokio::time::timeout(REQUEST_TIMEOUT, app.rooms.request(&key, guest_request))

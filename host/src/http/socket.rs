@@ -10,8 +10,8 @@ use tracing::debug;
 
 use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::{
-    CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Departure, Outgoing,
-    RoomMsg, Rooms, next_socket_serial,
+    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Departure,
+    Limit, Outgoing, RoomMsg, Rooms, next_socket_serial,
 };
 use crate::sandbox::{Limits, Message, Request};
 
@@ -22,10 +22,11 @@ pub(super) async fn run(
     key: RoomKey,
     conn: ConnectionId,
     request: Request,
-    limits: Arc<Limits>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let socket = next_socket_serial();
+    let mut rate = RateLimit::new(limits.messages_per_second);
     let (sender, mut outgoing) = mpsc::channel(limits.connection_queue_frames);
     let too_slow = CancellationToken::new();
     let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
@@ -57,14 +58,17 @@ pub(super) async fn run(
                 }
             },
             incoming = stream.next() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let msg = Message::Text(text.as_str().to_owned());
-                    if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
-                        break Departure::Failed("room stopped".into());
+                Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                    if !rate.admit() {
+                        rooms.limit_hits().count(Limit::MessageRate);
+                        let reason = format!("too many messages: at most {} per second", limits.messages_per_second);
+                        let _ = sink.send(close_frame(CLOSE_POLICY, &reason)).await;
+                        break Departure::Failed(reason);
                     }
-                }
-                Some(Ok(WsMessage::Binary(bytes))) => {
-                    let msg = Message::Binary(bytes.to_vec());
+                    let msg = match frame {
+                        WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
+                        other => Message::Binary(other.into_data().to_vec()),
+                    };
                     if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
                         break Departure::Failed("room stopped".into());
                     }
@@ -77,6 +81,7 @@ pub(super) async fn run(
                 Some(Err(e)) => match classify(e) {
                     SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
                     SocketError::TooBig(error) => {
+                        rooms.limit_hits().count(Limit::MessageSize);
                         let _ = sink.send(close_frame(CLOSE_TOO_BIG, "message too big")).await;
                         break Departure::Failed(error);
                     }
@@ -126,6 +131,33 @@ fn classify(error: axum::Error) -> SocketError {
             other => SocketError::Protocol(other.to_string()),
         },
         Err(other) => SocketError::Protocol(other.to_string()),
+    }
+}
+
+/// A token bucket: `per_second` messages a second, in bursts of as many.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self { per_second, tokens: per_second, last: std::time::Instant::now() }
+    }
+
+    /// Whether one more message may pass now.
+    fn admit(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 

@@ -67,6 +67,9 @@ pub struct PartyManifest {
     pub vars: BTreeMap<String, String>,
     /// How `partyhost dev` rebuilds the component (PartyKit's `build`).
     pub build: Option<BuildSpec>,
+    /// This party's own limits, over the project's `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSpec,
 }
 
 /// `[parties.<name>.build]`: `partyhost dev` runs `command` (in the
@@ -92,20 +95,64 @@ pub struct RoomsSpec {
     pub max_live_instances: Option<usize>,
 }
 
-/// `[limits]`: each field overrides the host's default when set.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSpec {
+/// Declares [`LimitsSpec`] once, with the list of its fields that
+/// [`LimitsSpec::fields`] gives to code that treats every limit alike
+/// (overlaying a party's limits on the project's, checking host caps).
+macro_rules! limits_spec {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        /// `[limits]` and `[parties.<name>.limits]`: each field set overrides
+        /// the one below it (party over project over host default). Every
+        /// limit and its default is in the README's limit table.
+        #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct LimitsSpec {
+            $($(#[$doc])* pub $field: Option<u64>,)*
+        }
+
+        impl LimitsSpec {
+            /// Every field by its manifest name.
+            pub fn fields(&self) -> Vec<(&'static str, Option<u64>)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+
+            /// `self` with the fields set in `over` replaced.
+            #[must_use]
+            pub fn overlay(&self, over: &Self) -> Self {
+                Self { $($field: over.$field.or(self.$field),)* }
+            }
+
+            /// Sets a field by its manifest name (no-op for unknown names).
+            pub fn set(&mut self, name: &str, value: u64) {
+                match name {
+                    $(stringify!($field) => self.$field = Some(value),)*
+                    _ => {}
+                }
+            }
+        }
+    };
+}
+
+limits_spec! {
     /// CPU milliseconds per handler call.
-    pub cpu_ms: Option<u64>,
+    cpu_ms,
     /// Linear memory per instance, in MiB.
-    pub memory_mib: Option<u64>,
-    /// Largest WebSocket message from a client, in KiB.
-    pub message_kib: Option<u64>,
+    memory_mib,
+    /// Largest WebSocket message or HTTP body from a client, in KiB.
+    message_kib,
     /// How long an outbound fetch waits for its response, in milliseconds.
-    pub fetch_timeout_ms: Option<u64>,
+    fetch_timeout_ms,
     /// Storage per room (keys plus values), in MiB.
-    pub storage_mib: Option<u64>,
+    storage_mib,
+    /// WebSockets open at once in one room.
+    connections_per_room,
+    /// Messages a client may send per second (sustained; bursts of as many).
+    messages_per_second,
+    /// Room-to-room fetches one handler call may start.
+    fetches_per_event,
+    /// Bytes one handler call may send, counted once per receiver, in MiB.
+    fanout_mib_per_event,
+    /// Log bytes (the log import plus stdout and stderr) per handler call, in KiB.
+    log_kib_per_event,
 }
 
 /// A validated manifest, ready to run.
@@ -133,6 +180,8 @@ pub struct PartySpec {
     pub hibernate: bool,
     /// For `partyhost dev`, with `watch` resolved against the manifest.
     pub build: Option<BuildSpec>,
+    /// The project's `[limits]` overlaid with the party's own.
+    pub limits: LimitsSpec,
 }
 
 impl Deployment {
@@ -182,7 +231,9 @@ impl Manifest {
                 command: b.command,
                 watch: b.watch.iter().map(|w| base.join(w)).collect(),
             });
-            let spec = PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate, build };
+            let limits = self.limits.overlay(&party.limits);
+            let spec =
+                PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate, build, limits };
             parties.insert(name, spec);
         }
         let main = match self.main {

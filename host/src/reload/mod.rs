@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::ids::PartyName;
 use crate::manifest::{Deployment, PartySpec};
 use crate::rooms::{LoadedParty, Rooms};
-use crate::sandbox::{Limits, Sandbox};
+use crate::sandbox::Sandbox;
 use watcher::Watcher;
 
 /// Quiet time that ends a burst of file events (editors and cargo write
@@ -51,7 +51,6 @@ pub struct Reloader {
     manifest: PathBuf,
     rooms: Arc<Rooms>,
     sandbox: Arc<Sandbox>,
-    limits: Limits,
     /// Digest of the `.wasm` each party now runs: an unchanged file (a
     /// no-op build, a touch) does not restart the party's rooms.
     digests: HashMap<PartyName, [u8; 32]>,
@@ -59,14 +58,14 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(manifest: PathBuf, rooms: Arc<Rooms>, sandbox: Arc<Sandbox>, limits: Limits) -> Self {
+    pub(crate) fn new(manifest: PathBuf, rooms: Arc<Rooms>, sandbox: Arc<Sandbox>) -> Self {
         let digests = rooms
             .deployment()
             .parties
             .iter()
             .filter_map(|(name, spec)| Some((name.clone(), digest(&spec.wasm).ok()?)))
             .collect();
-        Self { manifest, rooms, sandbox, limits, digests, stats: Arc::default() }
+        Self { manifest, rooms, sandbox, digests, stats: Arc::default() }
     }
 
     pub fn stats(&self) -> Arc<ReloadStats> {
@@ -176,12 +175,8 @@ impl Reloader {
             }
         };
         let old = self.rooms.deployment();
-        if new.listen != old.listen
-            || new.data_dir != old.data_dir
-            || new.limits != old.limits
-            || new.rooms != old.rooms
-        {
-            warn!("listen, data_dir, [limits] and [rooms] take effect at the next start");
+        if new.listen != old.listen || new.data_dir != old.data_dir || new.rooms != old.rooms {
+            warn!("listen, data_dir and [rooms] take effect at the next start");
         }
         // Compile everything new or changed first: one bad party refuses
         // the whole manifest.
@@ -222,9 +217,8 @@ impl Reloader {
     }
 
     async fn compile(&self, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
-        let (sandbox, name, spec, limits) =
-            (self.sandbox.clone(), name.clone(), spec.clone(), self.limits.clone());
-        tokio::task::spawn_blocking(move || crate::load_party(&sandbox, &name, &spec, &limits))
+        let (sandbox, name, spec) = (self.sandbox.clone(), name.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || crate::load_party(&sandbox, &name, &spec))
             .await
             .context("the compile task panicked")?
     }

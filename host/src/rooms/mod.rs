@@ -5,6 +5,7 @@
 //! - `handle.rs`: [`RoomHandle`] and [`RoomMsg`], the only way into a room.
 //! - `room.rs`: the actor loop: event -> guest call -> commit -> release.
 //! - `state.rs`: [`RoomState`], what outlives a guest instance.
+//! - `limit_hits.rs`: [`LimitHits`], how often each limit stopped something.
 //! - `api/`: the WIT imports, implemented on [`RoomState`].
 //!
 //! Rooms never see axum: the http module turns sockets into [`RoomMsg`]s and
@@ -12,11 +13,13 @@
 
 mod api;
 mod handle;
+mod limit_hits;
 mod registry;
 mod room;
 mod state;
 
 pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg};
+pub use limit_hits::{Limit, LimitHits};
 pub use registry::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
 
@@ -30,6 +33,8 @@ pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code: the client broke the WebSocket protocol.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: the client broke a policy (sent messages too fast).
+pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: a message was larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 

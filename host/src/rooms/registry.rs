@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
+use super::LimitHits;
 use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
 use super::room::Room;
 use super::state::RoomState;
@@ -67,6 +68,8 @@ pub struct Rooms {
     epoch: tokio::time::Instant,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// How often this project's rooms hit each limit.
+    hits: Arc<LimitHits>,
 }
 
 impl Rooms {
@@ -89,7 +92,13 @@ impl Rooms {
             epoch: tokio::time::Instant::now(),
             shutdown,
             tracker,
+            hits: Arc::default(),
         })
+    }
+
+    /// How often these rooms hit each limit.
+    pub fn limit_hits(&self) -> &Arc<LimitHits> {
+        &self.hits
     }
 
     pub(super) fn storage(&self) -> &Storage {
@@ -174,7 +183,8 @@ impl Rooms {
                         return;
                     }
                 };
-                let state = RoomState::new(key, party.vars.clone(), party.code.limits().clone(), storage);
+                let limits = party.code.limits().clone();
+                let state = RoomState::new(key, party.vars.clone(), limits, storage, rooms.hits.clone());
                 Room::new(rooms, party, generation, state, rx).run().await;
             }
             .instrument(span),

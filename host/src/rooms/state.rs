@@ -9,11 +9,13 @@
 
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::{Limit, LimitHits};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{Limits, Message, Request, Response};
+use crate::sandbox::{GuestOutput, Limits, LogBudget, Message, Request, Response};
 use crate::storage::RoomStorage;
 
 /// A frame for one socket, queued by the room and written by the
@@ -84,6 +86,23 @@ pub struct RoomState {
     /// Fetches started by this room and not yet resumed.
     pub(super) fetches_in_flight: usize,
     next_fetch_id: u64,
+    /// What the current call may still do; refilled as each call begins.
+    pub(super) call: CallBudget,
+    /// Log bytes the current call may still write (the log import and
+    /// WASI stdout/stderr share it).
+    pub(super) log: Arc<LogBudget>,
+    /// The project's limit counters.
+    pub(super) hits: Arc<LimitHits>,
+}
+
+/// The per-call limits' remainders.
+#[derive(Debug, Default)]
+pub(super) struct CallBudget {
+    pub fetches_left: u32,
+    pub fanout_left: u64,
+    /// Set when the call broke a limit that an import cannot report as an
+    /// error (a broadcast); the room then treats the call as failed.
+    pub exceeded: Option<(Limit, String)>,
 }
 
 impl RoomState {
@@ -92,8 +111,13 @@ impl RoomState {
         vars: Vec<(String, String)>,
         limits: Limits,
         storage: RoomStorage,
+        hits: Arc<LimitHits>,
     ) -> Self {
+        let log = Arc::new(LogBudget::default());
         Self {
+            call: CallBudget::default(),
+            log,
+            hits,
             key,
             vars,
             limits,
@@ -111,6 +135,23 @@ impl RoomState {
         let id = self.next_fetch_id;
         self.next_fetch_id += 1;
         id
+    }
+
+    /// Refills the per-call budgets; called as each guest call begins.
+    pub(super) fn begin_call(&mut self) {
+        self.call = CallBudget {
+            fetches_left: self.limits.fetches_per_event,
+            fanout_left: self.limits.fanout_bytes_per_event,
+            exceeded: None,
+        };
+        if self.log.refill(self.limits.log_bytes_per_event) > 0 {
+            self.hits.count(Limit::Log);
+        }
+    }
+
+    /// Where the guest's stdout and stderr go.
+    pub(super) fn output(&self) -> GuestOutput {
+        GuestOutput { room: self.key.to_string().into(), budget: self.log.clone() }
     }
 
     /// Forgets every effect of the current call (it trapped or its commit

@@ -43,18 +43,9 @@ pub trait RoomApi:
     + Send
     + 'static
 {
-}
+    /// Called as each guest call begins, to refill per-call budgets.
+    fn begin_call(&mut self);
 
-impl<T> RoomApi for T where
-    T: host::Alarms
-        + host::Connections
-        + host::Outbound
-        + host::Room
-        + host::Runtime
-        + host::Storage
-        + host::Tasks
-        + host::Types
-        + Send
-        + 'static
-{
+    /// Where the guest's WASI stdout and stderr go.
+    fn output(&self) -> super::GuestOutput;
 }

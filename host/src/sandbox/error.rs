@@ -17,6 +17,8 @@ pub enum TrapKind {
     /// The guest accessed memory outside its bounds (in Rust guests, often
     /// recursion that overflowed the shadow stack in linear memory).
     OutOfBounds,
+    /// The call broke a host limit that no import could refuse (named).
+    HostLimit(&'static str),
     /// Any other trap or host error during the call.
     Other,
 }
@@ -30,6 +32,7 @@ impl TrapKind {
             Self::StackOverflow => "stack_overflow",
             Self::Panic => "panic",
             Self::OutOfBounds => "out_of_bounds",
+            Self::HostLimit(name) => name,
             Self::Other => "trap",
         }
     }

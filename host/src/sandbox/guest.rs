@@ -53,7 +53,9 @@ impl<R: RoomApi> Guest<R> {
 
     /// Arms the CPU budget for one call.
     fn arm(&mut self) -> (&super::bindings::Handlers, &mut Store<StoreData<R>>) {
-        self.store.data_mut().ticks_left = self.ticks_per_event;
+        let data = self.store.data_mut();
+        data.ticks_left = self.ticks_per_event;
+        data.room.begin_call();
         self.store.set_epoch_deadline(1);
         (self.party.partyhost_party_handlers(), &mut self.store)
     }

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::manifest::LimitsSpec;
+
 /// How often the epoch ticker thread advances the engine's epoch. CPU budgets
 /// are counted in these ticks, so they are accurate to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -43,6 +45,24 @@ pub struct Limits {
     /// Outgoing frames queued per connection; a client that falls further
     /// behind is disconnected as too slow (close code 1013).
     pub connection_queue_frames: usize,
+    /// WebSockets open at once in one room (PartyKit allows 32,768
+    /// hibernated). Defends the host's sockets and memory; one more is
+    /// refused with close code 1013.
+    pub connections_per_room: usize,
+    /// Messages per second one client may send, sustained, with bursts of
+    /// as many. Defends the room's CPU budget from one noisy client; past
+    /// it the client is closed with 1008.
+    pub messages_per_second: u32,
+    /// Room-to-room fetches one handler call may start. Defends other rooms
+    /// from a guest fetching in a loop; past it `fetch` returns an error.
+    pub fetches_per_event: u32,
+    /// Bytes one handler call may send, counted per receiver (a broadcast
+    /// of 1 KiB to 100 sockets costs 100 KiB). Defends the host's network
+    /// and memory from broadcast loops; past it the call traps.
+    pub fanout_bytes_per_event: u64,
+    /// Log bytes per handler call (the log import, stdout and stderr).
+    /// Defends the host's logs; past it lines are dropped and counted.
+    pub log_bytes_per_event: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +79,62 @@ impl Default for Limits {
             fetch_timeout: Duration::from_secs(10),
             fetches_in_flight: 64,
             connection_queue_frames: 1024,
+            connections_per_room: 32_768,
+            messages_per_second: 100,
+            fetches_per_event: 16,
+            fanout_bytes_per_event: 64 << 20,
+            log_bytes_per_event: 64 << 10,
+        }
+    }
+}
+
+impl From<&LimitsSpec> for Limits {
+    /// A manifest's limits over the defaults.
+    fn from(spec: &LimitsSpec) -> Self {
+        let defaults = Self::default();
+        let bytes = |value: Option<u64>, unit: u64, default: usize| {
+            value.map_or(default, |v| usize::try_from(v.saturating_mul(unit)).unwrap_or(usize::MAX))
+        };
+        let count = |value: Option<u64>, default: u32| {
+            value.map_or(default, |v| u32::try_from(v).unwrap_or(u32::MAX))
+        };
+        let millis = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        Self {
+            cpu_per_event: millis(spec.cpu_ms, defaults.cpu_per_event),
+            memory_bytes: bytes(spec.memory_mib, 1 << 20, defaults.memory_bytes),
+            message_bytes: bytes(spec.message_kib, 1 << 10, defaults.message_bytes),
+            fetch_timeout: millis(spec.fetch_timeout_ms, defaults.fetch_timeout),
+            storage_room_bytes: bytes(spec.storage_mib, 1 << 20, defaults.storage_room_bytes),
+            connections_per_room: bytes(spec.connections_per_room, 1, defaults.connections_per_room),
+            messages_per_second: count(spec.messages_per_second, defaults.messages_per_second),
+            fetches_per_event: count(spec.fetches_per_event, defaults.fetches_per_event),
+            fanout_bytes_per_event: spec
+                .fanout_mib_per_event
+                .map_or(defaults.fanout_bytes_per_event, |v| v.saturating_mul(1 << 20)),
+            log_bytes_per_event: bytes(spec.log_kib_per_event, 1 << 10, defaults.log_bytes_per_event),
+            ..defaults
+        }
+    }
+}
+
+impl LimitsSpec {
+    /// The defaults, in manifest units, for the README and for error
+    /// messages that compare a value with them.
+    pub fn defaults() -> Self {
+        let d = Limits::default();
+        let ms = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        let units = |bytes: usize, unit: usize| (bytes / unit) as u64;
+        Self {
+            cpu_ms: Some(ms(d.cpu_per_event)),
+            memory_mib: Some(units(d.memory_bytes, 1 << 20)),
+            message_kib: Some(units(d.message_bytes, 1 << 10)),
+            fetch_timeout_ms: Some(ms(d.fetch_timeout)),
+            storage_mib: Some(units(d.storage_room_bytes, 1 << 20)),
+            connections_per_room: Some(d.connections_per_room as u64),
+            messages_per_second: Some(u64::from(d.messages_per_second)),
+            fetches_per_event: Some(u64::from(d.fetches_per_event)),
+            fanout_mib_per_event: Some(d.fanout_bytes_per_event >> 20),
+            log_kib_per_event: Some(units(d.log_bytes_per_event, 1 << 10)),
         }
     }
 }

@@ -15,6 +15,7 @@ mod cache;
 mod error;
 mod guest;
 mod limits;
+mod output;
 mod store;
 
 pub use bindings::{
@@ -24,6 +25,7 @@ pub use bindings::{
 pub use error::{GuestError, TrapKind};
 pub use guest::Guest;
 pub use limits::{EPOCH_TICK, Limits};
+pub use output::{GuestOutput, LogBudget, log_line};
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

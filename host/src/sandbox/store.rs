@@ -17,20 +17,28 @@ pub struct StoreData<R> {
     /// Epoch ticks the current call may still use (see `on_epoch_tick`).
     pub(super) ticks_left: u64,
     memory: MemoryLimiter,
-    /// WASI with nothing granted: no files, no sockets, no environment, no
-    /// arguments; stdout and stderr are discarded. Rust's std for
-    /// wasm32-wasip2 imports a few WASI interfaces even when unused.
+    /// WASI granting clocks, random, and stdout and stderr, which go to the
+    /// host's log: no preopened folders (every file call fails), no network
+    /// (sockets and name lookups are denied), no environment, no arguments,
+    /// empty stdin.
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
-impl<R> StoreData<R> {
+impl<R: RoomApi> StoreData<R> {
     pub(super) fn new(room: R, limits: &Limits) -> Self {
+        let output = room.output();
         Self {
+            wasi: WasiCtxBuilder::new()
+                .stdout(output.clone())
+                .stderr(output)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
             room,
             ticks_left: 0,
             memory: MemoryLimiter { limit: limits.memory_bytes },
-            wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
         }
     }
@@ -59,7 +67,11 @@ pub(super) fn on_epoch_tick<R>(
     Ok(UpdateDeadline::Yield(1))
 }
 
-/// Links WASI and the room API into `linker`.
+/// Links WASI and the room API into `linker`. All of WASI p2 is linked
+/// because Rust's std imports more of it than it uses (a component that
+/// imports an unlinked interface cannot be instantiated), but the context
+/// grants nothing beyond clocks, random and logged stdout/stderr (see
+/// [`StoreData::new`]).
 pub(super) fn add_to_linker<R: RoomApi>(linker: &mut Linker<StoreData<R>>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     Party::add_to_linker::<_, RoomData<R>>(linker, |data| &mut data.room)?;

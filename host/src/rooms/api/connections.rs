@@ -1,5 +1,6 @@
 use super::{RoomState, host};
 use crate::ids::ConnectionId;
+use crate::rooms::Limit;
 use crate::rooms::state::{Outgoing, Target};
 use crate::sandbox::{ConnectionInfo, Message, Refusal};
 
@@ -10,6 +11,29 @@ impl RoomState {
             .ok()
             .filter(|id| self.connections.contains_key(id))
             .ok_or(Refusal::NoSuchConnection)
+    }
+
+    /// Takes `msg`'s size times `receivers` from the call's fan-out
+    /// budget. Past it the frame is dropped and the call will fail.
+    fn charge_fanout(&mut self, msg: &Message, receivers: usize) -> bool {
+        let size = match msg {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+        };
+        let cost = (size as u64).saturating_mul(receivers as u64);
+        match self.call.fanout_left.checked_sub(cost) {
+            Some(left) => {
+                self.call.fanout_left = left;
+                true
+            }
+            None => {
+                let limit = self.limits.fanout_bytes_per_event;
+                self.call.exceeded.get_or_insert_with(|| {
+                    (Limit::Fanout, format!("the call sent more than {limit} bytes (size x receivers)"))
+                });
+                false
+            }
+        }
     }
 
     fn info(&self, id: &ConnectionId) -> Option<ConnectionInfo> {
@@ -23,11 +47,18 @@ impl RoomState {
 
 impl host::Connections for RoomState {
     fn broadcast(&mut self, msg: Message, without: Vec<String>) {
-        self.outbox.push((Target::All { without }, Outgoing::from(&msg)));
+        let receivers = self.connections.len().saturating_sub(without.len()).max(1);
+        if self.charge_fanout(&msg, receivers) {
+            self.outbox.push((Target::All { without }, Outgoing::from(&msg)));
+        }
     }
 
     fn send(&mut self, conn: String, msg: Message) -> Result<(), Refusal> {
         let id = self.known(&conn)?;
+        if !self.charge_fanout(&msg, 1) {
+            let limit = self.limits.fanout_bytes_per_event;
+            return Err(Refusal::QuotaExceeded(format!("this call already sent {limit} bytes")));
+        }
         self.outbox.push((Target::One(id), Outgoing::from(&msg)));
         Ok(())
     }

@@ -12,6 +12,16 @@ mod storage;
 mod tasks;
 
 use super::state::RoomState;
-use crate::sandbox::host;
+use crate::sandbox::{GuestOutput, RoomApi, host};
 
 impl host::Types for RoomState {}
+
+impl RoomApi for RoomState {
+    fn begin_call(&mut self) {
+        RoomState::begin_call(self);
+    }
+
+    fn output(&self) -> GuestOutput {
+        RoomState::output(self)
+    }
+}

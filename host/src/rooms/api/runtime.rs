@@ -1,24 +1,16 @@
 use super::{RoomState, host};
-use crate::sandbox::LogLevel;
-
-/// Longest log line kept from a guest; the rest is cut.
-const MAX_LOG_LINE_BYTES: usize = 4096;
+use crate::sandbox::{LogLevel, log_line};
 
 impl host::Runtime for RoomState {
     fn log(&mut self, level: LogLevel, message: String) {
-        let mut end = message.len().min(MAX_LOG_LINE_BYTES);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let message = &message[..end];
-        let room = &self.key;
-        match level {
-            LogLevel::Trace => tracing::trace!(target: "guest", %room, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "guest", %room, "{message}"),
-            LogLevel::Info => tracing::info!(target: "guest", %room, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "guest", %room, "{message}"),
-            LogLevel::Error => tracing::error!(target: "guest", %room, "{message}"),
-        }
+        let level = match level {
+            LogLevel::Trace => tracing::Level::TRACE,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Error => tracing::Level::ERROR,
+        };
+        log_line(&self.key.to_string(), level, &message, &self.log);
     }
 
     fn now_ms(&mut self) -> u64 {

@@ -1,4 +1,5 @@
 use super::{RoomState, host};
+use crate::rooms::Limit;
 use crate::sandbox::{ListOptions, Refusal};
 use crate::storage::ListQuery;
 
@@ -17,6 +18,7 @@ impl host::Storage for RoomState {
         }
         let quota = self.limits.storage_room_bytes;
         if self.storage.total_bytes_after_put(&key, &value) > quota {
+            self.hits.count(Limit::Storage);
             return Err(Refusal::QuotaExceeded(format!("room storage would exceed {quota} bytes")));
         }
         self.storage.put(key, value);

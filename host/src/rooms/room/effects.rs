@@ -9,7 +9,7 @@ use super::Room;
 use crate::ids::ConnectionId;
 use crate::rooms::CLOSE_TRY_AGAIN;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
-use crate::sandbox::{GuestError, Response};
+use crate::sandbox::{GuestError, Response, TrapKind};
 use crate::storage::CommitTicket;
 
 /// What one guest call produced, held until its writes are durable.
@@ -29,6 +29,12 @@ impl Room {
     /// so one room's commits overlap its calls and share transactions.
     /// A failed call resets the room. Returns whether the call succeeded.
     pub(super) async fn finish(&mut self, result: Result<(), GuestError>) -> bool {
+        // A limit an import could not refuse (a broadcast) fails the call.
+        let exceeded = self.state_mut().call.exceeded.take();
+        let result = result.and_then(|()| match exceeded {
+            Some((limit, detail)) => Err(GuestError { kind: TrapKind::HostLimit(limit.as_str()), detail }),
+            None => Ok(()),
+        });
         if let Err(e) = result {
             self.reset(&e).await;
             return false;

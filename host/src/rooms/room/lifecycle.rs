@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{Room, Slot};
+use crate::rooms::Limit;
 use crate::rooms::state::RoomState;
-use crate::sandbox::{Guest, GuestError};
+use crate::sandbox::{Guest, GuestError, TrapKind};
 
 /// What an idle room does when its idle time is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,14 @@ impl Room {
 
     /// Logs a failed call and resets the room.
     pub(super) async fn reset(&mut self, e: &GuestError) {
+        let limit = match e.kind {
+            TrapKind::CpuLimit => Limit::Cpu,
+            TrapKind::MemoryLimit => Limit::Memory,
+            TrapKind::StackOverflow | TrapKind::OutOfBounds => Limit::Stack,
+            TrapKind::HostLimit(name) if name == Limit::Fanout.as_str() => Limit::Fanout,
+            _ => Limit::Trap,
+        };
+        self.rooms.limit_hits().count(limit);
         warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
         self.reset_state().await;
     }

@@ -25,7 +25,7 @@ use tracing::info;
 use super::handle::{Connect, Departure, RoomMsg};
 use super::registry::{LoadedParty, Rooms};
 use super::state::{ConnectionEntry, Outgoing, RoomState};
-use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, now_ms};
+use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, Limit, now_ms};
 use crate::ids::{ConnectionId, RoomKey};
 use crate::sandbox::{Guest, Request, RequestOutcome, Response};
 
@@ -45,6 +45,9 @@ enum Event {
 }
 
 /// The instance, or the state alone while no instance runs.
+// One per room, moved between variants on every eviction and revival:
+// boxing the larger variant would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     Live(Guest<RoomState>),
     Idle(RoomState),
@@ -177,6 +180,13 @@ impl Room {
             let reason = "replaced by a newer connection with the same id".to_owned();
             let _ = old.sender.try_send(Outgoing::Close { code: 1000, reason: reason.clone() });
             self.departed(&c.conn, Departure::Closed { code: 1000, reason }).await;
+        }
+        let max = self.state_mut().limits.connections_per_room;
+        if self.state_mut().connections.len() >= max {
+            self.rooms.limit_hits().count(Limit::Connections);
+            let reason = format!("room is full ({max} connections)");
+            let _ = c.sender.try_send(Outgoing::Close { code: CLOSE_TRY_AGAIN, reason });
+            return;
         }
         let refuse = |c: &Connect| {
             let _ = c
