@@ -39,6 +39,11 @@ id_type!(
     PartyName
 );
 id_type!(
+    /// A deployed project's name: a DNS label (`[a-z0-9-]`, 1 to 63 bytes,
+    /// no `-` at either end), since it is also a host name.
+    ProjectName
+);
+id_type!(
     /// A room's id from the URL: any printable text except `/`, 1 to 128 bytes.
     RoomId
 );
@@ -56,6 +61,23 @@ impl TryFrom<&str> for PartyName {
         }
         if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_')) {
             return Err(format!("may contain only a-z, 0-9, `-` and `_`, not {c:?}"));
+        }
+        Ok(Self(name.into()))
+    }
+}
+
+impl TryFrom<&str> for ProjectName {
+    type Error = String;
+
+    fn try_from(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > 63 {
+            return Err("must be 1 to 63 bytes long".into());
+        }
+        if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-')) {
+            return Err(format!("may contain only a-z, 0-9 and `-`, not {c:?}"));
+        }
+        if name.starts_with('-') || name.ends_with('-') {
+            return Err("may not start or end with `-`".into());
         }
         Ok(Self(name.into()))
     }

@@ -14,9 +14,11 @@
 //!
 //! [`run`] is the whole server; the binary and the tests both call it.
 
+pub mod client;
 pub mod http;
 pub mod ids;
 pub mod manifest;
+pub mod projects;
 pub mod reload;
 pub mod rooms;
 pub mod sandbox;
@@ -35,10 +37,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use ids::PartyName;
-use manifest::{Deployment, PartySpec, RoomsSpec};
+use manifest::{Deployment, PartySpec, RoomsSpec, Tenants};
+use projects::{Project, Projects};
 use rooms::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 use sandbox::{Limits, Sandbox};
-use storage::Storage;
 
 /// Serves `deployment` on `listener` until `shutdown` is cancelled, then
 /// closes every socket with 1001 and returns once all rooms have stopped.
@@ -72,7 +74,9 @@ pub async fn run_dev(
 
 /// A running host: what [`run`] drives, and what tests inspect.
 pub struct Host {
+    /// The local project's rooms.
     rooms: Arc<Rooms>,
+    projects: Arc<Projects>,
     server: JoinHandle<anyhow::Result<()>>,
     tracker: TaskTracker,
     /// Compiles parties; also used to reload them in `partyhost dev`.
@@ -91,7 +95,7 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_in(deployment, listener, shutdown, false).await
+        Self::start_in(deployment, None, listener, shutdown, false).await
     }
 
     /// [`Host::start`] for `partyhost dev`: components compile without
@@ -104,19 +108,33 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_in(deployment, listener, shutdown, true).await
+        Self::start_in(deployment, None, listener, shutdown, true).await
+    }
+
+    /// [`Host::start`] for a multi-tenant host: the projects of `tenants`
+    /// deploy through the admin API and are served beside the local one.
+    ///
+    /// # Errors
+    /// As [`Host::start`].
+    pub async fn start_with_tenants(
+        deployment: Deployment,
+        tenants: Tenants,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(deployment, Some(tenants), listener, shutdown, false).await
     }
 
     async fn start_in(
         deployment: Deployment,
+        tenants: Option<Tenants>,
         listener: TcpListener,
         shutdown: CancellationToken,
         fast_compile: bool,
     ) -> anyhow::Result<Self> {
-        let data_dir = &deployment.data_dir;
-        std::fs::create_dir_all(data_dir)
+        let data_dir = deployment.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let (storage, alarms) = Storage::open(&data_dir.join("storage.sqlite"))?;
         let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile)?);
         let mut parties = HashMap::new();
         for (name, spec) in &deployment.parties {
@@ -125,12 +143,26 @@ impl Host {
 
         let tracker = TaskTracker::new();
         let config = rooms_config(&deployment.rooms);
-        let rooms = Rooms::new(deployment, parties, storage, config, shutdown.clone(), tracker.clone());
-        if !alarms.is_empty() {
-            info!(alarms = alarms.len(), "scheduling stored alarms");
-        }
-        rooms.schedule_alarms(alarms);
-        let app = http::router(http::AppState { rooms: rooms.clone(), shutdown: shutdown.clone() });
+        let local = Project::open(
+            &data_dir.join("storage.sqlite"),
+            deployment,
+            parties,
+            config.clone(),
+            &shutdown,
+            &tracker,
+        )?;
+        let projects = Projects::new(
+            local,
+            tenants,
+            sandbox.clone(),
+            &data_dir,
+            config,
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        projects.load_deployed().await;
+        let rooms = projects.local().rooms.clone();
+        let app = http::router(projects.clone());
         let addr = listener.local_addr().context("reading the listening address")?;
         info!(%addr, "serving");
         let server = tokio::spawn(async move {
@@ -139,7 +171,7 @@ impl Host {
                 .await
                 .context("serving HTTP")
         });
-        Ok(Self { rooms, server, tracker, sandbox })
+        Ok(Self { rooms, projects, server, tracker, sandbox })
     }
 
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`
@@ -148,7 +180,12 @@ impl Host {
         reload::Reloader::new(manifest, self.rooms.clone(), self.sandbox.clone())
     }
 
-    /// How many rooms and instances are alive now.
+    /// Every project of this host.
+    pub fn projects(&self) -> &Arc<Projects> {
+        &self.projects
+    }
+
+    /// How many rooms and instances are alive now (local project).
     pub fn stats(&self) -> RoomStats {
         self.rooms.stats()
     }

@@ -30,6 +30,16 @@ enum Command {
     /// Serve, and rebuild and swap in parties as their files change; sockets
     /// stay open.
     Dev(ServeArgs),
+    /// Upload a project (manifest, components, static files) to a running
+    /// multi-tenant host; it serves the new version once it has compiled.
+    Deploy(RemoteArgs),
+    /// Switch a deployed project back to its previous version.
+    Rollback(RemoteArgs),
+    /// Print a new deploy token and the line that grants it in tenants.toml.
+    Token {
+        /// The project the token is for.
+        project: String,
+    },
     /// Create a party crate under guests/ and add it to the manifest.
     New {
         /// The party's name: a-z, 0-9, `-` and `_`.
@@ -49,6 +59,27 @@ struct ServeArgs {
     /// Listen address, overriding the manifest's `listen`.
     #[arg(long, env = "PARTYHOST_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Host other people's projects too: the tenants, their tokens and the
+    /// host's hard caps (see the README's security model).
+    #[arg(long, env = "PARTYHOST_TENANTS")]
+    tenants: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The project's manifest. Default: partykit.toml, else
+    /// partykit.toml.example.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The host's address.
+    #[arg(long, env = "PARTYHOST_URL", default_value = "http://127.0.0.1:1999")]
+    url: String,
+    /// The project to deploy as. Default: the manifest's `name`.
+    #[arg(long, env = "PARTYHOST_PROJECT")]
+    project: Option<String>,
+    /// The project's token (`partyhost token` makes one).
+    #[arg(long, env = "PARTYHOST_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +100,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => runtime.block_on(serve(args, false)),
         Command::Dev(args) => runtime.block_on(serve(args, true)),
+        Command::Deploy(args) => runtime.block_on(remote(args, true)),
+        Command::Rollback(args) => runtime.block_on(remote(args, false)),
+        Command::Token { project } => {
+            partyhost::ids::ProjectName::try_from(project.as_str())
+                .map_err(|reason| anyhow::anyhow!("project name {project:?} {reason}"))?;
+            let (token, hash) = partyhost::manifest::new_token()?;
+            println!("token for `{project}` (give it to the project; it is not stored anywhere):\n  {token}");
+            println!("add to tenants.toml:\n  [projects.{project}]\n  token_sha256 = \"{hash}\"");
+            Ok(())
+        }
         Command::New { name, manifest } => {
             let manifest = manifest.unwrap_or_else(default_manifest);
             let created = partyhost::scaffold::new_party(&manifest, &name)?;
@@ -94,11 +135,41 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", deployment.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    if let Some(tenants) = args.tenants {
+        anyhow::ensure!(!dev, "--tenants is for `serve`; `dev` serves only the local project");
+        let tenants = partyhost::manifest::Tenants::load(&tenants)?;
+        let host = partyhost::Host::start_with_tenants(deployment, tenants, listener, shutdown).await?;
+        return host.wait().await;
+    }
     if dev {
         partyhost::run_dev(manifest, deployment, listener, shutdown).await
     } else {
         partyhost::run(deployment, listener, shutdown).await
     }
+}
+
+/// `partyhost deploy` (`upload`) or `partyhost rollback`.
+async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
+    let manifest = args.manifest.unwrap_or_else(default_manifest);
+    let project = match args.project {
+        Some(project) => project,
+        None => Deployment::load(&manifest)?.name,
+    };
+    let target = partyhost::client::Target { url: &args.url, project: &project, token: &args.token };
+    let answer = if upload {
+        partyhost::client::deploy(&target, &manifest).await?
+    } else {
+        partyhost::client::rollback(&target).await?
+    };
+    let parties =
+        answer["parties"].as_array().map(|p| p.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>());
+    println!(
+        "project `{project}` now serves version {} (parties: {}; validated and compiled in {} ms)",
+        answer["version"],
+        parties.unwrap_or_default().join(", "),
+        answer["took_ms"]
+    );
+    Ok(())
 }
 
 fn default_manifest() -> PathBuf {

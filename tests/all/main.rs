@@ -16,6 +16,7 @@ mod manifest;
 mod partysocket;
 mod presence;
 mod reactions;
+mod tenants;
 mod wire;
 
 /// Paths of the built guest components.

@@ -13,6 +13,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 413: a body over the limit.
     TooLarge(String),
+    /// 401: no token, or not this project's.
+    Unauthorized(String),
     /// 5xx: the cause is logged, the client gets only the status and an id.
     Internal { status: StatusCode, cause: anyhow::Error },
 }
@@ -33,6 +35,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(text) => (StatusCode::NOT_FOUND, text),
             Self::BadRequest(text) => (StatusCode::BAD_REQUEST, text),
             Self::TooLarge(text) => (StatusCode::PAYLOAD_TOO_LARGE, text),
+            Self::Unauthorized(text) => (StatusCode::UNAUTHORIZED, text),
             Self::Internal { status, cause } => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error.id = %id, cause = %format!("{cause:#}"), "request failed");

@@ -1,12 +1,16 @@
 //! HTTP and WebSocket front: axum routes that turn requests and sockets
 //! into room messages.
 //!
-//! - `routes.rs`: `/parties/<party>/<room>[/...]` and the legacy
-//!   `/party/<room>[/...]` (the `main` party), for upgrades and plain HTTP.
+//! - `mod.rs`: the host's router: the admin API, then each request to its
+//!   project (by host name, `/p/<project>/` prefix, or the local project).
+//! - `routes.rs`: a project's `/parties/<party>/<room>[/...]` and the
+//!   legacy `/party/<room>[/...]` (the `main` party).
 //! - `socket.rs`: one task per WebSocket, between the client and its room.
 //! - `assets.rs`: the manifest's `serve` folder at `/` (the fallback route).
+//! - `admin.rs`: deploy, rollback and status of projects, by token.
 //! - `error.rs`: [`ApiError`], the one error type of every route.
 
+mod admin;
 mod assets;
 mod error;
 mod routes;
@@ -15,11 +19,17 @@ mod socket;
 pub use error::ApiError;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use std::sync::Arc;
+use tower::ServiceExt;
 
+use crate::projects::{Projects, Route};
 use crate::rooms::Rooms;
 
-/// What every route needs.
+/// What a project's routes need.
 #[derive(Clone)]
 pub struct AppState {
     pub rooms: Arc<Rooms>,
@@ -28,6 +38,45 @@ pub struct AppState {
 }
 
 /// The host's router.
-pub fn router(state: AppState) -> Router {
-    routes::router().with_state(state)
+pub fn router(projects: Arc<Projects>) -> Router {
+    Router::new()
+        .route("/_partyhost/projects/{project}", get(admin::status).put(admin::deploy))
+        .route("/_partyhost/projects/{project}/rollback", post(admin::rollback))
+        .fallback(to_project)
+        .with_state(projects)
+}
+
+/// One project's routes, bound to its rooms.
+pub fn project_router(rooms: Arc<Rooms>, shutdown: tokio_util::sync::CancellationToken) -> Router {
+    routes::router().with_state(AppState { rooms, shutdown })
+}
+
+/// Hands the request to its project's router, without the path prefix.
+async fn to_project(State(projects): State<Arc<Projects>>, mut request: Request) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let (project, strip) = match projects.route(host, request.uri().path()) {
+        Route::Local(project) => (project, 0),
+        Route::Deployed(project, strip) => (project, strip),
+        Route::Unknown(name) => {
+            return ApiError::NotFound(format!("no project named `{name}` is deployed on this host"))
+                .into_response();
+        }
+    };
+    if strip > 0 {
+        let uri = request.uri();
+        let rest = uri.path().get(strip..).unwrap_or_default();
+        let path = if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") };
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        match Uri::try_from(path_and_query) {
+            Ok(stripped) => *request.uri_mut() = stripped,
+            Err(e) => return ApiError::BadRequest(format!("invalid path: {e}")).into_response(),
+        }
+    }
+    match project.app.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }

@@ -20,6 +20,14 @@ pub enum ManifestError {
     UnknownMain { main: String, parties: Vec<String> },
     #[error("`main = {main:?}` makes {main:?} answer as `main`, but another party is already named `main`")]
     MainConflict { main: String },
+    #[error("project name {name:?} {reason}")]
+    ProjectName { name: String, reason: String },
+    #[error("project `{project}`: `token_sha256` must be 64 hex digits (`partyhost token` prints one)")]
+    TokenHash { project: String },
+    #[error("party `{party}`: `{field} = {value}` is over this host's cap of {cap}")]
+    OverCap { party: String, field: &'static str, value: u64, cap: u64 },
+    #[error("party `{party}`: {what} {path:?} must be a relative path inside the project")]
+    OutsideProject { party: String, what: &'static str, path: String },
     #[error("{path}: {inner}")]
     InFile { path: PathBuf, inner: Box<ManifestError> },
 }

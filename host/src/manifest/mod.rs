@@ -8,9 +8,11 @@
 
 mod error;
 mod serve;
+mod tenants;
 
 pub use error::ManifestError;
 pub use serve::{ServeManifest, ServeSpec};
+pub use tenants::{Tenants, new_token};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

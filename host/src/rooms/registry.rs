@@ -133,6 +133,17 @@ impl Rooms {
         };
     }
 
+    /// Serves `deployment` with `parties` from now on, both at once: no
+    /// request sees the new manifest with the old code or the reverse.
+    /// Running rooms switch at their next event; rooms of removed parties
+    /// find no party and stop.
+    pub fn switch(&self, deployment: Deployment, parties: HashMap<PartyName, Arc<LoadedParty>>) {
+        let mut current_parties = self.parties.write().unwrap_or_else(|p| p.into_inner());
+        let mut current_deployment = self.deployment.write().unwrap_or_else(|p| p.into_inner());
+        *current_parties = parties;
+        *current_deployment = deployment;
+    }
+
     /// The static files the manifest serves, if any.
     pub fn serve(&self) -> Option<ServeSpec> {
         read(&self.deployment).serve.clone()

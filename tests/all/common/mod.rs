@@ -74,6 +74,34 @@ impl TestHost {
         Ok(Self { addr, shutdown, host: Some(host), reloads: None })
     }
 
+    /// Starts a multi-tenant host: the local project of `manifest_toml`,
+    /// plus the projects of `tenants_toml`, deployable through the admin API.
+    pub async fn start_with_tenants(dir: &Path, manifest_toml: &str, tenants_toml: &str) -> Result<Self> {
+        let deployment = Deployment::parse(manifest_toml, dir)?;
+        let tenants = partyhost::manifest::Tenants::parse(tenants_toml)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let host = Host::start_with_tenants(deployment, tenants, listener, shutdown.clone()).await?;
+        Ok(Self { addr, shutdown, host: Some(host), reloads: None })
+    }
+
+    /// The host's status of a deployed project, from the admin API.
+    pub async fn project_status(&self, project: &Tenant) -> Result<serde_json::Value> {
+        let auth = format!("Bearer {}", project.token);
+        let path = format!("/_partyhost/projects/{}", project.name);
+        let response = self.http_with("GET", &path, &[("authorization", &auth)], "").await?;
+        anyhow::ensure!(response.status == 200, "status: {} {}", response.status, response.body);
+        Ok(serde_json::from_str(&response.body)?)
+    }
+
+    /// Deploys the project in `project.dir` through the real client.
+    pub async fn deploy(&self, project: &Tenant) -> Result<serde_json::Value> {
+        let url = format!("http://{}", self.addr);
+        let target = partyhost::client::Target { url: &url, project: &project.name, token: &project.token };
+        partyhost::client::deploy(&target, &project.dir.join("partykit.toml")).await
+    }
+
     /// Starts a host in dev mode: the manifest is written to
     /// `dir/partykit.toml` and watched, as `partyhost dev` does.
     pub async fn start_dev(dir: &Path, manifest_toml: &str) -> Result<Self> {
@@ -148,10 +176,12 @@ impl TestHost {
         body: &str,
     ) -> Result<HttpResponse> {
         let mut stream = TcpStream::connect(self.addr).await?;
-        let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        let mut extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+            extra.push_str(&format!("host: {}\r\n", self.addr));
+        }
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-            self.addr,
+            "{method} {path} HTTP/1.1\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
@@ -281,6 +311,41 @@ pub async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     Ok(serde_json::from_str(stdout.trim())?)
+}
+
+/// A tenant: a project folder with its manifest and components, and its
+/// deploy token.
+pub struct Tenant {
+    pub name: String,
+    pub token: String,
+    /// `[projects.<name>]` for tenants.toml.
+    pub entry: String,
+    pub dir: PathBuf,
+}
+
+impl Tenant {
+    /// A project `name` in `root/<name>` whose manifest serves `parties`
+    /// (name, wasm) with `extra` TOML before the party tables; each
+    /// component is copied into the folder, as a real project has it.
+    pub fn new(root: &Path, name: &str, parties: &[(&str, &str)], extra: &str) -> Result<Self> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut toml = format!("name = \"{name}\"\n{extra}\n");
+        for (party, wasm) in parties {
+            let file = format!("{party}.wasm");
+            std::fs::copy(wasm, dir.join(&file))?;
+            toml.push_str(&format!("[parties.{party}]\nwasm = \"{file}\"\n"));
+        }
+        std::fs::write(dir.join("partykit.toml"), toml)?;
+        let (token, hash) = partyhost::manifest::new_token()?;
+        let entry = format!("[projects.{name}]\ntoken_sha256 = \"{hash}\"\n");
+        Ok(Self { name: name.to_owned(), token, entry, dir })
+    }
+
+    /// A WebSocket URL path of this project, by the `/p/<project>` prefix.
+    pub fn path(&self, rest: &str) -> String {
+        format!("/p/{}{rest}", self.name)
+    }
 }
 
 pub fn temp_dir() -> tempfile::TempDir {

@@ -2,8 +2,12 @@
 //! Each message names a misdeed; anything else is echoed with the number of
 //! times this instance has started, so tests can see a restart.
 
+// `invalid-utf8` hands the host a string that is not UTF-8, which safe
+// Rust cannot make.
+#![allow(unsafe_code)]
+
 use partyhost_guest::{
-    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now,
+    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, join_all, now,
 };
 
 use std::cell::Cell;
@@ -64,7 +68,26 @@ fn fill(kib: usize) -> String {
     format!("filled {kib} KiB")
 }
 
+/// Spins until the host stops the call.
+fn spin() -> ! {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
 impl Hostile {
+    /// Starts `count` fetches to another room of this party in one call;
+    /// says how many the host let through.
+    async fn fetch_loop(&self, count: usize) -> String {
+        let party = self.room.party();
+        let fetches = (0..count).map(|_| self.room.fetch(&party, "sink", Request::get("/pong")));
+        let results = join_all(fetches).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let refused =
+            results.iter().find_map(|r| r.as_ref().err()).map(ToString::to_string).unwrap_or_default();
+        format!("fetched {ok} of {count}; {refused}")
+    }
+
     async fn fetch_self(&self, path: &str) -> Response {
         let (party, room) = (self.room.party(), self.room.id());
         match self.room.fetch(&party, &room, Request::get(path)).await {
@@ -106,6 +129,45 @@ impl Party for Hostile {
                 format!("alarm set starts={starts}")
             }
             Some(("fill", kib)) => fill(kib.parse().unwrap_or(0)),
+            // Broadcasts `kib` KiB `times` times in one call.
+            Some(("flood", args)) => {
+                let (kib, times) = args.split_once(':').unwrap_or((args, "1"));
+                let big = "x".repeat(kib.parse::<usize>().unwrap_or(1) << 10);
+                for _ in 0..times.parse().unwrap_or(1) {
+                    self.room.broadcast(big.clone(), &[]);
+                }
+                format!("flooded starts={starts}")
+            }
+            Some(("fetch-other", party)) => match self.room.fetch(party, "x", Request::get("/")).await {
+                Ok(response) => format!("fetched {}: {}", response.status, response.body_text()),
+                Err(e) => format!("fetch refused: {e}"),
+            },
+            Some(("fetch-loop", count)) => self.fetch_loop(count.parse().unwrap_or(1)).await,
+            Some(("alarms", count)) => {
+                let count: u64 = count.parse().unwrap_or(1);
+                for i in 0..count {
+                    storage.set_alarm(now() + 60_000 + i);
+                }
+                format!("set {count} alarms starts={starts}")
+            }
+            Some(("print", count)) => {
+                for i in 0..count.parse().unwrap_or(1) {
+                    println!("line {i} of a guest that prints too much");
+                }
+                format!("printed starts={starts}")
+            }
+            // The alarm handler spins when it fires within `ms`.
+            Some(("spin-alarm", ms)) => {
+                let _ = storage.put("spin-until", &(now() + 500));
+                storage.set_alarm(now() + ms.parse::<u64>().unwrap_or(0));
+                format!("alarm set to spin starts={starts}")
+            }
+            Some(("invalid-utf8", _)) => {
+                // SAFETY: deliberately not upheld; the host must refuse it.
+                let text = unsafe { String::from_utf8_unchecked(vec![b'o', b'k', 0xff, 0xfe]) };
+                sender.send(text);
+                return;
+            }
             Some((what @ ("put-key" | "put-value"), len)) => {
                 let len = len.parse().unwrap_or(0);
                 let stored = match what {
@@ -122,6 +184,18 @@ impl Party for Hostile {
         sender.send(reply);
     }
 
+    async fn on_connect(&self, _conn: Connection, ctx: ConnectionContext) {
+        if ctx.request.url.contains("spin=connect") {
+            spin();
+        }
+    }
+
+    async fn on_close(&self, conn: Connection) {
+        if conn.state::<String>().is_some_and(|s| s == "spin-on-close") {
+            spin();
+        }
+    }
+
     fn get_connection_tags(&self, _conn: &Connection, ctx: &ConnectionContext) -> Vec<String> {
         // `?tag=x&tag=y` in the connection URL.
         let query = ctx.request.url.split_once('?').map_or("", |(_, q)| q);
@@ -129,6 +203,9 @@ impl Party for Hostile {
     }
 
     async fn on_alarm(&self) {
+        if self.room.storage().get::<u64>("spin-until").is_some_and(|until| now() < until) {
+            spin();
+        }
         let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0) + 1;
         let _ = self.room.storage().put("alarms-fired", &fired);
         self.room.broadcast(format!("alarm fired starts={}", self.starts.get()), &[]);
@@ -145,6 +222,7 @@ impl Party for Hostile {
             "never" => std::future::pending().await,
             // Awaits a request to this room that never answers.
             "await-never" => self.fetch_self("/never").await,
+            "pong" => Response::text(200, "pong"),
             "alarms-fired" => {
                 let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0);
                 Response::text(200, format!("alarms fired {fired}"))

@@ -1,0 +1,175 @@
+//! The client side of deployment: `partyhost deploy` packs a local project
+//! (its manifest, every party's `.wasm` and the `serve` folder) into a
+//! [`Bundle`] and uploads it to a host's admin API, showing progress;
+//! `partyhost rollback` asks for the previous version.
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::manifest::Deployment;
+use crate::projects::Bundle;
+
+/// Bytes per upload chunk; progress is shown per chunk.
+const CHUNK: usize = 64 << 10;
+
+/// Where and as whom to deploy.
+pub struct Target<'a> {
+    /// `http://host:port` of the host.
+    pub url: &'a str,
+    pub project: &'a str,
+    pub token: &'a str,
+}
+
+/// Packs the project of `manifest` and uploads it; returns the host's
+/// answer (the version now serving).
+///
+/// # Errors
+/// When the manifest is invalid, a file cannot be read, or the host
+/// refuses the deployment (its message is returned as is).
+pub async fn deploy(target: &Target<'_>, manifest: &Path) -> anyhow::Result<serde_json::Value> {
+    let bundle = pack(manifest)?;
+    let body = serde_json::to_vec(&bundle).context("encoding the deployment")?;
+    let path = format!("/_partyhost/projects/{}", target.project);
+    // A wrong token or URL fails here, before the upload.
+    send(target, "GET", &path, Vec::new()).await?;
+    eprintln!(
+        "partyhost deploy: {} files, {:.1} MiB, to project `{}` at {}",
+        bundle.files.len(),
+        body.len() as f64 / f64::from(1 << 20),
+        target.project,
+        target.url
+    );
+    send(target, "PUT", &path, body).await
+}
+
+/// Asks the host to serve the project's previous version.
+///
+/// # Errors
+/// When the host refuses (no earlier version, wrong token).
+pub async fn rollback(target: &Target<'_>) -> anyhow::Result<serde_json::Value> {
+    send(target, "POST", &format!("/_partyhost/projects/{}/rollback", target.project), Vec::new()).await
+}
+
+/// The bundle for the manifest at `path`: the manifest as written, each
+/// party's component and every file of the `serve` folder (dotfiles and
+/// `node_modules` left out, as the host would not serve them).
+///
+/// # Errors
+/// When the manifest is invalid or names a file outside its folder.
+pub fn pack(path: &Path) -> anyhow::Result<Bundle> {
+    let deployment = Deployment::load(path)?;
+    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
+    let manifest = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut files = BTreeMap::new();
+    let mut add = |file: &Path| -> anyhow::Result<()> {
+        let absolute = std::path::absolute(file)?;
+        let Ok(relative) = absolute.strip_prefix(&base) else {
+            bail!(
+                "{} is outside the manifest's folder {}; a deployment carries only files below it",
+                file.display(),
+                base.display()
+            );
+        };
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let key = relative.to_str().with_context(|| format!("{} is not a UTF-8 path", relative.display()))?;
+        files.insert(key.replace('\\', "/"), base64::engine::general_purpose::STANDARD.encode(bytes));
+        Ok(())
+    };
+    for spec in deployment.parties.values() {
+        add(&spec.wasm)?;
+    }
+    if let Some(serve) = &deployment.serve {
+        for file in walk(&serve.dir)? {
+            add(&file)?;
+        }
+    }
+    Ok(Bundle { manifest, files })
+}
+
+/// Every visible file below `dir`.
+fn walk(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let hidden = name.to_string_lossy().starts_with('.') || name == "node_modules";
+            let kind = entry.file_type()?;
+            match () {
+                () if hidden => {}
+                () if kind.is_dir() => pending.push(entry.path()),
+                () if kind.is_file() => files.push(entry.path()),
+                () => {}
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// One HTTP/1.1 request to the host's admin API; the body goes up in
+/// chunks with a progress line. A non-2xx answer is an error carrying the
+/// host's message.
+async fn send(
+    target: &Target<'_>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let authority =
+        target.url.strip_prefix("http://").map(|rest| rest.trim_end_matches('/')).with_context(|| {
+            format!(
+                "{} is not an http:// URL (put TLS in front of the host, and deploy over it locally)",
+                target.url
+            )
+        })?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("starting HTTP")?;
+    tokio::spawn(connection);
+
+    let total = body.len();
+    let body = Bytes::from(body);
+    let chunks: Vec<Bytes> =
+        (0..total).step_by(CHUNK).map(|start| body.slice(start..(start + CHUNK).min(total))).collect();
+    let mut sent = 0;
+    let frames = futures_util::stream::iter(chunks).map(move |chunk| {
+        sent += chunk.len();
+        if let Some(percent) = (sent * 100).checked_div(total) {
+            eprint!("\ruploading {percent:>3}%");
+            if sent == total {
+                eprint!("\ruploaded; the host is validating and compiling...\n");
+            }
+            let _ = std::io::stderr().flush();
+        }
+        Ok::<_, std::convert::Infallible>(Frame::data(chunk))
+    });
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_LENGTH, total)
+        .body(StreamBody::new(frames))
+        .context("building the request")?;
+    let response = sender.send_request(request).await.context("sending the request")?;
+    let status = response.status();
+    let text = response.into_body().collect().await.context("reading the answer")?.to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    if !status.is_success() {
+        bail!("the host refused ({status}): {}", text.trim());
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("the host answered with something else than JSON: {text}"))
+}

@@ -1,0 +1,98 @@
+//! The admin API of a multi-tenant host, one token per project:
+//!
+//! - `PUT /_partyhost/projects/<project>`: deploy a [`Bundle`] (JSON).
+//! - `POST /_partyhost/projects/<project>/rollback`: back to the version
+//!   before the serving one.
+//! - `GET /_partyhost/projects/<project>`: the serving version, its parties,
+//!   live rooms and how often each limit was hit.
+//!
+//! Every call needs `Authorization: Bearer <token>`; a wrong token and an
+//! unknown project get the same 401, so tokens cannot probe for names.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+
+use super::ApiError;
+use crate::ids::ProjectName;
+use crate::manifest::Tenants;
+use crate::projects::{Bundle, DeployError, Projects};
+
+pub(super) async fn deploy(
+    State(projects): State<Arc<Projects>>,
+    Path(project): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (project, tenants) = authorize(&projects, &project, &request)?;
+    let limit = tenants.max_bundle_bytes;
+    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
+        ApiError::TooLarge(format!("the deployment is over this host's limit of {limit} bytes"))
+    })?;
+    let bundle: Bundle = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the deployment is not a valid bundle: {e}")))?;
+    respond(projects.deploy(&project, bundle).await)
+}
+
+pub(super) async fn rollback(
+    State(projects): State<Arc<Projects>>,
+    Path(project): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (project, _) = authorize(&projects, &project, &request)?;
+    respond(projects.rollback(&project).await)
+}
+
+pub(super) async fn status(
+    State(projects): State<Arc<Projects>>,
+    Path(project): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (name, _) = authorize(&projects, &project, &request)?;
+    let Some(project) = projects.deployed(name.as_str()) else {
+        return Ok(Json(json!({ "project": name.as_str(), "version": null })).into_response());
+    };
+    let deployment = project.rooms.deployment();
+    let stats = project.rooms.stats();
+    Ok(Json(json!({
+        "project": name.as_str(),
+        "version": projects.serving_version(&name),
+        "parties": deployment.parties.keys().map(ToString::to_string).collect::<Vec<_>>(),
+        "rooms": stats.rooms,
+        "instances": stats.instances,
+        "limit_hits": project.rooms.limit_hits().snapshot(),
+    }))
+    .into_response())
+}
+
+/// The project named in the path, if the bearer token is its token.
+fn authorize<'a>(
+    projects: &'a Projects,
+    project: &str,
+    request: &Request,
+) -> Result<(ProjectName, &'a Tenants), ApiError> {
+    let tenants = projects.tenants().ok_or_else(|| {
+        ApiError::NotFound("this host takes no deployments; start it with --tenants <tenants.toml>".into())
+    })?;
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (ProjectName::try_from(project), token) {
+        (Ok(name), Some(token)) if tenants.token_is_valid(name.as_str(), token) => Ok((name, tenants)),
+        _ => Err(ApiError::Unauthorized(format!("not a valid token for project `{project}`"))),
+    }
+}
+
+fn respond(result: Result<crate::projects::Deployed, DeployError>) -> Result<Response, ApiError> {
+    match result {
+        Ok(deployed) => Ok(Json(deployed).into_response()),
+        Err(DeployError::Invalid(message)) => Err(ApiError::BadRequest(message)),
+        Err(DeployError::TooLarge(message)) => Err(ApiError::TooLarge(message)),
+        Err(e @ DeployError::NoPrevious(_)) => Ok((StatusCode::CONFLICT, e.to_string()).into_response()),
+        Err(DeployError::Internal(cause)) => Err(ApiError::internal(cause)),
+    }
+}

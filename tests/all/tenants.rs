@@ -1,0 +1,236 @@
+//! Multi-tenant hosting: projects deploy through the admin API with their
+//! own tokens, switch versions atomically while sockets stay open, roll
+//! back, live in separate namespaces, and a bad deployment changes nothing.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::common::{Client, Tenant, TestHost, manifest, temp_dir};
+use crate::guests::{COMMAND, COUNTER, HOSTILE, REACTIONS};
+
+/// The host's own project, beside the tenants.
+fn local() -> String {
+    manifest(&[("reactions", REACTIONS)], "main = \"reactions\"")
+}
+
+fn tenants(projects: &[&Tenant], extra: &str) -> String {
+    let entries: String = projects.iter().map(|p| p.entry.clone()).collect();
+    format!("domain = \"partyhost.test\"\n{extra}\n{entries}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_switches_atomically_and_rolls_back() -> Result<()> {
+    let dir = temp_dir();
+    // The example's limiter is off: this test reacts faster than a person.
+    let extra = "main = \"reactions\"\n[vars]\nRATE_LIMIT_MS = \"0\"";
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
+    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    assert_eq!(host.project_status(&alice).await?["version"], json!(null), "nothing deployed yet");
+
+    let v1 = host.deploy(&alice).await?;
+    assert_eq!((v1["version"].clone(), v1["parties"].clone()), (json!(1), json!(["reactions"])));
+    let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/main/lobby"))).await?;
+    assert_eq!(socket.recv_json().await?["reactions"], json!({}));
+    socket.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(socket.recv_json().await?["reactions"], json!({ "clap": 1 }));
+
+    // Version 2 adds a party. The open socket is served by the new code at
+    // its next event, with the room's storage intact.
+    let mut toml = std::fs::read_to_string(alice.dir.join("partykit.toml"))?;
+    std::fs::copy(COUNTER, alice.dir.join("counter.wasm"))?;
+    toml.push_str("[parties.counter]\nwasm = \"counter.wasm\"\n");
+    std::fs::write(alice.dir.join("partykit.toml"), toml)?;
+    let v2 = host.deploy(&alice).await?;
+    assert_eq!((v2["version"].clone(), v2["parties"].clone()), (json!(2), json!(["counter", "reactions"])));
+    socket.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(socket.recv_json().await?["reactions"], json!({ "clap": 2 }));
+    let (status, _) = host.http("GET", &alice.path("/parties/counter/all-pages"), "").await?;
+    assert_eq!(status, 400, "the counter party answers (its original's 400)");
+
+    // Rollback: version 1 again, the counter party is gone, the socket stays.
+    let back = crate::common::within("rollback", rollback(&host, &alice)).await?;
+    assert_eq!((back.0, back.1["version"].clone()), (200, json!(1)));
+    let (status, body) = host.http("GET", &alice.path("/parties/counter/all-pages"), "").await?;
+    assert_eq!(status, 404, "{body}");
+    socket.send_json(json!({ "type": "reaction", "kind": "heart" })).await?;
+    assert_eq!(socket.recv_json().await?["reactions"], json!({ "clap": 2, "heart": 1 }));
+    let (status, body) = rollback(&host, &alice).await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(host.project_status(&alice).await?["version"], json!(1));
+    host.stop().await
+}
+
+async fn rollback(host: &TestHost, project: &Tenant) -> Result<(u16, serde_json::Value)> {
+    let auth = format!("Bearer {}", project.token);
+    let path = format!("/_partyhost/projects/{}/rollback", project.name);
+    let response = host.http_with("POST", &path, &[("authorization", &auth)], "").await?;
+    let body = serde_json::from_str(&response.body).unwrap_or(json!(response.body));
+    Ok((response.status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_are_separate_namespaces() -> Result<()> {
+    let dir = temp_dir();
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS), ("hostile", HOSTILE)], "")?;
+    let bob = Tenant::new(dir.path(), "bob", &[("reactions", REACTIONS), ("vault", HOSTILE)], "")?;
+    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice, &bob], "")).await?;
+    host.deploy(&alice).await?;
+    host.deploy(&bob).await?;
+
+    // The same party and room name in each project are different rooms.
+    let mut in_alice = Client::connect(&host.ws_url(&alice.path("/parties/reactions/lobby"))).await?;
+    in_alice.recv_json().await?;
+    in_alice.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(in_alice.recv_json().await?["reactions"], json!({ "clap": 1 }));
+    let empty = r#"{"type":"update","reactions":{}}"#;
+    assert_eq!(host.http("GET", &bob.path("/parties/reactions/lobby"), "").await?.1, empty);
+    assert_eq!(host.http("GET", "/parties/reactions/lobby", "").await?.1, empty, "nor the local project");
+
+    // A project's host name reaches it, like PartyKit's <name>.<user>.partykit.dev.
+    let by_name =
+        host.http_with("GET", "/parties/reactions/lobby", &[("host", "alice.partyhost.test")], "").await?;
+    assert_eq!(by_name.body, r#"{"type":"update","reactions":{"clap":1}}"#);
+    let unknown = host.http_with("GET", "/", &[("host", "carol.partyhost.test")], "").await?;
+    assert_eq!(
+        (unknown.status, unknown.body.as_str()),
+        (404, "no project named `carol` is deployed on this host")
+    );
+
+    // fetch cannot leave the project: bob's `vault` does not exist for alice.
+    let mut guest = Client::connect(&host.ws_url(&alice.path("/parties/hostile/probe"))).await?;
+    guest.send_text("fetch-other:vault").await?;
+    assert_eq!(
+        guest.recv_text().await?,
+        "fetch refused: fetch failed: fetch to vault/x failed: no party named `vault`"
+    );
+    guest.send_text("fetch-other:reactions").await?;
+    assert!(guest.recv_text().await?.starts_with("fetched 200"), "its own parties it reaches");
+
+    // Each project has its own storage file.
+    let storage = |p: &str| dir.path().join(format!("data/projects/{p}/storage.sqlite"));
+    assert!(storage("alice").exists() && storage("bob").exists());
+
+    // Tokens are per project.
+    let bobs_token = format!("Bearer {}", bob.token);
+    let as_bob =
+        host.http_with("GET", "/_partyhost/projects/alice", &[("authorization", &bobs_token)], "").await?;
+    assert_eq!((as_bob.status, as_bob.body.as_str()), (401, "not a valid token for project `alice`"));
+    host.stop().await
+}
+
+/// Deploys `project` after `change` and returns the host's refusal.
+async fn refusal(
+    host: &TestHost,
+    project: &Tenant,
+    change: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> String {
+    change(&project.dir).unwrap_or_else(|e| panic!("{e}"));
+    match host.deploy(project).await {
+        Ok(answer) => panic!("deployed: {answer}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()> {
+    let dir = temp_dir();
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], "")?;
+    let caps = "max_wasm_mib = 1\n[caps]\ncpu_ms = 100\n";
+    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], caps)).await?;
+    host.deploy(&alice).await?;
+    let manifest = alice.dir.join("partykit.toml");
+    let good = std::fs::read_to_string(&manifest)?;
+    let write =
+        |text: String| move |dir: &std::path::Path| Ok(std::fs::write(dir.join("partykit.toml"), text)?);
+
+    let wrong_token = Tenant { token: "not-the-token".into(), ..Tenant::new(dir.path(), "alice", &[], "")? };
+    std::fs::write(&manifest, &good)?;
+    let refused = host.deploy(&wrong_token).await.map(|_| ()).expect_err("a wrong token deployed");
+    assert_eq!(
+        format!("{refused:#}"),
+        "the host refused (401 Unauthorized): not a valid token for project `alice`"
+    );
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            refusal(&host, &alice, |d| {
+                std::fs::write(d.join("junk.wasm"), b"\0asm\x01\0\0\0")?;
+                write(good.replace("reactions.wasm", "junk.wasm"))(d)
+            })
+            .await,
+            "the host refused (400 Bad Request): junk.wasm: not a WebAssembly component",
+        ),
+        (
+            refusal(&host, &alice, |d| {
+                std::fs::copy(COMMAND, d.join("command.wasm"))?;
+                write(good.replace("reactions.wasm", "command.wasm"))(d)
+            })
+            .await,
+            "from command.wasm: it does not export the partyhost:party world: no exported instance named `partyhost:party/handlers@0.1.0`",
+        ),
+        (
+            refusal(&host, &alice, |d| {
+                std::fs::write(d.join("big.wasm"), vec![0; 2 << 20])?;
+                write(good.replace("reactions.wasm", "big.wasm"))(d)
+            })
+            .await,
+            "the host refused (413 Payload Too Large): file \"big.wasm\" is 2097152 bytes; this host accepts files up to 1048576 bytes",
+        ),
+        (
+            refusal(&host, &alice, write(format!("{good}[parties.reactions.limits]\ncpu_ms = 1000\n"))).await,
+            "the host refused (400 Bad Request): partykit.toml: party `reactions`: `cpu_ms = 1000` is over this host's cap of 100",
+        ),
+        (
+            refusal(&host, &alice, write(good.replace("wasm = \"reactions.wasm\"", "wasm = 3"))).await,
+            "invalid type: integer `3`, expected path string",
+        ),
+    ];
+    for (error, expected) in &cases {
+        assert!(error.contains(expected), "expected {expected:?} in:\n{error}");
+    }
+    assert!(cases[4].0.contains("partykit.toml: TOML parse error at line 4, column 8"), "{}", cases[4].0);
+
+    // The client checks the manifest before uploading; the host checks it
+    // again, with the same exact message.
+    let auth = format!("Bearer {}", alice.token);
+    let broken = json!({ "manifest": "name = \"alice\"\n[parties.x]\nwasm = 3\n", "files": {} });
+    let refused = host
+        .http_with("PUT", "/_partyhost/projects/alice", &[("authorization", &auth)], &broken.to_string())
+        .await?;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.body.starts_with("partykit.toml: TOML parse error at line 3, column 8"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.ends_with("invalid type: integer `3`, expected path string\n"), "{}", refused.body);
+
+    // A path out of the project, and a file name with `..`, sent raw.
+    let escape =
+        json!({ "manifest": "name = \"alice\"\n[parties.x]\nwasm = \"../../../x.wasm\"\n", "files": {} });
+    let refused = host
+        .http_with("PUT", "/_partyhost/projects/alice", &[("authorization", &auth)], &escape.to_string())
+        .await?;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            400,
+            "partykit.toml: party `x`: wasm \"../../../x.wasm\" must be a relative path inside the project"
+        )
+    );
+    let sneaky = json!({ "manifest": good, "files": { "../../escape.wasm": "AAAA" } });
+    let refused = host
+        .http_with("PUT", "/_partyhost/projects/alice", &[("authorization", &auth)], &sneaky.to_string())
+        .await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        !dir.path().join("data/escape.wasm").exists()
+            && !dir.path().join("data/projects/escape.wasm").exists()
+    );
+
+    // Nothing changed: version 1 still serves.
+    assert_eq!(host.project_status(&alice).await?["version"], json!(1));
+    let (status, _) = host.http("GET", &alice.path("/parties/reactions/lobby"), "").await?;
+    assert_eq!(status, 200);
+    host.stop().await
+}
