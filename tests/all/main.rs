@@ -10,6 +10,7 @@ mod common;
 mod dev;
 mod fetch_cycles;
 mod hibernation;
+mod hostile;
 mod isolation;
 mod link_counter;
 mod manifest;

@@ -51,6 +51,14 @@ pub struct RoomStats {
     pub instances: usize,
 }
 
+/// A room with a live instance, as the instance cap sees it.
+struct LiveInstance {
+    /// Time of the room's last event (see [`Rooms::clock_ms`]).
+    last_active: Arc<AtomicU64>,
+    /// Asked to evict and not yet done.
+    asked_to_evict: bool,
+}
+
 /// Every running room of the host, by key.
 pub struct Rooms {
     /// The manifest being served (for the `main` alias); replaced on reload.
@@ -62,7 +70,7 @@ pub struct Rooms {
     /// under this lock, so two callers never spawn the same room twice.
     live: Mutex<HashMap<RoomKey, RoomHandle>>,
     /// Rooms with a live instance, with the time of their last event.
-    instances: Mutex<HashMap<RoomKey, Arc<AtomicU64>>>,
+    instances: Mutex<HashMap<RoomKey, LiveInstance>>,
     next_generation: AtomicU64,
     /// Zero of the clock behind `last_active` stamps.
     epoch: tokio::time::Instant,
@@ -312,23 +320,37 @@ impl Rooms {
     }
 
     /// Records a new instance; past the cap, asks the least recently used
-    /// other room to evict its instance (it does, once it is idle).
+    /// other rooms to evict theirs (each does once it is idle). Rooms
+    /// already asked are not counted again, so instances started while an
+    /// eviction is on its way still bring the count back to the cap.
     pub(super) fn instance_started(&self, key: &RoomKey, last_active: &Arc<AtomicU64>) {
         let mut instances = lock(&self.instances);
-        instances.insert(key.clone(), last_active.clone());
-        if instances.len() <= self.config.max_live_instances {
-            return;
+        instances
+            .insert(key.clone(), LiveInstance { last_active: last_active.clone(), asked_to_evict: false });
+        let mut victims = Vec::new();
+        while instances.values().filter(|i| !i.asked_to_evict).count() > self.config.max_live_instances {
+            let oldest = instances
+                .iter_mut()
+                .filter(|(k, i)| *k != key && !i.asked_to_evict)
+                .min_by_key(|(_, i)| i.last_active.load(Ordering::Relaxed));
+            let Some((victim, instance)) = oldest else { break };
+            instance.asked_to_evict = true;
+            victims.push(victim.clone());
         }
-        let oldest = instances
-            .iter()
-            .filter(|(k, _)| *k != key)
-            .min_by_key(|(_, active)| active.load(Ordering::Relaxed))
-            .map(|(k, _)| k.clone());
         drop(instances);
-        if let Some(victim) = oldest
-            && let Some(handle) = lock(&self.live).get(&victim)
-        {
-            let _ = handle.tx.try_send(RoomMsg::Evict);
+        for victim in victims {
+            let sent = lock(&self.live).get(&victim).is_some_and(|h| h.tx.try_send(RoomMsg::Evict).is_ok());
+            if !sent {
+                self.eviction_declined(&victim);
+            }
+        }
+    }
+
+    /// A room asked to evict its instance was busy and kept it; it may be
+    /// asked again.
+    pub(super) fn eviction_declined(&self, key: &RoomKey) {
+        if let Some(instance) = lock(&self.instances).get_mut(key) {
+            instance.asked_to_evict = false;
         }
     }
 

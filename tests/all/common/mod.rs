@@ -294,7 +294,6 @@ impl Client {
     }
 }
 
-/// A temporary directory for one test's data.
 /// Runs a script of tests/node and parses the JSON report it prints.
 pub async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value> {
     let script = repo_root().join("tests/node").join(script);
@@ -348,6 +347,7 @@ impl Tenant {
     }
 }
 
+/// A temporary directory for one test's data.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"))
 }

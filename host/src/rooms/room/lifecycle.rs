@@ -109,6 +109,8 @@ impl Room {
         if self.fetches.is_empty() && self.pending_requests.is_empty() && matches!(self.slot, Slot::Live(_)) {
             self.drop_instance();
             info!(room = %self.key, "instance evicted (live instance cap)");
+        } else {
+            self.rooms.eviction_declined(&self.key);
         }
     }
 

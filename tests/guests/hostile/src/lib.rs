@@ -156,6 +156,11 @@ impl Party for Hostile {
                 }
                 format!("printed starts={starts}")
             }
+            // The next connection to close makes `on-close` spin (for 500 ms).
+            Some(("spin-on-close", _)) => {
+                let _ = storage.put("spin-close-until", &(now() + 500));
+                format!("on-close will spin starts={starts}")
+            }
             // The alarm handler spins when it fires within `ms`.
             Some(("spin-alarm", ms)) => {
                 let _ = storage.put("spin-until", &(now() + 500));
@@ -190,8 +195,8 @@ impl Party for Hostile {
         }
     }
 
-    async fn on_close(&self, conn: Connection) {
-        if conn.state::<String>().is_some_and(|s| s == "spin-on-close") {
+    async fn on_close(&self, _conn: Connection) {
+        if self.room.storage().get::<u64>("spin-close-until").is_some_and(|until| now() < until) {
             spin();
         }
     }
