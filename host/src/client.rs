@@ -66,7 +66,8 @@ pub async fn rollback(target: &Target<'_>) -> anyhow::Result<serde_json::Value> 
 /// When the manifest is invalid or names a file outside its folder.
 pub fn pack(path: &Path) -> anyhow::Result<Bundle> {
     let deployment = Deployment::load(path)?;
-    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::path::absolute(folder)?;
     let manifest = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut files = BTreeMap::new();
     let mut add = |file: &Path| -> anyhow::Result<()> {

@@ -69,3 +69,65 @@ async fn serves_a_manifest_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> 
     assert!(status.success(), "exit status {status}");
     Ok(())
 }
+
+/// `partyhost token`, `serve --tenants`, `deploy` and `rollback`, as an
+/// operator and a tenant run them.
+#[tokio::test]
+async fn a_tenant_deploys_and_rolls_back_with_the_cli() -> anyhow::Result<()> {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/guest");
+    anyhow::ensure!(guests.join("reactions.wasm").exists(), "run scripts/build-guests.sh first");
+    let dir = tempfile::tempdir()?;
+    let token = Command::new(BINARY).args(["token", "alice"]).output()?;
+    let printed = String::from_utf8(token.stdout)?;
+    let token = printed.lines().nth(1).map(str::trim).unwrap_or_default().to_owned();
+    let grant = printed.lines().skip(3).map(|l| format!("{}\n", l.trim())).collect::<String>();
+    assert!(grant.starts_with("[projects.alice]\ntoken_sha256 = \""), "{printed}");
+    std::fs::write(dir.path().join("tenants.toml"), format!("domain = \"localhost\"\n{grant}"))?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let host_manifest = format!(
+        "name = \"host\"\nlisten = \"127.0.0.1:{port}\"\n[parties.main]\nwasm = {:?}\n",
+        guests.join("reactions.wasm").display().to_string()
+    );
+    std::fs::write(dir.path().join("host.toml"), host_manifest)?;
+    let project = dir.path().join("alice");
+    std::fs::create_dir_all(&project)?;
+    std::fs::copy(guests.join("counter.wasm"), project.join("counter.wasm"))?;
+    let manifest = "name = \"alice\"\nmain = \"counter\"\n[parties.counter]\nwasm = \"counter.wasm\"\n";
+    std::fs::write(project.join("partykit.toml"), manifest)?;
+    let _host = tokio::process::Command::new(BINARY)
+        .args(["serve", "--manifest", "host.toml", "--tenants", "tenants.toml"])
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |command: &str, token: &str| {
+        Command::new(BINARY).args([command, "--url", &url, "--token", token]).current_dir(&project).output()
+    };
+    let started = Instant::now();
+    let deployed = loop {
+        let output = cli("deploy", &token)?;
+        if output.status.success() || started.elapsed() > Duration::from_secs(10) {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (stdout, stderr) = (String::from_utf8(deployed.stdout)?, String::from_utf8(deployed.stderr)?);
+    assert!(
+        stdout.starts_with("project `alice` now serves version 1 (parties: counter;"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("uploading 100%"), "progress is shown: {stderr}");
+    assert!(cli("deploy", &token)?.status.success());
+
+    let wrong = cli("deploy", "wrong")?;
+    assert_eq!(
+        String::from_utf8(wrong.stderr)?,
+        "error: the host refused (401 Unauthorized): not a valid token for project `alice`\n",
+        "refused before the upload"
+    );
+    let rolled = cli("rollback", &token)?;
+    assert!(String::from_utf8(rolled.stdout)?.starts_with("project `alice` now serves version 1"));
+    Ok(())
+}

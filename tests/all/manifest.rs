@@ -46,6 +46,15 @@ fn the_example_manifest_is_valid() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_example_tenants_file_is_valid() -> Result<()> {
+    let tenants = partyhost::manifest::Tenants::load(&repo_root().join("tenants.toml.example"))?;
+    assert_eq!(tenants.domain.as_deref(), Some("partyhost.localhost"));
+    assert_eq!(tenants.projects().map(|p| p.as_str()).collect::<Vec<_>>(), ["alice"]);
+    assert_eq!(tenants.caps.cpu_ms, Some(100));
+    Ok(())
+}
+
 async fn start_error(wasm: &Path) -> String {
     let dir = temp_dir();
     let toml = manifest(&[("broken", wasm.to_str().unwrap_or_default())], "");

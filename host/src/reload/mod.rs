@@ -11,7 +11,7 @@
 //! leaves the previous version serving and prints one error; fixing the
 //! file recovers.
 //!
-//! Reload reaches rooms only through the registry (`Rooms::replace_party`).
+//! Reload reaches rooms only through the registry (`Rooms::replace_party` and `Rooms::switch`).
 
 mod watcher;
 
@@ -154,7 +154,7 @@ impl Reloader {
         }
         let started = Instant::now();
         let party = self.compile(name, spec).await?;
-        self.rooms.replace_party(name, Some(party));
+        self.rooms.replace_party(name, party);
         self.digests.insert(name.clone(), new_digest);
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
         eprintln!(
@@ -180,7 +180,10 @@ impl Reloader {
         }
         // Compile everything new or changed first: one bad party refuses
         // the whole manifest.
-        let mut loaded = Vec::new();
+        // Unchanged parties keep their loaded code; the rest compile first,
+        // then manifest and code switch together.
+        let mut parties = HashMap::new();
+        let mut digests = HashMap::new();
         for (name, spec) in &new.parties {
             let wasm_digest = match digest(&spec.wasm) {
                 Ok(d) => d,
@@ -189,28 +192,23 @@ impl Reloader {
                         .refused(&format!("party `{name}`: {e:#}; the previous manifest keeps serving"));
                 }
             };
+            digests.insert(name.clone(), wasm_digest);
             let unchanged =
                 old.parties.get(name) == Some(spec) && self.digests.get(name) == Some(&wasm_digest);
-            if unchanged {
+            if let Some(current) = self.rooms.party(name).filter(|_| unchanged) {
+                parties.insert(name.clone(), current);
                 continue;
             }
             match self.compile(name, spec).await {
-                Ok(party) => loaded.push((name.clone(), party, wasm_digest)),
+                Ok(party) => parties.insert(name.clone(), Arc::new(party)),
                 Err(e) => {
                     return self
                         .refused(&format!("party `{name}`: {e:#}; the previous manifest keeps serving"));
                 }
-            }
+            };
         }
-        for (name, party, wasm_digest) in loaded {
-            self.rooms.replace_party(&name, Some(party));
-            self.digests.insert(name, wasm_digest);
-        }
-        for name in old.parties.keys().filter(|n| !new.parties.contains_key(*n)) {
-            self.rooms.replace_party(name, None);
-            self.digests.remove(name);
-        }
-        self.rooms.set_deployment(new);
+        self.rooms.switch(new, parties);
+        self.digests = digests;
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
         eprintln!("partyhost dev: manifest applied");
         true

@@ -131,14 +131,10 @@ impl Rooms {
         read(&self.parties).get(name).cloned()
     }
 
-    /// Serves `party` from now on (or stops serving `name`, with `None`).
-    /// Running rooms switch at their next event.
-    pub fn replace_party(&self, name: &PartyName, party: Option<LoadedParty>) {
-        let mut parties = self.parties.write().unwrap_or_else(|p| p.into_inner());
-        match party {
-            Some(party) => parties.insert(name.clone(), Arc::new(party)),
-            None => parties.remove(name),
-        };
+    /// Serves new code for the party `name` from now on (its manifest
+    /// entry is unchanged). Running rooms switch at their next event.
+    pub fn replace_party(&self, name: &PartyName, party: LoadedParty) {
+        self.parties.write().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Arc::new(party));
     }
 
     /// Serves `deployment` with `parties` from now on, both at once: no
@@ -160,12 +156,6 @@ impl Rooms {
     /// The manifest now being served.
     pub fn deployment(&self) -> Deployment {
         read(&self.deployment).clone()
-    }
-
-    /// Replaces the manifest used to resolve names (call after the parties
-    /// it names are in place).
-    pub fn set_deployment(&self, deployment: Deployment) {
-        *self.deployment.write().unwrap_or_else(|p| p.into_inner()) = deployment;
     }
 
     pub fn stats(&self) -> RoomStats {
