@@ -103,6 +103,9 @@ impl Party for Hostile {
     }
 
     async fn on_start(&self) {
+        if self.room.id() == "spins-on-start" {
+            spin();
+        }
         let starts: u64 = self.room.storage().get("starts").unwrap_or(0) + 1;
         self.starts.set(starts);
         let _ = self.room.storage().put("starts", &starts);
@@ -191,6 +194,12 @@ impl Party for Hostile {
 
     async fn on_connect(&self, _conn: Connection, ctx: ConnectionContext) {
         if ctx.request.url.contains("spin=connect") {
+            spin();
+        }
+    }
+
+    async fn on_error(&self, _conn: Connection, _error: String) {
+        if self.room.id() == "spins-on-error" {
             spin();
         }
     }
