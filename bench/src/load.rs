@@ -27,20 +27,26 @@ impl Server {
     /// server has none, and the throughput scenario sends flat out.
     pub async fn start(self, limiter: bool) -> anyhow::Result<ChildHost> {
         match self {
-            Self::Partyhost => {
-                let wasm = crate::host::reactions_wasm()?;
-                let cooldown = if limiter { 100 } else { 0 };
-                let toml = format!(
-                    "name = \"bench\"\n[rooms]\nmax_live_instances = 100000\n\
-                     [limits]\nmessages_per_second = 1000000\n[parties.reactions]\nwasm = {:?}\n\
-                     [parties.reactions.vars]\nRATE_LIMIT_MS = \"{cooldown}\"\n",
-                    wasm.display().to_string()
-                );
-                ChildHost::start(&toml).await
-            }
+            Self::Partyhost => start_partyhost(limiter, false).await,
             Self::Native => ChildHost::start_native(limiter).await,
         }
     }
+}
+
+/// partyhost serving reactions; with `hibernate`, as the example manifest
+/// ships it (`hibernate = true`), with a 200 ms idle timeout so a scenario
+/// sees its idle rooms evicted quickly.
+pub async fn start_partyhost(limiter: bool, hibernate: bool) -> anyhow::Result<ChildHost> {
+    let wasm = crate::host::reactions_wasm()?;
+    let cooldown = if limiter { 100 } else { 0 };
+    let idle = if hibernate { "idle_timeout_ms = 200\n" } else { "" };
+    let toml = format!(
+        "name = \"bench\"\n[rooms]\nmax_live_instances = 100000\n{idle}\
+         [limits]\nmessages_per_second = 1000000\n[parties.reactions]\nwasm = {:?}\nhibernate = {hibernate}\n\
+         [parties.reactions.vars]\nRATE_LIMIT_MS = \"{cooldown}\"\n",
+        wasm.display().to_string()
+    );
+    ChildHost::start(&toml).await
 }
 
 pub async fn connect(host: &ChildHost, room: &str) -> anyhow::Result<Socket> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-use crate::load::{CpuMeter, Server, Socket, connect, next_text, send_reaction};
+use crate::load::{CpuMeter, Server, Socket, connect, next_text, send_reaction, start_partyhost};
 use crate::stats::{Percentiles, rss_bytes};
 
 /// One row of a scenario's table.
@@ -265,9 +265,15 @@ pub async fn cold_start(rooms: usize, workers: usize) -> anyhow::Result<()> {
 /// Idle connections: `connections` over `rooms`; server memory per
 /// connection (RSS growth over the idle server).
 pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()> {
+    // partyhost twice: with every room's instance live, and hibernating (the
+    // example manifest's setting, made for idle sockets: instances go, the
+    // sockets and the room's state stay).
     let mut per_connection = Vec::new();
-    for server in Server::BOTH {
-        let host = server.start(true).await?;
+    for server in [Some(false), Some(true), None] {
+        let host = match server {
+            Some(hibernate) => start_partyhost(true, hibernate).await?,
+            None => Server::Native.start(true).await?,
+        };
         let pid = host.pid()?;
         let base = rss_bytes(pid)?;
         let mut sockets = Vec::with_capacity(connections);
@@ -276,17 +282,26 @@ pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()>
             next_text(&mut socket).await?;
             sockets.push(socket);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Long enough for hibernating rooms to pass their idle timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         per_connection.push(rss_bytes(pid)?.saturating_sub(base) as f64 / connections as f64 / 1024.0);
     }
     print_table(
         &format!("Idle connections: {connections} over {rooms} rooms (server RSS growth)"),
-        &[Row {
-            measure: "memory per connection",
-            partyhost: per_connection[0],
-            native: per_connection[1],
-            unit: "KiB",
-        }],
+        &[
+            Row {
+                measure: "memory per connection, instances live",
+                partyhost: per_connection[0],
+                native: per_connection[2],
+                unit: "KiB",
+            },
+            Row {
+                measure: "memory per connection, hibernate = true",
+                partyhost: per_connection[1],
+                native: per_connection[2],
+                unit: "KiB",
+            },
+        ],
         0.0,
     );
     Ok(())

@@ -3,7 +3,7 @@
 //! a failure. The room itself retires when it has nothing left to keep.
 
 use std::sync::Arc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Room, Slot};
 use crate::rooms::Limit;
@@ -33,7 +33,7 @@ impl Room {
                     let started = guest.on_start(task).await;
                     self.slot = Slot::Live(guest);
                     self.rooms.instance_started(&self.key, &self.last_active);
-                    info!(room = %self.key, "instance started");
+                    debug!(room = %self.key, "instance started");
                     if !self.finish(started).await {
                         return None;
                     }
@@ -96,7 +96,7 @@ impl Room {
         match self.idle_action() {
             Some(IdleAction::Evict) => {
                 self.drop_instance();
-                info!(room = %self.key, sockets = self.state().connections.len(), "instance evicted (hibernating)");
+                debug!(room = %self.key, sockets = self.state().connections.len(), "instance evicted (hibernating)");
                 false
             }
             Some(IdleAction::Retire) => true,
@@ -108,7 +108,7 @@ impl Room {
     pub(super) fn evict_if_idle(&mut self) {
         if self.fetches.is_empty() && self.pending_requests.is_empty() && matches!(self.slot, Slot::Live(_)) {
             self.drop_instance();
-            info!(room = %self.key, "instance evicted (live instance cap)");
+            debug!(room = %self.key, "instance evicted (live instance cap)");
         } else {
             self.rooms.eviction_declined(&self.key);
         }
@@ -175,6 +175,6 @@ impl Room {
                 warn!(room = %self.key, cause = %format!("{e:#}"), "could not forward a message after retiring");
             }
         }
-        info!(room = %self.key, "room retired");
+        debug!(room = %self.key, "room retired");
     }
 }

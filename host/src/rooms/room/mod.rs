@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::debug;
 
 use super::handle::{Connect, Departure, RoomMsg};
 use super::registry::{LoadedParty, Rooms};
@@ -149,7 +149,7 @@ impl Room {
                 .try_send(Outgoing::Close { code: CLOSE_GOING_AWAY, reason: "server shutting down".into() });
         }
         self.drop_instance();
-        info!(room = %self.key, "room stopped");
+        debug!(room = %self.key, "room stopped");
     }
 
     async fn handle(&mut self, msg: RoomMsg) {
