@@ -57,6 +57,14 @@ async fn a_deployment_switches_atomically_and_rolls_back() -> Result<()> {
     let (status, body) = rollback(&host, &alice).await?;
     assert_eq!(status, 409, "{body}");
     assert_eq!(host.project_status(&alice).await?["version"], json!(1));
+    drop(socket);
+    host.stop().await?;
+
+    // A restarted host serves the version that was serving, with its storage.
+    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    assert_eq!(host.project_status(&alice).await?["version"], json!(1));
+    let (status, body) = host.http("GET", &alice.path("/parties/main/lobby"), "").await?;
+    assert_eq!((status, body.as_str()), (200, r#"{"type":"update","reactions":{"clap":2,"heart":1}}"#));
     host.stop().await
 }
 
@@ -71,7 +79,9 @@ async fn rollback(host: &TestHost, project: &Tenant) -> Result<(u16, serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_are_separate_namespaces() -> Result<()> {
     let dir = temp_dir();
-    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS), ("hostile", HOSTILE)], "")?;
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS), ("hostile", HOSTILE)], "serve = \"public\"")?;
+    std::fs::create_dir_all(alice.dir.join("public"))?;
+    std::fs::write(alice.dir.join("public/index.html"), "alice's page")?;
     let bob = Tenant::new(dir.path(), "bob", &[("reactions", REACTIONS), ("vault", HOSTILE)], "")?;
     let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice, &bob], "")).await?;
     host.deploy(&alice).await?;
@@ -90,6 +100,11 @@ async fn projects_are_separate_namespaces() -> Result<()> {
     let by_name =
         host.http_with("GET", "/parties/reactions/lobby", &[("host", "alice.partyhost.test")], "").await?;
     assert_eq!(by_name.body, r#"{"type":"update","reactions":{"clap":1}}"#);
+    // Static files travel with the deployment and are served in the project only.
+    let page = host.http_with("GET", "/", &[("host", "alice.partyhost.test:1999")], "").await?;
+    assert_eq!((page.status, page.body.as_str()), (200, "alice's page"));
+    assert_eq!(host.http("GET", &alice.path("/index.html"), "").await?.1, "alice's page");
+    assert_eq!(host.http("GET", &bob.path("/index.html"), "").await?.0, 404);
     let unknown = host.http_with("GET", "/", &[("host", "carol.partyhost.test")], "").await?;
     assert_eq!(
         (unknown.status, unknown.body.as_str()),
