@@ -79,7 +79,12 @@ async fn rollback(host: &TestHost, project: &Tenant) -> Result<(u16, serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_are_separate_namespaces() -> Result<()> {
     let dir = temp_dir();
-    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS), ("hostile", HOSTILE)], "serve = \"public\"")?;
+    let alice = Tenant::new(
+        dir.path(),
+        "alice",
+        &[("reactions", REACTIONS), ("hostile", HOSTILE)],
+        "serve = \"public\"",
+    )?;
     std::fs::create_dir_all(alice.dir.join("public"))?;
     std::fs::write(alice.dir.join("public/index.html"), "alice's page")?;
     let bob = Tenant::new(dir.path(), "bob", &[("reactions", REACTIONS), ("vault", HOSTILE)], "")?;
