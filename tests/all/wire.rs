@@ -60,3 +60,21 @@ async fn connection_id_comes_from_pk_and_a_reconnect_replaces_the_old_socket() -
     assert_eq!(status, 200, "plain HTTP ignores _pk: {body}");
     host.stop().await
 }
+
+/// As in PartyKit's `onClose`, the closed connection's state is still
+/// readable while the room hears of the close, though the connection is no
+/// longer among the room's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_close_can_read_the_closed_connections_state() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE)], "")).await?;
+    let mut stays = Client::connect(&host.ws_url("/parties/hostile/farewell")).await?;
+    let mut leaves = Client::connect(&host.ws_url("/parties/hostile/farewell?_pk=leaver")).await?;
+    leaves.send_text("remember:see you").await?;
+    assert_eq!(leaves.recv_text().await?, "remembered see you");
+    leaves.send(Message::Close(None)).await?;
+    assert_eq!(stays.recv_text().await?, "closed leaver with state see you");
+    stays.send_text("tagged:leaver").await?;
+    assert_eq!(stays.recv_text().await?, "tagged leaver = 0", "gone from the room's connections");
+    host.stop().await
+}

@@ -86,6 +86,9 @@ pub struct RoomState {
     /// Fetches started by this room and not yet resumed.
     pub(super) fetches_in_flight: usize,
     next_fetch_id: u64,
+    /// The connection whose `on-close` or `on-error` is running: gone from
+    /// `connections`, still readable through `get-connection`.
+    pub(super) departing: Option<(ConnectionId, ConnectionEntry)>,
     /// What the current call may still do; refilled as each call begins.
     pub(super) call: CallBudget,
     /// Log bytes the current call may still write (the log import and
@@ -115,6 +118,7 @@ impl RoomState {
     ) -> Self {
         let log = Arc::new(LogBudget::default());
         Self {
+            departing: None,
             call: CallBudget::default(),
             log,
             hits,

@@ -1,7 +1,7 @@
 use super::{RoomState, host};
 use crate::ids::ConnectionId;
 use crate::rooms::Limit;
-use crate::rooms::state::{Outgoing, Target};
+use crate::rooms::state::{ConnectionEntry, Outgoing, Target};
 use crate::sandbox::{ConnectionInfo, Message, Refusal};
 
 impl RoomState {
@@ -37,11 +37,7 @@ impl RoomState {
     }
 
     fn info(&self, id: &ConnectionId) -> Option<ConnectionInfo> {
-        self.connections.get(id).map(|entry| ConnectionInfo {
-            id: id.to_string(),
-            tags: entry.tags.clone(),
-            state: entry.state.clone(),
-        })
+        self.connections.get(id).map(|entry| info_of(id, entry))
     }
 }
 
@@ -90,6 +86,11 @@ impl host::Connections for RoomState {
     }
 
     fn get_connection(&mut self, conn: String) -> Option<ConnectionInfo> {
+        if let Some((id, entry)) = &self.departing
+            && id.as_str() == conn
+        {
+            return Some(info_of(id, entry));
+        }
         self.known(&conn).ok().and_then(|id| self.info(&id))
     }
 
@@ -104,4 +105,8 @@ impl host::Connections for RoomState {
         }
         Ok(())
     }
+}
+
+fn info_of(id: &ConnectionId, entry: &ConnectionEntry) -> ConnectionInfo {
+    ConnectionInfo { id: id.to_string(), tags: entry.tags.clone(), state: entry.state.clone() }
 }

@@ -165,8 +165,8 @@ impl Room {
                 }
             }
             RoomMsg::Departed { conn, socket, how } => {
-                if self.remove_connection(&conn, socket) {
-                    self.departed(&conn, how).await;
+                if let Some(entry) = self.remove_connection(&conn, socket) {
+                    self.departed(&conn, entry, how).await;
                 }
             }
             RoomMsg::Request { request, reply } => self.request(request, reply).await,
@@ -179,7 +179,7 @@ impl Room {
             // partysocket reconnects with the same `_pk`; the newer socket wins.
             let reason = "replaced by a newer connection with the same id".to_owned();
             let _ = old.sender.try_send(Outgoing::Close { code: 1000, reason: reason.clone() });
-            self.departed(&c.conn, Departure::Closed { code: 1000, reason }).await;
+            self.departed(&c.conn, old, Departure::Closed { code: 1000, reason }).await;
         }
         let max = self.state_mut().limits.connections_per_room;
         if self.state_mut().connections.len() >= max {
@@ -217,14 +217,18 @@ impl Room {
         }
     }
 
-    /// Tells the guest a connection (already forgotten) has gone.
-    async fn departed(&mut self, conn: &ConnectionId, how: Departure) {
+    /// Tells the guest a connection has gone. It is no longer among the
+    /// room's connections, but during the call the guest can still read
+    /// its state and tags, as PartyKit's `onClose` can.
+    async fn departed(&mut self, conn: &ConnectionId, entry: ConnectionEntry, how: Departure) {
         let task = self.next_task();
         let Some(guest) = self.live_guest().await else { return };
+        guest.room_mut().departing = Some((conn.clone(), entry));
         let result = match &how {
             Departure::Closed { code, reason } => guest.on_close(task, conn.as_str(), *code, reason).await,
             Departure::Failed(error) => guest.on_error(task, conn.as_str(), error).await,
         };
+        self.state_mut().departing = None;
         self.finish(result).await;
     }
 
@@ -298,12 +302,11 @@ impl Room {
     }
 
     /// Forgets a connection if `socket` is still the one registered for it.
-    fn remove_connection(&mut self, conn: &ConnectionId, socket: u64) -> bool {
-        let is_current = self.is_current(conn, socket);
-        if is_current {
-            self.state_mut().connections.remove(conn);
+    fn remove_connection(&mut self, conn: &ConnectionId, socket: u64) -> Option<ConnectionEntry> {
+        if !self.is_current(conn, socket) {
+            return None;
         }
-        is_current
+        self.state_mut().connections.remove(conn)
     }
 
     fn next_task(&mut self) -> u64 {

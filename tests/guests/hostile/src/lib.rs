@@ -204,9 +204,13 @@ impl Party for Hostile {
         }
     }
 
-    async fn on_close(&self, _conn: Connection) {
+    async fn on_close(&self, conn: Connection) {
         if self.room.storage().get::<u64>("spin-close-until").is_some_and(|until| now() < until) {
             spin();
+        }
+        // The closed connection's state is still readable here.
+        if let Some(state) = conn.state::<String>() {
+            self.room.broadcast(format!("closed {} with state {state}", conn.id()), &[]);
         }
     }
 
