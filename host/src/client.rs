@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::manifest::Deployment;
+use crate::manifest::{Deployment, is_served_name};
 use crate::projects::Bundle;
 
 /// Bytes per upload chunk; progress is shown per chunk.
@@ -102,14 +102,15 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
-            let name = entry.file_name();
-            let hidden = name.to_string_lossy().starts_with('.') || name == "node_modules";
+            if !is_served_name(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            // Symlinks are skipped: a deployment carries plain files only.
             let kind = entry.file_type()?;
-            match () {
-                () if hidden => {}
-                () if kind.is_dir() => pending.push(entry.path()),
-                () if kind.is_file() => files.push(entry.path()),
-                () => {}
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
             }
         }
     }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 use super::{ApiError, AppState};
-use crate::manifest::ServeSpec;
+use crate::manifest::{ServeSpec, is_served_name};
 
 /// The fallback route: a static file, or a 404 that says where parties live.
 pub(super) async fn static_file(
@@ -58,8 +58,7 @@ fn safe_relative_path(path: &str) -> Option<PathBuf> {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8().ok()?;
     let mut relative = PathBuf::new();
     for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        let hidden = segment.starts_with('.') || segment == "node_modules";
-        if hidden || segment.contains(['\\', '\0']) {
+        if !is_served_name(segment) || segment.contains(['\\', '\0']) {
             return None;
         }
         relative.push(segment);

@@ -11,7 +11,7 @@ mod serve;
 mod tenants;
 
 pub use error::ManifestError;
-pub use serve::{ServeManifest, ServeSpec};
+pub use serve::{ServeManifest, ServeSpec, is_served_name};
 pub use tenants::{Tenants, new_token};
 
 use serde::Deserialize;

@@ -41,6 +41,13 @@ pub struct ServeSpec {
     pub browser_ttl: Option<u32>,
 }
 
+/// Whether a file or folder name in the serve folder is ever served:
+/// dotfiles and `node_modules` are not (as in PartyKit), nor are they
+/// uploaded by `partyhost deploy`.
+pub fn is_served_name(name: &str) -> bool {
+    !name.starts_with('.') && name != "node_modules"
+}
+
 impl ServeManifest {
     pub(super) fn resolve(self, base: &Path) -> ServeSpec {
         let ServeTable { path, single_page_app, browser_ttl } = self.0;
