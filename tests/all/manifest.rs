@@ -2,7 +2,7 @@
 //! `.toml` beside the `.err` it must produce; `BLESS=1` rewrites them), and a
 //! file that is not a partyhost component is refused by name.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 use crate::common::{manifest, repo_root, temp_dir};
@@ -52,6 +52,24 @@ fn the_example_tenants_file_is_valid() -> Result<()> {
     assert_eq!(tenants.domain.as_deref(), Some("partyhost.localhost"));
     assert_eq!(tenants.projects().map(|p| p.as_str()).collect::<Vec<_>>(), ["alice"]);
     assert_eq!(tenants.caps.cpu_ms, Some(100));
+    Ok(())
+}
+
+#[test]
+fn host_caps_lower_defaults_and_refuse_limits_above_them() -> Result<()> {
+    let tenants = partyhost::manifest::Tenants::parse("[caps]\nmemory_mib = 32\ncpu_ms = 100\n")?;
+    let toml = "name = \"t\"\n[limits]\ncpu_ms = 80\n[parties.a]\nwasm = \"a.wasm\"\n";
+    let mut deployment = Deployment::parse(toml, Path::new("/project"))?;
+    tenants.apply_caps(&mut deployment)?;
+    let limits = &deployment.parties.values().next().context("no party")?.limits;
+    assert_eq!(limits.memory_mib, Some(32), "the 64 MiB default is over the cap, so the cap applies");
+    assert_eq!(limits.cpu_ms, Some(80), "a limit under its cap stays");
+    assert_eq!(limits.storage_mib, None, "no cap, no change");
+
+    let toml = format!("{toml}[parties.a.limits]\nmemory_mib = 33\n");
+    let mut deployment = Deployment::parse(&toml, Path::new("/project"))?;
+    let refused = tenants.apply_caps(&mut deployment).expect_err("over the cap");
+    assert_eq!(refused.to_string(), "party `a`: `memory_mib = 33` is over this host's cap of 32");
     Ok(())
 }
 

@@ -111,23 +111,17 @@ impl Tenants {
     /// # Errors
     /// [`ManifestError::OverCap`] naming the party, the limit and the cap.
     pub fn apply_caps(&self, deployment: &mut Deployment) -> Result<(), ManifestError> {
-        let defaults = LimitsSpec::defaults();
+        // `fields()` lists every limit in the same order, so the three zip.
+        let (defaults, caps) = (LimitsSpec::defaults().fields(), self.caps.fields());
         for (party, spec) in &mut deployment.parties {
-            let caps = self.caps.fields();
-            for ((field, value), (_, default)) in
-                spec.limits.clone().fields().into_iter().zip(defaults.fields())
-            {
-                let Some((_, Some(cap))) = caps.iter().find(|(name, _)| *name == field) else { continue };
+            let limits = spec.limits.fields().into_iter().zip(&defaults).zip(&caps);
+            for (((field, value), (_, default)), (_, cap)) in limits {
+                let Some(cap) = *cap else { continue };
                 match value {
-                    Some(value) if value > *cap => {
-                        return Err(ManifestError::OverCap {
-                            party: party.to_string(),
-                            field,
-                            value,
-                            cap: *cap,
-                        });
+                    Some(value) if value > cap => {
+                        return Err(ManifestError::OverCap { party: party.to_string(), field, value, cap });
                     }
-                    None if default.is_some_and(|d| d > *cap) => spec.limits.set(field, *cap),
+                    None if default.is_some_and(|d| d > cap) => spec.limits.set(field, cap),
                     _ => {}
                 }
             }

@@ -148,8 +148,10 @@ impl RoomState {
             fanout_left: self.limits.fanout_bytes_per_event,
             exceeded: None,
         };
-        if self.log.refill(self.limits.log_bytes_per_event) > 0 {
+        let dropped = self.log.refill(self.limits.log_bytes_per_event);
+        if dropped > 0 {
             self.hits.count(Limit::Log);
+            tracing::warn!(target: "guest", room = %self.key, dropped, "log limit reached; the rest of a call's output was dropped");
         }
     }
 

@@ -20,15 +20,11 @@ pub struct LogBudget {
 }
 
 impl LogBudget {
-    /// Starts a call with `bytes` to spend; returns what the previous call
-    /// dropped (and logs that it did).
+    /// Starts a call with `bytes` to spend; returns how many bytes the
+    /// previous call dropped.
     pub fn refill(&self, bytes: usize) -> usize {
         self.left.store(bytes, Ordering::Relaxed);
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(target: "guest", dropped, "log limit reached; the call's further output was dropped");
-        }
-        dropped
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 
     /// Takes `bytes` from the budget; false (and counted) when it is spent.
