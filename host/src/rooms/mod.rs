@@ -4,6 +4,7 @@
 //! - `registry.rs`: [`Rooms`], the map from room key to handle.
 //! - `handle.rs`: [`RoomHandle`] and [`RoomMsg`], the only way into a room.
 //! - `room.rs`: the actor loop: event -> guest call -> commit -> release.
+//! - `instances.rs`: the live-instance cap's bookkeeping.
 //! - `state.rs`: [`RoomState`], what outlives a guest instance.
 //! - `limit_hits.rs`: [`LimitHits`], how often each limit stopped something.
 //! - `api/`: the WIT imports, implemented on [`RoomState`].
@@ -13,6 +14,7 @@
 
 mod api;
 mod handle;
+mod instances;
 mod limit_hits;
 mod registry;
 mod room;

@@ -15,6 +15,7 @@ use tracing::{Instrument, info_span};
 
 use super::LimitHits;
 use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
+use super::instances::LiveInstances;
 use super::room::Room;
 use super::state::RoomState;
 use crate::ids::{PartyName, RoomId, RoomKey};
@@ -51,14 +52,6 @@ pub struct RoomStats {
     pub instances: usize,
 }
 
-/// A room with a live instance, as the instance cap sees it.
-struct LiveInstance {
-    /// Time of the room's last event (see [`Rooms::clock_ms`]).
-    last_active: Arc<AtomicU64>,
-    /// Asked to evict and not yet done.
-    asked_to_evict: bool,
-}
-
 /// Every running room of the host, by key.
 pub struct Rooms {
     /// The manifest being served (for the `main` alias); replaced on reload.
@@ -69,8 +62,9 @@ pub struct Rooms {
     /// Handles of running rooms. A room is inserted before its task starts,
     /// under this lock, so two callers never spawn the same room twice.
     live: Mutex<HashMap<RoomKey, RoomHandle>>,
-    /// Rooms with a live instance, with the time of their last event.
-    instances: Mutex<HashMap<RoomKey, LiveInstance>>,
+    /// Rooms with a live instance, with the time of their last event
+    /// (see [`Rooms::clock_ms`]).
+    instances: Mutex<LiveInstances>,
     next_generation: AtomicU64,
     /// Zero of the clock behind `last_active` stamps.
     epoch: tokio::time::Instant,
@@ -314,20 +308,7 @@ impl Rooms {
     /// already asked are not counted again, so instances started while an
     /// eviction is on its way still bring the count back to the cap.
     pub(super) fn instance_started(&self, key: &RoomKey, last_active: &Arc<AtomicU64>) {
-        let mut instances = lock(&self.instances);
-        instances
-            .insert(key.clone(), LiveInstance { last_active: last_active.clone(), asked_to_evict: false });
-        let mut victims = Vec::new();
-        while instances.values().filter(|i| !i.asked_to_evict).count() > self.config.max_live_instances {
-            let oldest = instances
-                .iter_mut()
-                .filter(|(k, i)| *k != key && !i.asked_to_evict)
-                .min_by_key(|(_, i)| i.last_active.load(Ordering::Relaxed));
-            let Some((victim, instance)) = oldest else { break };
-            instance.asked_to_evict = true;
-            victims.push(victim.clone());
-        }
-        drop(instances);
+        let victims = lock(&self.instances).started(key, last_active, self.config.max_live_instances);
         for victim in victims {
             let sent = lock(&self.live).get(&victim).is_some_and(|h| h.tx.try_send(RoomMsg::Evict).is_ok());
             if !sent {
@@ -339,13 +320,11 @@ impl Rooms {
     /// A room asked to evict its instance was busy and kept it; it may be
     /// asked again.
     pub(super) fn eviction_declined(&self, key: &RoomKey) {
-        if let Some(instance) = lock(&self.instances).get_mut(key) {
-            instance.asked_to_evict = false;
-        }
+        lock(&self.instances).declined(key);
     }
 
     pub(super) fn instance_stopped(&self, key: &RoomKey) {
-        lock(&self.instances).remove(key);
+        lock(&self.instances).stopped(key);
     }
 }
 

@@ -98,11 +98,10 @@ impl Db {
         let entries: BTreeMap<String, Vec<u8>> =
             rows.and_then(Iterator::collect).with_context(|| format!("loading storage of room {key}"))?;
         let alarm = conn
-            .query_row(
-                "SELECT time_ms FROM alarms WHERE party = ?1 AND room = ?2",
-                params![key.party.as_str(), key.room.as_str()],
-                |row| row.get::<_, i64>(0),
-            )
+            .prepare_cached("SELECT time_ms FROM alarms WHERE party = ?1 AND room = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![key.party.as_str(), key.room.as_str()], |row| row.get::<_, i64>(0))
+            })
             .optional()
             .with_context(|| format!("loading the alarm of room {key}"))?;
         Ok(RoomStorage::new(entries, alarm.map(|t| t.max(0).cast_unsigned())))
