@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::host::ChildHost;
+use crate::stats::ProcCpu;
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -73,13 +74,7 @@ pub async fn send_reaction(socket: &mut Socket) -> anyhow::Result<()> {
 
 /// CPU time this process has used (user + system).
 pub fn own_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the `)` that ends the command name; utime and stime are
-    // the 12th and 13th of those, in clock ticks (100 per second here).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    ProcCpu::of("self").total()
 }
 
 /// Measures the generator's own CPU over a piece of work.

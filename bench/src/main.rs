@@ -13,6 +13,7 @@ mod scenarios;
 mod stats;
 
 use clap::{Parser, Subcommand};
+use scenarios::Arrivals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,8 +52,12 @@ enum Command {
     ColdStart {
         #[arg(long, default_value_t = 1000)]
         rooms: usize,
-        #[arg(long, default_value_t = 16)]
+        /// Clients connecting at once (closed loop: capacity).
+        #[arg(long, default_value_t = 16, conflicts_with = "rate")]
         workers: usize,
+        /// New rooms per second instead (open loop: latency at that load).
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// Server memory per idle connection.
     Connections {
@@ -115,7 +120,10 @@ fn main() -> ExitCode {
                 scenarios::fan_out(rooms, per_room, seconds).await
             }
             Command::Throughput { window, seconds } => scenarios::throughput(window, seconds).await,
-            Command::ColdStart { rooms, workers } => scenarios::cold_start(rooms, workers).await,
+            Command::ColdStart { rooms, workers, rate } => {
+                let arrivals = rate.map_or(Arrivals::Clients(workers), Arrivals::Rate);
+                scenarios::cold_start(rooms, arrivals).await
+            }
             Command::Connections { connections, rooms } => scenarios::connections(connections, rooms).await,
             Command::RoundTrip { count } => scenarios::round_trip(count).await,
             Command::Native { port, no_limiter } => native::serve(port, !no_limiter).await,
@@ -138,7 +146,8 @@ async fn all(seconds: u64) -> anyhow::Result<()> {
     scenarios::fan_out(1, 500, seconds).await?;
     scenarios::fan_out(50, 10, seconds).await?;
     scenarios::throughput(32, seconds).await?;
-    scenarios::cold_start(1000, 16).await?;
+    scenarios::cold_start(1000, Arrivals::Clients(16)).await?;
+    scenarios::cold_start(3000, Arrivals::Rate(1000)).await?;
     revive::run(1000).await?;
     scenarios::connections(15000, 1000).await?;
     scenarios::round_trip(2000).await

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
+use crate::host::ChildHost;
 use crate::load::{CpuMeter, Server, Socket, connect, next_text, send_reaction, start_partyhost};
-use crate::stats::{Percentiles, rss_bytes};
+use crate::stats::{Percentiles, ProcCpu, rss_bytes};
 
 /// One row of a scenario's table.
 struct Row {
@@ -199,67 +200,153 @@ pub async fn throughput(window: usize, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cold start: `workers` concurrent clients each connect to never-seen
-/// rooms, `rooms` in all; connect-to-first-message latency and rooms/s.
-pub async fn cold_start(rooms: usize, workers: usize) -> anyhow::Result<()> {
+/// How new rooms arrive in the cold-start scenario.
+#[derive(Clone, Copy)]
+pub enum Arrivals {
+    /// Closed loop: this many clients, each opening its next room as soon
+    /// as the last one answered. Measures capacity (rooms/s); its latency
+    /// is mostly queueing (clients / rate), whatever the server.
+    Clients(usize),
+    /// Open loop: a new room every 1/rate s, whatever the server's answers.
+    /// Measures latency at a load both servers can carry.
+    Rate(u32),
+}
+
+/// Cold start: connects to `rooms` never-seen rooms, arriving as `arrivals`
+/// says; connect-to-first-message latency and rooms/s.
+pub async fn cold_start(rooms: usize, arrivals: Arrivals) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut cpu: f64 = 0.0;
+    let mut late = Duration::ZERO;
     for server in Server::BOTH {
         let host = Arc::new(server.start(true).await?);
         // One room first: the measure is a new room, not a new server
         // (the host's first instance pays one-time set-up).
         let mut warm = connect(&host, "warm-up").await?;
         next_text(&mut warm).await?;
-        let next = Arc::new(AtomicU64::new(0));
+        let pid = host.pid()?.to_string();
+        let server_before = ProcCpu::of(&pid);
         let meter = CpuMeter::start();
         let started = Instant::now();
-        let tasks: Vec<_> = (0..workers)
-            .map(|_| {
-                let (host, next) = (host.clone(), next.clone());
-                tokio::spawn(async move {
-                    let mut times = Vec::new();
-                    loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        if n >= rooms {
-                            return anyhow::Ok(times);
-                        }
-                        let t = Instant::now();
-                        let mut socket = connect(&host, &format!("cold-{n}")).await?;
-                        next_text(&mut socket).await?;
-                        times.push(t.elapsed());
-                    }
-                })
-            })
-            .collect();
-        let mut times = Vec::new();
-        for task in tasks {
-            times.extend(task.await??);
-        }
+        let mut times = match arrivals {
+            Arrivals::Clients(clients) => closed_loop(&host, rooms, clients).await?,
+            Arrivals::Rate(rate) => {
+                let (times, lag) = open_loop(&host, rooms, rate).await?;
+                late = late.max(lag);
+                times
+            }
+        };
         let rate = rooms as f64 / started.elapsed().as_secs_f64();
         cpu = cpu.max(meter.share());
-        results.push((rate, Percentiles::of(&mut times)));
+        let server = ProcCpu::of(&pid).since(&server_before);
+        results.push((rate, Percentiles::of(&mut times), server));
     }
     let (p, n) = (&results[0], &results[1]);
+    let per_room = |d: Duration| us(d) / rooms as f64;
+    let title = match arrivals {
+        Arrivals::Clients(clients) => {
+            format!("Cold start, capacity: {rooms} never-seen rooms, {clients} clients connecting at once")
+        }
+        Arrivals::Rate(rate) => {
+            format!("Cold start, latency: {rooms} never-seen rooms, one every 1/{rate} s")
+        }
+    };
+    let latency = |measure, at: fn(&Percentiles) -> Duration| Row {
+        measure,
+        partyhost: us(at(&p.1)),
+        native: us(at(&n.1)),
+        unit: "µs",
+    };
     print_table(
-        &format!("Cold start: {rooms} never-seen rooms, {workers} clients connecting at once"),
+        &title,
         &[
-            Row {
-                measure: "connect -> first message p50",
-                partyhost: us(p.1.p50),
-                native: us(n.1.p50),
-                unit: "µs",
-            },
-            Row {
-                measure: "connect -> first message p99",
-                partyhost: us(p.1.p99),
-                native: us(n.1.p99),
-                unit: "µs",
-            },
+            latency("connect -> first message p50", |p| p.p50),
+            latency("connect -> first message p99", |p| p.p99),
+            latency("connect -> first message max", |p| p.max),
             Row { measure: "new rooms/s", partyhost: p.0, native: n.0, unit: "" },
+            Row {
+                measure: "server CPU per new room, user",
+                partyhost: per_room(p.2.user),
+                native: per_room(n.2.user),
+                unit: "µs",
+            },
+            Row {
+                measure: "server CPU per new room, system",
+                partyhost: per_room(p.2.system),
+                native: per_room(n.2.system),
+                unit: "µs",
+            },
+            Row {
+                measure: "server page faults per new room",
+                partyhost: p.2.minor_faults as f64 / rooms as f64,
+                native: n.2.minor_faults as f64 / rooms as f64,
+                unit: "",
+            },
         ],
         cpu,
     );
+    if let Arrivals::Rate(_) = arrivals {
+        println!("latest connect start behind schedule: {:.0} µs", us(late));
+    }
     Ok(())
+}
+
+/// Connect-to-first-message time of one never-seen room.
+async fn time_new_room(host: &ChildHost, n: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut socket = connect(host, &format!("cold-{n}")).await?;
+    next_text(&mut socket).await?;
+    Ok(t.elapsed())
+}
+
+async fn closed_loop(host: &Arc<ChildHost>, rooms: usize, clients: usize) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (host, next) = (host.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= rooms {
+                        return anyhow::Ok(times);
+                    }
+                    times.push(time_new_room(&host, n).await?);
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await??);
+    }
+    Ok(times)
+}
+
+/// Starts room `n` at `start + n / rate`, each in its own task, so a slow
+/// answer never delays the next arrival. Also returns how far the latest
+/// start fell behind its schedule (the generator's own lag).
+async fn open_loop(
+    host: &Arc<ChildHost>,
+    rooms: usize,
+    rate: u32,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let start = tokio::time::Instant::now();
+    let period = Duration::from_secs(1) / rate.max(1);
+    let mut lag = Duration::ZERO;
+    let mut tasks = Vec::with_capacity(rooms);
+    for n in 0..rooms {
+        let due = start + period * u32::try_from(n)?;
+        tokio::time::sleep_until(due).await;
+        lag = lag.max(due.elapsed());
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move { time_new_room(&host, n).await }));
+    }
+    let mut times = Vec::with_capacity(rooms);
+    for task in tasks {
+        times.push(task.await??);
+    }
+    Ok((times, lag))
 }
 
 /// Idle connections: `connections` over `rooms`; server memory per

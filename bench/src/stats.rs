@@ -26,6 +26,44 @@ impl Percentiles {
     }
 }
 
+/// CPU time and minor page faults of a process so far, from /proc.
+#[derive(Clone, Copy, Default)]
+pub struct ProcCpu {
+    pub user: Duration,
+    pub system: Duration,
+    pub minor_faults: u64,
+}
+
+impl ProcCpu {
+    /// `pid` is a process id or `self`. Zero when /proc cannot be read.
+    pub fn of(pid: &str) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the `)` that ends the command name: minflt is the 8th,
+        // utime and stime the 12th and 13th, in clock ticks (100 a second).
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        Self {
+            user: Duration::from_millis(number(11) * 10),
+            system: Duration::from_millis(number(12) * 10),
+            minor_faults: number(7),
+        }
+    }
+
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// What was used between `earlier` and `self`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
+        }
+    }
+}
+
 /// Resident memory of process `pid`, in bytes, from /proc.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
