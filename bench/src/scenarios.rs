@@ -145,6 +145,9 @@ async fn fan_out_client(
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
                     if text.as_str() == "slowdown" || text.as_str() == "goaway" {
                         closes.lock().await.push(text.to_string());
+                        // "As fast as the limiter allows": a told-off client
+                        // skips a turn, as a well-behaved one would.
+                        next_send = next_send.max(Instant::now()) + interval;
                     } else if text.starts_with("{") {
                         deliveries.fetch_add(1, Ordering::Relaxed);
                         // The first update after a send stands for its own
