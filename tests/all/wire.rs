@@ -2,9 +2,10 @@
 
 use anyhow::Result;
 use serde_json::json;
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{Client, TestHost, manifest, temp_dir};
+use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
 use crate::guests::{HOSTILE, REACTIONS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,5 +77,37 @@ async fn on_close_can_read_the_closed_connections_state() -> Result<()> {
     assert_eq!(stays.recv_text().await?, "closed leaver with state see you");
     stays.send_text("tagged:leaver").await?;
     assert_eq!(stays.recv_text().await?, "tagged leaver = 0", "gone from the room's connections");
+    host.stop().await
+}
+
+/// The room hears of a connection when its upgrade request arrives (it
+/// runs `on-connect` while the handshake completes, as PartyKit does before
+/// its 101); a client that vanishes before the handshake is done leaves no
+/// connection behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_abandoned_midway_leaves_no_connection_behind() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE)], "")).await?;
+    let url = host.ws_url("");
+    let addr = url.trim_start_matches("ws://");
+    let request = format!(
+        "GET /parties/hostile/ghosts?tag=ghost HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    for i in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        // Vanish at different points of the handshake, with a reset.
+        tokio::time::sleep(Duration::from_micros(i * 25)).await;
+        stream.set_zero_linger()?;
+        drop(stream);
+    }
+    let mut client = Client::connect(&host.ws_url("/parties/hostile/ghosts")).await?;
+    eventually("the abandoned connections are gone", async || {
+        client.send_text("tagged:ghost").await?;
+        Ok(client.recv_text().await? == "tagged ghost = 0")
+    })
+    .await?;
     host.stop().await
 }

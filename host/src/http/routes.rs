@@ -83,7 +83,11 @@ async fn serve(
             .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
         let conn = connection_id(&parts.uri)?;
         let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
-        let (rooms, shutdown) = (app.rooms.clone(), app.shutdown.clone());
+        let span = info_span!("connection", room = %key, conn = %conn);
+        let joined = socket::join(&app.rooms, &key, conn, guest_request, &limits)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let shutdown = app.shutdown.clone();
         let upgrade = upgrade
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes)
@@ -92,10 +96,7 @@ async fn serve(
             // socket::write_batch); the buffer grows only as far as a batch.
             .write_buffer_size(SOCKET_WRITE_BUFFER_BYTES);
         return Ok(upgrade
-            .on_upgrade(move |ws| {
-                let span = info_span!("connection", room = %key, conn = %conn);
-                socket::run(ws, rooms, key, conn, guest_request, limits, shutdown).instrument(span)
-            })
+            .on_upgrade(move |ws| socket::run(ws, joined, limits, shutdown).instrument(span))
             .into_response());
     }
 

@@ -11,30 +11,80 @@ use tracing::debug;
 use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::{
     CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Departure,
-    Limit, Outgoing, RoomMsg, Rooms, next_socket_serial,
+    Limit, Outgoing, RoomHandle, RoomMsg, Rooms, next_socket_serial,
 };
 use crate::sandbox::{Limits, Message, Request};
 
-/// Serves one WebSocket until it closes, then tells the room how it ended.
-pub(super) async fn run(
-    ws: WebSocket,
+/// A connection its room already has, waiting for its WebSocket.
+///
+/// The room is told of the connection when the upgrade request arrives, so
+/// it starts (storage, instance, `on-connect`) while the handshake
+/// completes, as PartyKit runs `onConnect` before its 101 response; frames
+/// the room sends meanwhile wait in the queue. Dropped before [`run`] ends
+/// it (the upgrade failed), it tells the room the connection is gone.
+pub(super) struct Joined {
     rooms: Arc<Rooms>,
-    key: RoomKey,
+    room: RoomHandle,
+    conn: ConnectionId,
+    socket: u64,
+    outgoing: mpsc::Receiver<Outgoing>,
+    too_slow: CancellationToken,
+    departed: bool,
+}
+
+/// Gives the room a new connection, before its WebSocket exists.
+///
+/// # Errors
+/// When the room cannot be started (its party was removed, say).
+pub(super) async fn join(
+    rooms: &Arc<Rooms>,
+    key: &RoomKey,
     conn: ConnectionId,
     request: Request,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
+    limits: &Limits,
+) -> anyhow::Result<Joined> {
     let socket = next_socket_serial();
-    let mut rate = RateLimit::new(limits.messages_per_second);
-    let (sender, mut outgoing) = mpsc::channel(limits.connection_queue_frames);
+    let (sender, outgoing) = mpsc::channel(limits.connection_queue_frames);
     let too_slow = CancellationToken::new();
     let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
     // While this connection is open the room keeps running, so later
     // messages go straight to the handle that took the connect.
-    let Ok(room) = rooms.send(&key, RoomMsg::Connect(connect)).await else {
-        return;
-    };
+    let room = rooms.send(key, RoomMsg::Connect(connect)).await?;
+    Ok(Joined { rooms: rooms.clone(), room, conn, socket, outgoing, too_slow, departed: false })
+}
+
+impl Joined {
+    async fn depart(mut self, how: Departure) {
+        self.departed = true;
+        let _ = self.room.send(RoomMsg::Departed { conn: self.conn.clone(), socket: self.socket, how }).await;
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if self.departed {
+            return;
+        }
+        let msg = RoomMsg::Departed {
+            conn: self.conn.clone(),
+            socket: self.socket,
+            how: Departure::Failed("the WebSocket handshake did not complete".into()),
+        };
+        let room = self.room.clone();
+        // No runtime means the host is gone, and the room with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { room.send(msg).await });
+        }
+    }
+}
+
+/// Serves one WebSocket until it closes, then tells the room how it ended.
+pub(super) async fn run(ws: WebSocket, mut joined: Joined, limits: Limits, shutdown: CancellationToken) {
+    let (rooms, room, conn, socket) =
+        (joined.rooms.clone(), joined.room.clone(), joined.conn.clone(), joined.socket);
+    let too_slow = joined.too_slow.clone();
+    let mut rate = RateLimit::new(limits.messages_per_second);
+    let outgoing = &mut joined.outgoing;
     debug!("connected");
     let (mut sink, mut stream) = ws.split();
     // Made once: a `cancelled()` future registers with its token, and every
@@ -45,7 +95,7 @@ pub(super) async fn run(
     let ending = loop {
         tokio::select! {
             frame = outgoing.recv() => match frame {
-                Some(frame) => match write_batch(&mut sink, frame, &mut outgoing).await {
+                Some(frame) => match write_batch(&mut sink, frame, outgoing).await {
                     Ok(None) => {}
                     Ok(Some(ending)) => break ending,
                     Err(e) => break Departure::Failed(format!("write failed: {e}")),
@@ -105,7 +155,7 @@ pub(super) async fn run(
         }
     };
     debug!("disconnected");
-    let _ = room.send(RoomMsg::Departed { conn, socket, how: ending }).await;
+    joined.depart(ending).await;
 }
 
 /// What went wrong on a socket, by what the room and the client are told.
