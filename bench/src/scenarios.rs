@@ -37,7 +37,8 @@ fn us(d: Duration) -> f64 {
 }
 
 /// Fan-out: `rooms` x `per_room` clients, each sending a reaction every
-/// 105 ms (as fast as the 100 ms limiter allows), for `seconds`.
+/// 105 ms (as fast as the 100 ms limiter allows; a client told to slow
+/// down skips a turn), for `seconds`.
 pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut cpu: f64 = 0.0;
