@@ -96,7 +96,7 @@ async fn serve(
             // socket::write_batch); the buffer grows only as far as a batch.
             .write_buffer_size(SOCKET_WRITE_BUFFER_BYTES);
         return Ok(upgrade
-            .on_upgrade(move |ws| socket::run(ws, joined, limits, shutdown).instrument(span))
+            .on_upgrade(move |ws| socket::run(ws, joined, shutdown).instrument(span))
             .into_response());
     }
 

@@ -20,8 +20,9 @@ use crate::sandbox::{Limits, Message, Request};
 /// The room is told of the connection when the upgrade request arrives, so
 /// it starts (storage, instance, `on-connect`) while the handshake
 /// completes, as PartyKit runs `onConnect` before its 101 response; frames
-/// the room sends meanwhile wait in the queue. Dropped before [`run`] ends
-/// it (the upgrade failed), it tells the room the connection is gone.
+/// the room sends meanwhile wait in the queue. When dropped it tells the
+/// room the connection is gone: how [`run`] saw it end, or that the
+/// upgrade never completed.
 pub(super) struct Joined {
     rooms: Arc<Rooms>,
     room: RoomHandle,
@@ -29,7 +30,8 @@ pub(super) struct Joined {
     socket: u64,
     outgoing: mpsc::Receiver<Outgoing>,
     too_slow: CancellationToken,
-    departed: bool,
+    rate: RateLimit,
+    ending: Option<Departure>,
 }
 
 /// Gives the room a new connection, before its WebSocket exists.
@@ -49,113 +51,100 @@ pub(super) async fn join(
     let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
     // While this connection is open the room keeps running, so later
     // messages go straight to the handle that took the connect.
-    let room = rooms.send(key, RoomMsg::Connect(connect)).await?;
-    Ok(Joined { rooms: rooms.clone(), room, conn, socket, outgoing, too_slow, departed: false })
-}
-
-impl Joined {
-    async fn depart(mut self, how: Departure) {
-        self.departed = true;
-        let _ = self.room.send(RoomMsg::Departed { conn: self.conn.clone(), socket: self.socket, how }).await;
-    }
+    let room = rooms.send(key, RoomMsg::Connect(Box::new(connect))).await?;
+    let rate = RateLimit::new(limits.messages_per_second);
+    Ok(Joined { rooms: rooms.clone(), room, conn, socket, outgoing, too_slow, rate, ending: None })
 }
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        if self.departed {
-            return;
-        }
-        let msg = RoomMsg::Departed {
-            conn: self.conn.clone(),
-            socket: self.socket,
-            how: Departure::Failed("the WebSocket handshake did not complete".into()),
-        };
-        let room = self.room.clone();
-        // No runtime means the host is gone, and the room with it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { room.send(msg).await });
-        }
+        let how = self
+            .ending
+            .take()
+            .unwrap_or_else(|| Departure::Failed("the WebSocket handshake did not complete".into()));
+        self.room.post(RoomMsg::Departed { conn: self.conn.clone(), socket: self.socket, how });
     }
 }
 
 /// Serves one WebSocket until it closes, then tells the room how it ended.
-pub(super) async fn run(ws: WebSocket, mut joined: Joined, limits: Limits, shutdown: CancellationToken) {
-    let (rooms, room, conn, socket) =
-        (joined.rooms.clone(), joined.room.clone(), joined.conn.clone(), joined.socket);
-    let too_slow = joined.too_slow.clone();
-    let mut rate = RateLimit::new(limits.messages_per_second);
-    let outgoing = &mut joined.outgoing;
+///
+/// This task lives as long as its connection, so its state is kept small:
+/// it borrows what `joined` holds, and rare, large waits are boxed.
+pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: CancellationToken) {
     debug!("connected");
     let (mut sink, mut stream) = ws.split();
-    // Made once: a `cancelled()` future registers with its token, and every
-    // socket shares the shutdown token.
-    let shutting_down = shutdown.cancelled();
-    let dropped_as_slow = too_slow.cancelled();
-    tokio::pin!(shutting_down, dropped_as_slow);
-    let ending = loop {
-        tokio::select! {
-            frame = outgoing.recv() => match frame {
-                Some(frame) => match write_batch(&mut sink, frame, outgoing).await {
-                    Ok(None) => {}
-                    Ok(Some(ending)) => break ending,
-                    Err(e) => break Departure::Failed(format!("write failed: {e}")),
+    let ending = {
+        let Joined { rooms, room, conn, socket, outgoing, too_slow, rate, .. } = &mut joined;
+        // Made once: a `cancelled()` future registers with its token, and every
+        // socket shares the shutdown token.
+        let shutting_down = shutdown.cancelled();
+        let dropped_as_slow = too_slow.cancelled();
+        tokio::pin!(shutting_down, dropped_as_slow);
+        loop {
+            tokio::select! {
+                frame = outgoing.recv() => match frame {
+                    Some(frame) => match write_batch(&mut sink, frame, outgoing).await {
+                        Ok(None) => {}
+                        Ok(Some(ending)) => break ending,
+                        Err(e) => break Departure::Failed(format!("write failed: {e}")),
+                    },
+                    // The room stopped (shutdown): tell the client to come back.
+                    None => {
+                        let reason = "room stopped".to_owned();
+                        send_close(&mut sink, CLOSE_GOING_AWAY, &reason).await;
+                        break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
+                    }
                 },
-                // The room stopped (shutdown): tell the client to come back.
-                None => {
-                    let reason = "room stopped".to_owned();
-                    let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
+                incoming = stream.next() => match incoming {
+                    Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                        if !rate.admit() {
+                            rooms.limit_hits().count(Limit::MessageRate);
+                            let reason = format!("too many messages: at most {} per second", rate.per_second);
+                            send_close(&mut sink, CLOSE_POLICY, &reason).await;
+                            break Departure::Failed(reason);
+                        }
+                        let msg = match frame {
+                            WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
+                            other => Message::Binary(other.into_data().to_vec()),
+                        };
+                        if room.send(RoomMsg::Message { conn: conn.clone(), socket: *socket, msg }).await.is_err() {
+                            break Departure::Failed("room stopped".into());
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                        break Departure::Closed { code, reason };
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Err(e)) => match classify(e) {
+                        SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
+                        SocketError::TooBig(error) => {
+                            rooms.limit_hits().count(Limit::MessageSize);
+                            send_close(&mut sink, CLOSE_TOO_BIG, "message too big").await;
+                            break Departure::Failed(error);
+                        }
+                        SocketError::Protocol(error) => {
+                            send_close(&mut sink, CLOSE_PROTOCOL_ERROR, "protocol error").await;
+                            break Departure::Failed(error);
+                        }
+                    },
+                    None => break Departure::Closed { code: 1006, reason: String::new() },
+                },
+                () = &mut dropped_as_slow => {
+                    let reason = "too slow: outgoing queue full".to_owned();
+                    send_close(&mut sink, CLOSE_TRY_AGAIN, &reason).await;
+                    break Departure::Failed(reason);
+                }
+                () = &mut shutting_down => {
+                    let reason = "server shutting down".to_owned();
+                    send_close(&mut sink, CLOSE_GOING_AWAY, &reason).await;
                     break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
                 }
-            },
-            incoming = stream.next() => match incoming {
-                Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                    if !rate.admit() {
-                        rooms.limit_hits().count(Limit::MessageRate);
-                        let reason = format!("too many messages: at most {} per second", limits.messages_per_second);
-                        let _ = sink.send(close_frame(CLOSE_POLICY, &reason)).await;
-                        break Departure::Failed(reason);
-                    }
-                    let msg = match frame {
-                        WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
-                        other => Message::Binary(other.into_data().to_vec()),
-                    };
-                    if room.send(RoomMsg::Message { conn: conn.clone(), socket, msg }).await.is_err() {
-                        break Departure::Failed("room stopped".into());
-                    }
-                }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
-                    break Departure::Closed { code, reason };
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                Some(Err(e)) => match classify(e) {
-                    SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
-                    SocketError::TooBig(error) => {
-                        rooms.limit_hits().count(Limit::MessageSize);
-                        let _ = sink.send(close_frame(CLOSE_TOO_BIG, "message too big")).await;
-                        break Departure::Failed(error);
-                    }
-                    SocketError::Protocol(error) => {
-                        let _ = sink.send(close_frame(CLOSE_PROTOCOL_ERROR, "protocol error")).await;
-                        break Departure::Failed(error);
-                    }
-                },
-                None => break Departure::Closed { code: 1006, reason: String::new() },
-            },
-            () = &mut dropped_as_slow => {
-                let reason = "too slow: outgoing queue full".to_owned();
-                let _ = sink.send(close_frame(CLOSE_TRY_AGAIN, &reason)).await;
-                break Departure::Failed(reason);
-            }
-            () = &mut shutting_down => {
-                let reason = "server shutting down".to_owned();
-                let _ = sink.send(close_frame(CLOSE_GOING_AWAY, &reason)).await;
-                break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
             }
         }
     };
     debug!("disconnected");
-    joined.depart(ending).await;
+    joined.ending = Some(ending);
 }
 
 /// What went wrong on a socket, by what the room and the client are told.
@@ -186,22 +175,23 @@ fn classify(error: axum::Error) -> SocketError {
 
 /// A token bucket: `per_second` messages a second, in bursts of as many.
 struct RateLimit {
-    per_second: f64,
+    per_second: u32,
     tokens: f64,
     last: std::time::Instant,
 }
 
 impl RateLimit {
     fn new(per_second: u32) -> Self {
-        let per_second = f64::from(per_second.max(1));
-        Self { per_second, tokens: per_second, last: std::time::Instant::now() }
+        let per_second = per_second.max(1);
+        Self { per_second, tokens: f64::from(per_second), last: std::time::Instant::now() }
     }
 
     /// Whether one more message may pass now.
     fn admit(&mut self) -> bool {
         let now = std::time::Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second);
+        let per_second = f64::from(self.per_second);
+        let refill = now.duration_since(self.last).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + refill).min(per_second);
         self.last = now;
         if self.tokens < 1.0 {
             return false;
@@ -211,6 +201,8 @@ impl RateLimit {
     }
 }
 
+type WsSink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 64;
 
@@ -218,7 +210,7 @@ const MAX_BATCH: usize = 64;
 /// under fan-out a busy client gets one syscall for many frames. A close
 /// frame ends the batch and the socket.
 async fn write_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    sink: &mut WsSink,
     first: Outgoing,
     queued: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<Option<Departure>, axum::Error> {
@@ -249,6 +241,12 @@ fn to_ws(frame: Outgoing) -> WsMessage {
         Outgoing::Binary(bytes) => WsMessage::Binary(bytes),
         Outgoing::Close { code, reason } => close_frame(code, &reason),
     }
+}
+
+/// Sends a close frame; errors are moot, the socket is ending. Boxed: it
+/// happens once, and stays out of the socket task's state.
+async fn send_close(sink: &mut WsSink, code: u16, reason: &str) {
+    let _ = Box::pin(sink.send(close_frame(code, reason))).await;
 }
 
 fn close_frame(code: u16, reason: &str) -> WsMessage {

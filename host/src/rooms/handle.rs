@@ -1,6 +1,7 @@
 //! The only way into a room: a cloneable handle on its bounded mailbox.
 
 use anyhow::anyhow;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::state::Outgoing;
@@ -35,10 +36,11 @@ pub enum Departure {
     Failed(String),
 }
 
-/// What a room is asked to do.
+/// What a room is asked to do. The rare, large payloads are boxed: every
+/// room's mailbox and every socket task's state is sized by the largest.
 #[derive(Debug)]
 pub enum RoomMsg {
-    Connect(Connect),
+    Connect(Box<Connect>),
     Message {
         conn: ConnectionId,
         socket: u64,
@@ -51,7 +53,7 @@ pub enum RoomMsg {
         how: Departure,
     },
     Request {
-        request: Request,
+        request: Box<Request>,
         reply: oneshot::Sender<Response>,
     },
     /// From the registry: too many instances are alive; drop this room's
@@ -77,11 +79,31 @@ impl RoomHandle {
         &self.key
     }
 
-    /// Queues `msg`, waiting while the mailbox is full.
+    /// Queues `msg`, waiting while the mailbox is full. Most messages find
+    /// room at once; the wait is boxed so that a socket task, one per
+    /// connection, does not carry it in its state all its life.
     ///
     /// # Errors
     /// When the room has stopped.
     pub async fn send(&self, msg: RoomMsg) -> anyhow::Result<()> {
-        self.tx.send(msg).await.map_err(|_| anyhow!("room {} has stopped", self.key))
+        let stopped = || anyhow!("room {} has stopped", self.key);
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(stopped()),
+            Err(TrySendError::Full(msg)) => Box::pin(self.tx.send(msg)).await.map_err(|_| stopped()),
+        }
+    }
+
+    /// Queues `msg` without waiting: at once if the mailbox has room, else
+    /// from a task of its own (for callers that cannot wait, like `Drop`).
+    /// Nothing happens if the room has stopped.
+    pub fn post(&self, msg: RoomMsg) {
+        if let Err(TrySendError::Full(msg)) = self.tx.try_send(msg) {
+            let tx = self.tx.clone();
+            // No runtime means the host is gone, and the room with it.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { tx.send(msg).await });
+            }
+        }
     }
 }

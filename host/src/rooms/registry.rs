@@ -219,7 +219,7 @@ impl Rooms {
     /// When the room stops before it answers.
     pub async fn request(self: &Arc<Self>, key: &RoomKey, request: Request) -> anyhow::Result<Response> {
         let (reply, response) = oneshot::channel();
-        self.send(key, RoomMsg::Request { request, reply }).await?;
+        self.send(key, RoomMsg::Request { request: Box::new(request), reply }).await?;
         response.await.map_err(|_| anyhow!("room {key} stopped before answering"))
     }
 
@@ -243,7 +243,7 @@ impl Rooms {
         tracing::debug!(%from, to = %key, "fetch");
         let request = Request { url: room_url(&key, &request.url), ..request };
         let (reply, response) = oneshot::channel();
-        match self.get_or_spawn(&key)?.tx.try_send(RoomMsg::Request { request, reply }) {
+        match self.get_or_spawn(&key)?.tx.try_send(RoomMsg::Request { request: Box::new(request), reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(msg) | TrySendError::Closed(msg)) => {
                 let rooms = self.clone();

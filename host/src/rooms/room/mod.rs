@@ -154,7 +154,7 @@ impl Room {
 
     async fn handle(&mut self, msg: RoomMsg) {
         match msg {
-            RoomMsg::Connect(connect) => self.connect(connect).await,
+            RoomMsg::Connect(connect) => self.connect(*connect).await,
             RoomMsg::Message { conn, socket, msg } => {
                 if self.is_current(&conn, socket) {
                     let task = self.next_task();
@@ -169,7 +169,7 @@ impl Room {
                     self.departed(&conn, entry, how).await;
                 }
             }
-            RoomMsg::Request { request, reply } => self.request(request, reply).await,
+            RoomMsg::Request { request, reply } => self.request(*request, reply).await,
             RoomMsg::Evict => self.evict_if_idle(),
         }
     }
