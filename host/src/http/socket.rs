@@ -1,5 +1,6 @@
 //! One task per WebSocket: reads client frames into the room's mailbox and
-//! writes the room's frames to the client.
+//! writes the room's frames to the client. The room hears of the connection
+//! first, from [`join`], while the handshake is still under way.
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
