@@ -22,8 +22,8 @@ use crate::sandbox::{Limits, Message, Request};
 /// it starts (storage, instance, `on-connect`) while the handshake
 /// completes, as PartyKit runs `onConnect` before its 101 response; frames
 /// the room sends meanwhile wait in the queue. When dropped it tells the
-/// room the connection is gone: how [`run`] saw it end, or that the
-/// upgrade never completed.
+/// room the connection is gone: how [`run`] saw it end, or that it never
+/// saw an end (the upgrade failed, or the task stopped).
 pub(super) struct Joined {
     rooms: Arc<Rooms>,
     room: RoomHandle,
@@ -59,11 +59,13 @@ pub(super) async fn join(
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        let how = self
-            .ending
-            .take()
-            .unwrap_or_else(|| Departure::Failed("the WebSocket handshake did not complete".into()));
-        self.room.post(RoomMsg::Departed { conn: self.conn.clone(), socket: self.socket, how });
+        let how = self.ending.take().unwrap_or_else(|| {
+            Departure::Failed(
+                "the socket task ended without a close (a failed upgrade, or the task stopped)".into(),
+            )
+        });
+        self.rooms
+            .post_via(&self.room, RoomMsg::Departed { conn: self.conn.clone(), socket: self.socket, how });
     }
 }
 
@@ -108,7 +110,7 @@ pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: Cancellatio
                             WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
                             other => Message::Binary(other.into_data().to_vec()),
                         };
-                        if room.send(RoomMsg::Message { conn: conn.clone(), socket: *socket, msg }).await.is_err() {
+                        if rooms.send_via(room, RoomMsg::Message { conn: conn.clone(), socket: *socket, msg }).await.is_err() {
                             break Departure::Failed("room stopped".into());
                         }
                     }

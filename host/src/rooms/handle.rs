@@ -1,7 +1,5 @@
 //! The only way into a room: a cloneable handle on its bounded mailbox.
 
-use anyhow::anyhow;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::state::Outgoing;
@@ -61,10 +59,10 @@ pub enum RoomMsg {
     Evict,
 }
 
-/// A cheap, cloneable reference to a running room. Send through
-/// [`Rooms::send`](super::Rooms::send) when the room may have stopped since
-/// the handle was taken; a socket task, whose open connection keeps its
-/// room running, sends through the handle directly.
+/// A cheap, cloneable reference to a running room. Send by key with
+/// [`Rooms::send`](super::Rooms::send), or through a kept handle with
+/// [`Rooms::send_via`](super::Rooms::send_via), which follows the room to
+/// its next run if it stopped.
 #[derive(Clone, Debug)]
 pub struct RoomHandle {
     pub(super) key: RoomKey,
@@ -72,38 +70,4 @@ pub struct RoomHandle {
     /// Which run of the room this is; a retired room's handle never
     /// matches the next run's.
     pub(super) generation: u64,
-}
-
-impl RoomHandle {
-    pub fn key(&self) -> &RoomKey {
-        &self.key
-    }
-
-    /// Queues `msg`, waiting while the mailbox is full. Most messages find
-    /// room at once; the wait is boxed so that a socket task, one per
-    /// connection, does not carry it in its state all its life.
-    ///
-    /// # Errors
-    /// When the room has stopped.
-    pub async fn send(&self, msg: RoomMsg) -> anyhow::Result<()> {
-        let stopped = || anyhow!("room {} has stopped", self.key);
-        match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(stopped()),
-            Err(TrySendError::Full(msg)) => Box::pin(self.tx.send(msg)).await.map_err(|_| stopped()),
-        }
-    }
-
-    /// Queues `msg` without waiting: at once if the mailbox has room, else
-    /// from a task of its own (for callers that cannot wait, like `Drop`).
-    /// Nothing happens if the room has stopped.
-    pub fn post(&self, msg: RoomMsg) {
-        if let Err(TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            let tx = self.tx.clone();
-            // No runtime means the host is gone, and the room with it.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { tx.send(msg).await });
-            }
-        }
-    }
 }

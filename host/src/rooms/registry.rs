@@ -213,6 +213,47 @@ impl Rooms {
         Err(anyhow!("room {key} has stopped"))
     }
 
+    /// Sends `msg` through `handle`, waiting while the mailbox is full (in a
+    /// boxed future: socket tasks, one per connection, should not carry that
+    /// wait in their state). If the room has stopped, `msg` goes to its next
+    /// run and `handle` follows: a room that retired just as a socket joined
+    /// has forwarded the connection there.
+    ///
+    /// # Errors
+    /// When the room cannot run again (the host is shutting down, or the
+    /// party was removed).
+    pub async fn send_via(self: &Arc<Self>, handle: &mut RoomHandle, msg: RoomMsg) -> anyhow::Result<()> {
+        let returned = match handle.tx.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(msg)) => match Box::pin(handle.tx.send(msg)).await {
+                Ok(()) => return Ok(()),
+                Err(SendError(msg)) => msg,
+            },
+            Err(TrySendError::Closed(msg)) => msg,
+        };
+        if self.shutdown.is_cancelled() {
+            return Err(anyhow!("room {} has stopped: the host is shutting down", handle.key));
+        }
+        let key = handle.key.clone();
+        *handle = Box::pin(self.send(&key, returned)).await?;
+        Ok(())
+    }
+
+    /// [`Rooms::send_via`] without waiting: queued at once when the mailbox
+    /// has room, else from a task of its own, which may let a later message
+    /// from elsewhere in first. For callers that cannot wait, like `Drop`.
+    pub fn post_via(self: &Arc<Self>, handle: &RoomHandle, msg: RoomMsg) {
+        let msg = match handle.tx.try_send(msg) {
+            Ok(()) => return,
+            Err(TrySendError::Full(msg) | TrySendError::Closed(msg)) => msg,
+        };
+        let (rooms, mut handle) = (self.clone(), handle.clone());
+        // No runtime means the host is gone, and its rooms with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { rooms.send_via(&mut handle, msg).await });
+        }
+    }
+
     /// Runs an HTTP request through the room's `on-request`.
     ///
     /// # Errors
@@ -225,8 +266,8 @@ impl Rooms {
 
     /// Routes a request from one room to another, in-process. It is queued
     /// at once, so the requests a room makes reach their target in the
-    /// order it made them; only when the mailbox is full does the request
-    /// wait in a task of its own.
+    /// order it made them while its mailbox has room; only when it is full
+    /// does the request wait in a task of its own.
     ///
     /// # Errors
     /// When the target party is unknown or the room id is invalid.
@@ -243,13 +284,7 @@ impl Rooms {
         tracing::debug!(%from, to = %key, "fetch");
         let request = Request { url: room_url(&key, &request.url), ..request };
         let (reply, response) = oneshot::channel();
-        match self.get_or_spawn(&key)?.tx.try_send(RoomMsg::Request { request: Box::new(request), reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(msg) | TrySendError::Closed(msg)) => {
-                let rooms = self.clone();
-                tokio::spawn(async move { rooms.send(&key, msg).await });
-            }
-        }
+        self.post_via(&self.get_or_spawn(&key)?, RoomMsg::Request { request: Box::new(request), reply });
         Ok(response)
     }
 
