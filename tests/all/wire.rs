@@ -82,31 +82,51 @@ async fn on_close_can_read_the_closed_connections_state() -> Result<()> {
 
 /// The room hears of a connection when its upgrade request arrives (it
 /// runs `on-connect` while the handshake completes, as PartyKit does before
-/// its 101); a client that vanishes before the handshake is done leaves no
-/// connection behind.
+/// its 101); a client that vanishes during or right after the handshake
+/// leaves no connection behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_abandoned_midway_leaves_no_connection_behind() -> Result<()> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     let dir = temp_dir();
     let host = TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE)], "")).await?;
     let url = host.ws_url("");
-    let addr = url.trim_start_matches("ws://");
+    let addr = url.trim_start_matches("ws://").to_owned();
     let request = format!(
         "GET /parties/hostile/ghosts?tag=ghost HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    for i in 0..40 {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    // A raw client; with `answered`, it returns once the 101 has arrived.
+    let open = async |answered: bool| -> Result<TcpStream> {
+        let mut stream = TcpStream::connect(&addr).await?;
         stream.write_all(request.as_bytes()).await?;
-        // Vanish at different points of the handshake, with a reset.
-        tokio::time::sleep(Duration::from_micros(i * 25)).await;
+        let mut head = Vec::new();
+        while answered && !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await?);
+        }
+        assert!(!answered || head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        Ok(stream)
+    };
+    let mut watcher = Client::connect(&host.ws_url("/parties/hostile/ghosts")).await?;
+    let lingering = open(true).await?;
+    watcher.send_text("tagged:ghost").await?;
+    assert_eq!(watcher.recv_text().await?, "tagged ghost = 1", "a raw client joins like any other");
+
+    for i in 0..40 {
+        let stream = open(i % 2 == 0).await?;
+        if i % 2 == 1 {
+            // Vanish at different points of the handshake (a blocking
+            // sleep: tokio's timer would round these up to 1 ms).
+            std::thread::sleep(Duration::from_micros(i * 25));
+        }
         stream.set_zero_linger()?;
         drop(stream);
     }
-    let mut client = Client::connect(&host.ws_url("/parties/hostile/ghosts")).await?;
+    lingering.set_zero_linger()?;
+    drop(lingering);
     eventually("the abandoned connections are gone", async || {
-        client.send_text("tagged:ghost").await?;
-        Ok(client.recv_text().await? == "tagged ghost = 0")
+        watcher.send_text("tagged:ghost").await?;
+        Ok(watcher.recv_text().await? == "tagged ghost = 0")
     })
     .await?;
     host.stop().await

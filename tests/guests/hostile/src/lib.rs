@@ -17,6 +17,9 @@ struct Hostile {
     starts: Cell<u64>,
 }
 
+/// How long after `spin-on-close` or `spin-alarm` the handler spins.
+const SPIN_WINDOW_MS: u64 = 3000;
+
 #[allow(clippy::panic)]
 fn misbehave(command: &str) {
     match command {
@@ -159,14 +162,18 @@ impl Party for Hostile {
                 }
                 format!("printed starts={starts}")
             }
-            // The next connection to close makes `on-close` spin (for 500 ms).
+            // The next connection to close makes `on-close` spin. A window of
+            // time, not a flag: a trapped call's writes are discarded, so the
+            // handler could not clear a flag. Wide, so that a loaded machine
+            // still closes the connection inside it.
             Some(("spin-on-close", _)) => {
-                let _ = storage.put("spin-close-until", &(now() + 500));
+                let _ = storage.put("spin-close-until", &(now() + SPIN_WINDOW_MS));
                 format!("on-close will spin starts={starts}")
             }
-            // The alarm handler spins when it fires within `ms`.
+            // The alarm handler spins when it fires within the window (an
+            // alarm fires once, so it spins once).
             Some(("spin-alarm", ms)) => {
-                let _ = storage.put("spin-until", &(now() + 500));
+                let _ = storage.put("spin-until", &(now() + SPIN_WINDOW_MS));
                 storage.set_alarm(now() + ms.parse::<u64>().unwrap_or(0));
                 format!("alarm set to spin starts={starts}")
             }
