@@ -58,6 +58,9 @@ enum Command {
         /// New rooms per second instead (open loop: latency at that load).
         #[arg(long)]
         rate: Option<u32>,
+        /// Rounds, the servers alternating; the median round is shown.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Server memory per idle connection.
     Connections {
@@ -120,9 +123,9 @@ fn main() -> ExitCode {
                 scenarios::fan_out(rooms, per_room, seconds).await
             }
             Command::Throughput { window, seconds } => scenarios::throughput(window, seconds).await,
-            Command::ColdStart { rooms, workers, rate } => {
+            Command::ColdStart { rooms, workers, rate, rounds } => {
                 let arrivals = rate.map_or(Arrivals::Clients(workers), Arrivals::Rate);
-                scenarios::cold_start(rooms, arrivals).await
+                scenarios::cold_start(rooms, arrivals, rounds).await
             }
             Command::Connections { connections, rooms } => scenarios::connections(connections, rooms).await,
             Command::RoundTrip { count } => scenarios::round_trip(count).await,
@@ -146,8 +149,8 @@ async fn all(seconds: u64) -> anyhow::Result<()> {
     scenarios::fan_out(1, 500, seconds).await?;
     scenarios::fan_out(50, 10, seconds).await?;
     scenarios::throughput(32, seconds).await?;
-    scenarios::cold_start(1000, Arrivals::Clients(16)).await?;
-    scenarios::cold_start(3000, Arrivals::Rate(1000)).await?;
+    scenarios::cold_start(1000, Arrivals::Clients(16), 1).await?;
+    scenarios::cold_start(3000, Arrivals::Rate(1000), 1).await?;
     revive::run(1000).await?;
     scenarios::connections(15000, 1000).await?;
     scenarios::round_trip(2000).await
