@@ -11,9 +11,11 @@
 //!   bindings for `wit/party.wit`.
 //! - [`storage`]: the SQLite file and the per-room cache.
 //! - [`ids`]: validated names passed between modules.
+//! - [`budget`]: what all rooms of a project, and of the host, may hold.
 //!
 //! [`run`] is the whole server; the binary and the tests both call it.
 
+pub mod budget;
 pub mod client;
 pub mod http;
 pub mod ids;
@@ -36,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use budget::{Scope, Totals};
 use ids::PartyName;
-use manifest::{Deployment, PartySpec, RoomsSpec, Tenants};
+use manifest::{Deployment, PartySpec, RoomsSpec, Tenants, TotalsSpec};
 use projects::{Project, Projects};
 use rooms::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 use sandbox::{Limits, Sandbox};
@@ -72,8 +75,14 @@ pub async fn run_dev(
     host.wait().await
 }
 
+/// How long shutdown waits for rooms by default; see [`RoomsSpec`].
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A running host: what [`run`] drives, and what tests inspect.
 pub struct Host {
+    shutdown: CancellationToken,
+    /// How long shutdown waits for rooms before abandoning them.
+    shutdown_deadline: Duration,
     /// The local project's rooms.
     rooms: Arc<Rooms>,
     projects: Arc<Projects>,
@@ -143,11 +152,21 @@ impl Host {
 
         let tracker = TaskTracker::new();
         let config = rooms_config(&deployment.rooms);
+        let shutdown_deadline =
+            deployment.rooms.shutdown_deadline_ms.map_or(SHUTDOWN_DEADLINE, Duration::from_millis);
+        // The host's own project is bounded by the host's totals alone.
+        let host_defaults = TotalsSpec::host_defaults();
+        let host_totals = Scope::new("this host", &deployment.totals, &host_defaults);
+        let local_totals = Totals {
+            project: Scope::new(format!("project `{}`", deployment.name), &deployment.totals, &host_defaults),
+            host: host_totals.clone(),
+        };
         let local = Project::open(
             &data_dir.join("storage.sqlite"),
             deployment,
             parties,
             config.clone(),
+            local_totals,
             &shutdown,
             &tracker,
         )?;
@@ -157,6 +176,7 @@ impl Host {
             sandbox.clone(),
             &data_dir,
             config,
+            host_totals,
             shutdown.clone(),
             tracker.clone(),
         );
@@ -165,13 +185,14 @@ impl Host {
         let app = http::router(projects.clone());
         let addr = listener.local_addr().context("reading the listening address")?;
         info!(%addr, "serving");
+        let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("serving HTTP")
         });
-        Ok(Self { rooms, projects, server, tracker, sandbox })
+        Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox })
     }
 
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`
@@ -190,16 +211,37 @@ impl Host {
         self.rooms.stats()
     }
 
-    /// Waits until the host has shut down and every room has stopped.
+    /// Waits until the host has shut down and every room has stopped, or
+    /// until the shutdown deadline has passed since shutdown began: rooms
+    /// still busy then are abandoned (what they committed stays committed;
+    /// their sockets were already told 1001 by their own tasks).
     ///
     /// # Errors
     /// When serving failed.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let served = self.server.await.context("the HTTP server task panicked")?;
-        self.tracker.close();
-        self.tracker.wait().await;
-        info!("stopped");
-        served
+        // The sandbox stays alive until the end: dropping it stops the epoch
+        // ticker, and a guest still running would then never be stopped.
+        let Self { shutdown, shutdown_deadline, server, tracker, sandbox: _sandbox, .. } = self;
+        let stopped = async {
+            let served = server.await.context("the HTTP server task panicked")?;
+            tracker.close();
+            tracker.wait().await;
+            served
+        };
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(shutdown_deadline).await;
+        };
+        tokio::select! {
+            served = stopped => {
+                info!("stopped");
+                served
+            }
+            () = deadline => {
+                tracing::warn!(deadline = ?shutdown_deadline, "rooms were still busy at the shutdown deadline; abandoned");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -98,8 +98,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => runtime.block_on(serve(args, false)),
-        Command::Dev(args) => runtime.block_on(serve(args, true)),
+        Command::Serve(args) => serve_until_stopped(runtime, args, false),
+        Command::Dev(args) => serve_until_stopped(runtime, args, true),
         Command::Deploy(args) => runtime.block_on(remote(args, true)),
         Command::Rollback(args) => runtime.block_on(remote(args, false)),
         Command::Token { project } => {
@@ -146,6 +146,14 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     } else {
         partyhost::run(deployment, listener, shutdown).await
     }
+}
+
+/// Serves until shutdown; tasks a shutdown abandoned (rooms past the
+/// deadline) do not hold up the exit.
+fn serve_until_stopped(runtime: tokio::runtime::Runtime, args: ServeArgs, dev: bool) -> anyhow::Result<()> {
+    let served = runtime.block_on(serve(args, dev));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// `partyhost deploy` (`upload`) or `partyhost rollback`.

@@ -1,7 +1,7 @@
 //! The built `partyhost` binary as a user runs it: one-line errors, serving
 //! a manifest, and a clean stop on SIGTERM that tells clients "going away".
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,33 +26,8 @@ async fn serves_a_manifest_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> 
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/guest/reactions.wasm");
     anyhow::ensure!(reactions.exists(), "run scripts/build-guests.sh first");
     let dir = tempfile::tempdir()?;
-    // A port that was free a moment ago; the host binds it again.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let manifest = dir.path().join("partykit.toml");
-    let toml = format!(
-        "name = \"bin\"\nmain = \"reactions\"\nlisten = \"127.0.0.1:{port}\"\n[parties.reactions]\nwasm = {:?}\n",
-        reactions.display().to_string()
-    );
-    std::fs::write(&manifest, toml)?;
-    let mut host = tokio::process::Command::new(BINARY)
-        .arg("serve")
-        .arg("--manifest")
-        .arg(&manifest)
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-
-    let url = format!("ws://127.0.0.1:{port}/party/lobby");
-    let started = Instant::now();
-    let (mut socket, _) = loop {
-        match tokio_tungstenite::connect_async(&url).await {
-            Ok(connected) => break connected,
-            Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => anyhow::bail!("the host never answered: {e}"),
-        }
-    };
+    let (mut host, port) = spawn_host(dir.path(), &reactions, "")?;
+    let mut socket = connect(&format!("ws://127.0.0.1:{port}/party/lobby")).await?;
     let first = tokio::time::timeout(Duration::from_secs(10), socket.next()).await?;
     assert!(
         matches!(first, Some(Ok(Message::Text(t))) if t.as_str() == r#"{"type":"update","reactions":{}}"#)
@@ -67,6 +42,84 @@ async fn serves_a_manifest_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> 
     }
     let status = tokio::time::timeout(Duration::from_secs(10), host.wait()).await??;
     assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Starts the binary serving `wasm` as the main party, with `extra` TOML
+/// after the manifest's first lines; returns it and its port.
+fn spawn_host(dir: &Path, wasm: &Path, extra: &str) -> anyhow::Result<(tokio::process::Child, u16)> {
+    // A port that was free a moment ago; the host binds it again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let manifest = dir.join("partykit.toml");
+    let toml = format!(
+        "name = \"bin\"\nmain = \"main\"\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[parties.main]\nwasm = {:?}\n",
+        wasm.display().to_string()
+    );
+    std::fs::write(&manifest, toml)?;
+    let host = tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .arg("--manifest")
+        .arg(&manifest)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok((host, port))
+}
+
+/// Connects once the host listens (it may still be starting).
+async fn connect(url: &str) -> anyhow::Result<Socket> {
+    let started = Instant::now();
+    loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((socket, _)) => return Ok(socket),
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => anyhow::bail!("the host never answered: {e}"),
+        }
+    }
+}
+
+/// A handler asleep in `std::thread::sleep` holds up neither its room's
+/// next event nor SIGTERM: its wall-clock deadline abandons the call; and
+/// with a deadline longer than the shutdown's, shutdown abandons the room.
+#[tokio::test]
+async fn sigterm_stops_a_host_whose_guest_sleeps() -> anyhow::Result<()> {
+    let hostile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/guest/hostile.wasm");
+    anyhow::ensure!(hostile.exists(), "run scripts/build-guests.sh first");
+    let cases = [
+        ("", Duration::ZERO),
+        ("[limits]\nwall_ms = 3600000\n[rooms]\nshutdown_deadline_ms = 1500", Duration::from_millis(1400)),
+    ];
+    for (extra, at_least) in cases {
+        let dir = tempfile::tempdir()?;
+        let (mut host, port) = spawn_host(dir.path(), &hostile, extra)?;
+        let mut socket = connect(&format!("ws://127.0.0.1:{port}/party/sleepy")).await?;
+        socket.send(Message::text("sleep:3600000")).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pid = host.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        let signalled = Instant::now();
+        assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status()?.success());
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), socket.next()).await? {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1001);
+                    break;
+                }
+                Some(Ok(Message::Text(_))) => {}
+                other => anyhow::bail!("expected a going-away close, got {other:?}"),
+            }
+        }
+        let status = tokio::time::timeout(Duration::from_secs(5), host.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("still running 5 s after SIGTERM ({extra:?})"))??;
+        let took = signalled.elapsed();
+        assert!(status.success(), "exit status {status}");
+        assert!(took >= at_least, "stopped after {took:?}, before the deadline ({extra:?})");
+    }
     Ok(())
 }
 

@@ -7,16 +7,19 @@ use crate::common::{Client, TestHost, manifest, temp_dir};
 use crate::guests::HOSTILE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_awaiting_itself_forever_is_stopped_by_the_in_flight_quota() -> Result<()> {
+async fn a_room_awaiting_itself_forever_is_stopped_by_the_hop_limit() -> Result<()> {
     let dir = temp_dir();
     let host = TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE)], "")).await?;
     // Each level awaits a request to the same room, which the room handles
-    // while the level waits; the 65th concurrent fetch is refused and the
+    // while the level waits; the fetch 8 requests deep is refused and the
     // refusal travels back up through every level.
     let (status, body) = host.http("GET", "/parties/hostile/loop/self-fetch", "").await?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body.matches("inner ").count(), 64, "{body}");
-    assert!(body.ends_with("quota exceeded: 64 fetches already in flight from this room"), "{body}");
+    assert_eq!(body.matches("inner ").count(), 8, "{body}");
+    assert!(
+        body.ends_with("this call is 8 room-to-room requests deep; a chain may be at most 8 deep"),
+        "{body}"
+    );
     assert_eq!(host.http("GET", "/parties/hostile/loop/ok", "").await?, (200, "ok starts=1".to_owned()));
     host.stop().await
 }

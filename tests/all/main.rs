@@ -14,10 +14,12 @@ mod hostile;
 mod isolation;
 mod link_counter;
 mod manifest;
+mod output_gate;
 mod partysocket;
 mod presence;
 mod reactions;
 mod tenants;
+mod totals;
 mod wire;
 
 /// Paths of the built guest components.

@@ -63,6 +63,15 @@ pub(super) async fn status(
         "rooms": stats.rooms,
         "instances": stats.instances,
         "limit_hits": project.rooms.limit_hits().snapshot(),
+        // What the project holds of each total, and its cap.
+        "totals": project
+            .rooms
+            .totals()
+            .project
+            .snapshot()
+            .into_iter()
+            .map(|(name, used, cap)| (name.to_owned(), json!({ "used": used, "cap": cap })))
+            .collect::<serde_json::Map<_, _>>(),
     }))
     .into_response())
 }

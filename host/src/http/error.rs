@@ -15,6 +15,9 @@ pub enum ApiError {
     TooLarge(String),
     /// 401: no token, or not this project's.
     Unauthorized(String),
+    /// 503 with a message: a total's cap refused the room (the tenant's to
+    /// know, nothing of the host's internals).
+    Refused(String),
     /// 5xx: the cause is logged, the client gets only the status and an id.
     Internal { status: StatusCode, cause: anyhow::Error },
 }
@@ -24,7 +27,12 @@ impl ApiError {
         Self::Internal { status: StatusCode::INTERNAL_SERVER_ERROR, cause }
     }
 
+    /// 503: the room could not take the request. A cap that refused it is
+    /// named; any other cause stays in the log.
     pub fn unavailable(cause: anyhow::Error) -> Self {
+        if cause.downcast_ref::<crate::budget::CapReached>().is_some() {
+            return Self::Refused(format!("{cause:#}"));
+        }
         Self::Internal { status: StatusCode::SERVICE_UNAVAILABLE, cause }
     }
 }
@@ -36,6 +44,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(text) => (StatusCode::BAD_REQUEST, text),
             Self::TooLarge(text) => (StatusCode::PAYLOAD_TOO_LARGE, text),
             Self::Unauthorized(text) => (StatusCode::UNAUTHORIZED, text),
+            Self::Refused(text) => (StatusCode::SERVICE_UNAVAILABLE, text),
             Self::Internal { status, cause } => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error.id = %id, cause = %format!("{cause:#}"), "request failed");

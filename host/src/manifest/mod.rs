@@ -49,6 +49,10 @@ pub struct Manifest {
     /// When rooms give up their instances.
     #[serde(default)]
     pub rooms: RoomsSpec,
+    /// What all rooms of this host may hold at once (the host's own
+    /// manifest only; ignored in a deployed one).
+    #[serde(default)]
+    pub totals: TotalsSpec,
     #[serde(default)]
     pub parties: BTreeMap<String, PartyManifest>,
     /// Static files served at `/` beside the parties (PartyKit's `serve`).
@@ -95,6 +99,94 @@ pub struct RoomsSpec {
     /// Most live instances; the least recently used idle ones are evicted
     /// past it. Default 1000.
     pub max_live_instances: Option<usize>,
+    /// Milliseconds shutdown waits for rooms to finish what they are doing
+    /// before abandoning them (and exiting). Default 10000.
+    pub shutdown_deadline_ms: Option<u64>,
+}
+
+/// `[totals]`: what all rooms of a scope may hold at once. In the host's
+/// manifest it bounds the whole host; in `tenants.toml` each deployed
+/// project. An unset field takes the scope's default, never "unlimited".
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotalsSpec {
+    /// Running rooms (each holds its sockets and storage cache).
+    pub rooms: Option<u64>,
+    /// Live guest instances.
+    pub instances: Option<u64>,
+    /// Guest linear memory and tables of every live instance, in MiB.
+    pub memory_mib: Option<u64>,
+    /// Room-to-room fetches in flight.
+    pub fetches_in_flight: Option<u64>,
+    /// Stored keys plus values, in MiB.
+    pub storage_mib: Option<u64>,
+    /// Rooms with an alarm set.
+    pub alarms: Option<u64>,
+    /// Rooms started per second, with bursts as large.
+    pub room_starts_per_second: Option<u64>,
+}
+
+impl TotalsSpec {
+    /// The whole host's defaults.
+    pub fn host_defaults() -> Self {
+        Self {
+            rooms: Some(50_000),
+            instances: Some(10_000),
+            memory_mib: Some(8 << 10),
+            fetches_in_flight: Some(4096),
+            storage_mib: Some(64 << 10),
+            alarms: Some(1_000_000),
+            room_starts_per_second: Some(20_000),
+        }
+    }
+
+    /// Each deployed project's defaults.
+    pub fn project_defaults() -> Self {
+        Self {
+            rooms: Some(5000),
+            instances: Some(2000),
+            memory_mib: Some(2 << 10),
+            fetches_in_flight: Some(256),
+            storage_mib: Some(4 << 10),
+            alarms: Some(100_000),
+            room_starts_per_second: Some(100),
+        }
+    }
+
+    /// No caps at all (tests and tools).
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// `over`'s fields where set, else `self`'s.
+    #[must_use]
+    pub fn overlay(&self, over: &Self) -> Self {
+        Self {
+            rooms: over.rooms.or(self.rooms),
+            instances: over.instances.or(self.instances),
+            memory_mib: over.memory_mib.or(self.memory_mib),
+            fetches_in_flight: over.fetches_in_flight.or(self.fetches_in_flight),
+            storage_mib: over.storage_mib.or(self.storage_mib),
+            alarms: over.alarms.or(self.alarms),
+            room_starts_per_second: over.room_starts_per_second.or(self.room_starts_per_second),
+        }
+    }
+
+    /// The cap on `resource`, in its counting unit (bytes for memory and
+    /// storage).
+    pub fn cap(&self, resource: crate::budget::Resource) -> Option<u64> {
+        use crate::budget::Resource;
+        let mib = |v: Option<u64>| v.map(|v| v.saturating_mul(1 << 20));
+        match resource {
+            Resource::Rooms => self.rooms,
+            Resource::Instances => self.instances,
+            Resource::Memory => mib(self.memory_mib),
+            Resource::Fetches => self.fetches_in_flight,
+            Resource::Storage => mib(self.storage_mib),
+            Resource::Alarms => self.alarms,
+            Resource::RoomStarts => self.room_starts_per_second,
+        }
+    }
 }
 
 /// Declares [`LimitsSpec`] once, with the list of its fields that
@@ -135,8 +227,11 @@ macro_rules! limits_spec {
 }
 
 limits_spec! {
-    /// CPU milliseconds per handler call.
+    /// CPU milliseconds per handler call (host work done for it included).
     cpu_ms,
+    /// Wall-clock milliseconds per handler call, time spent sleeping or
+    /// waiting included. Default: four times `cpu_ms`.
+    wall_ms,
     /// Linear memory per instance, in MiB.
     memory_mib,
     /// Largest WebSocket message or HTTP body from a client, in KiB.
@@ -155,6 +250,9 @@ limits_spec! {
     fanout_mib_per_event,
     /// Log bytes (the log import plus stdout and stderr) per handler call, in KiB.
     log_kib_per_event,
+    /// Largest HTTP body a handler hands the host (a response, or a fetch's
+    /// request), in KiB.
+    body_kib,
 }
 
 /// A validated manifest, ready to run.
@@ -167,6 +265,7 @@ pub struct Deployment {
     pub data_dir: PathBuf,
     pub limits: LimitsSpec,
     pub rooms: RoomsSpec,
+    pub totals: TotalsSpec,
     pub parties: BTreeMap<PartyName, PartySpec>,
     /// The static files, if the project serves any.
     pub serve: Option<ServeSpec>,
@@ -259,6 +358,7 @@ impl Manifest {
             data_dir: base.join(self.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             limits: self.limits,
             rooms: self.rooms,
+            totals: self.totals,
             parties,
             serve: self.serve.map(|serve| serve.resolve(base)),
         })

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Deployment, LimitsSpec, ManifestError};
+use super::{Deployment, LimitsSpec, ManifestError, TotalsSpec};
 use crate::ids::ProjectName;
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +32,8 @@ struct TenantsFile {
     max_bundle_mib: Option<u64>,
     #[serde(default)]
     caps: LimitsSpec,
+    #[serde(default)]
+    totals: TotalsSpec,
     #[serde(default)]
     projects: BTreeMap<String, ProjectEntry>,
 }
@@ -51,6 +53,8 @@ pub struct Tenants {
     pub max_wasm_bytes: usize,
     pub max_bundle_bytes: usize,
     pub caps: LimitsSpec,
+    /// What all rooms of each deployed project may hold at once.
+    pub totals: TotalsSpec,
     projects: BTreeMap<ProjectName, [u8; 32]>,
 }
 
@@ -86,6 +90,7 @@ impl Tenants {
             max_wasm_bytes: mib(file.max_wasm_mib, 32),
             max_bundle_bytes: mib(file.max_bundle_mib, 64),
             caps: file.caps,
+            totals: file.totals,
             projects,
         })
     }
@@ -106,22 +111,26 @@ impl Tenants {
 
     /// Holds every party of `deployment` to the caps: a limit set above
     /// its cap is refused; an unset limit whose default is above the cap
-    /// becomes the cap.
+    /// becomes the cap. A limit `[caps]` leaves out is capped at its
+    /// default: a tenant can lower any limit, and raise one only where
+    /// the operator says so.
     ///
     /// # Errors
     /// [`ManifestError::OverCap`] naming the party, the limit and the cap.
     pub fn apply_caps(&self, deployment: &mut Deployment) -> Result<(), ManifestError> {
-        // `fields()` lists every limit in the same order, so the three zip.
-        let (defaults, caps) = (LimitsSpec::defaults().fields(), self.caps.fields());
+        let caps = LimitsSpec::defaults().overlay(&self.caps);
         for (party, spec) in &mut deployment.parties {
-            let limits = spec.limits.fields().into_iter().zip(&defaults).zip(&caps);
-            for (((field, value), (_, default)), (_, cap)) in limits {
-                let Some(cap) = *cap else { continue };
+            // `fields()` lists every limit in the same order, so the two zip.
+            let limits = spec.limits.fields().into_iter().zip(caps.fields());
+            for ((field, value), (_, cap)) in limits {
+                let Some(cap) = cap else { continue };
                 match value {
                     Some(value) if value > cap => {
                         return Err(ManifestError::OverCap { party: party.to_string(), field, value, cap });
                     }
-                    None if default.is_some_and(|d| d > cap) => spec.limits.set(field, cap),
+                    None if spec.limits.default_of(field).is_some_and(|d| d > cap) => {
+                        spec.limits.set(field, cap);
+                    }
                     _ => {}
                 }
             }

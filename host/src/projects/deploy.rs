@@ -147,6 +147,7 @@ impl Projects {
                     deployment,
                     parties,
                     self.config.clone(),
+                    self.totals_of(project),
                     &self.shutdown,
                     &self.tracker,
                 )

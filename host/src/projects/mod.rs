@@ -21,8 +21,9 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{Resource, Scope, Totals};
 use crate::ids::ProjectName;
-use crate::manifest::{Deployment, Tenants};
+use crate::manifest::{Deployment, Tenants, TotalsSpec};
 use crate::rooms::{LoadedParty, Rooms, RoomsConfig};
 use crate::sandbox::Sandbox;
 use crate::storage::Storage;
@@ -47,11 +48,16 @@ impl Project {
         deployment: Deployment,
         parties: HashMap<crate::ids::PartyName, Arc<LoadedParty>>,
         config: RoomsConfig,
+        totals: Totals,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let (storage, alarms) = Storage::open(storage_file)?;
-        let rooms = Rooms::new(deployment, parties, storage, config, shutdown.clone(), tracker.clone());
+        let (storage, alarms, stored_bytes) = Storage::open(storage_file)?;
+        // What is on disk counts, whatever the caps say now.
+        totals.charge(Resource::Storage, stored_bytes);
+        totals.charge(Resource::Alarms, alarms.len() as u64);
+        let rooms =
+            Rooms::new(deployment, parties, storage, config, shutdown.clone(), tracker.clone(), totals);
         if !alarms.is_empty() {
             tracing::info!(alarms = alarms.len(), file = %storage_file.display(), "scheduling stored alarms");
         }
@@ -82,6 +88,8 @@ pub struct Projects {
     /// `<data_dir>/projects`: versions and storage of deployed projects.
     root: PathBuf,
     config: RoomsConfig,
+    /// The host's totals, which every project's rooms also take from.
+    host_totals: Arc<Scope>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// One deployment or rollback at a time.
@@ -95,10 +103,12 @@ impl Projects {
         sandbox: Arc<Sandbox>,
         data_dir: &Path,
         config: RoomsConfig,
+        host_totals: Arc<Scope>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
+            host_totals,
             local: Arc::new(local),
             deployed: RwLock::default(),
             tenants,
@@ -109,6 +119,14 @@ impl Projects {
             tracker,
             deploying: tokio::sync::Mutex::default(),
         })
+    }
+
+    /// The totals of a deployed project: `tenants.toml`'s `[totals]`
+    /// over the project defaults, and the host's.
+    fn totals_of(&self, project: &ProjectName) -> Totals {
+        let spec = self.tenants.as_ref().map(|t| t.totals.clone()).unwrap_or_default();
+        let scope = Scope::new(format!("project `{project}`"), &spec, &TotalsSpec::project_defaults());
+        Totals { project: scope, host: self.host_totals.clone() }
     }
 
     /// The host's own project.

@@ -53,6 +53,8 @@ pub enum RoomMsg {
     Request {
         request: Box<Request>,
         reply: oneshot::Sender<Response>,
+        /// Room-to-room requests that led here: 0 from a client.
+        hops: u32,
     },
     /// From the registry: too many instances are alive; drop this room's
     /// instance if it is idle.

@@ -17,12 +17,19 @@ pub enum Limit {
     Fetches,
     Fanout,
     Log,
+    /// A call abandoned at its wall-clock deadline.
+    Wall,
+    /// A body the guest handed the host was too large.
+    Body,
+    /// A project's or the host's total (rooms, instances, memory, fetches,
+    /// storage, alarms) refused something.
+    Totals,
     /// A guest that panicked or trapped for another reason.
     Trap,
 }
 
 impl Limit {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 14] = [
         Self::Cpu,
         Self::Memory,
         Self::Stack,
@@ -33,6 +40,9 @@ impl Limit {
         Self::Fetches,
         Self::Fanout,
         Self::Log,
+        Self::Wall,
+        Self::Body,
+        Self::Totals,
         Self::Trap,
     ];
 
@@ -48,6 +58,9 @@ impl Limit {
             Self::Fetches => "fetches",
             Self::Fanout => "fanout",
             Self::Log => "log",
+            Self::Wall => "wall_clock",
+            Self::Body => "body",
+            Self::Totals => "totals",
             Self::Trap => "trap",
         }
     }

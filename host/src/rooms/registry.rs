@@ -18,16 +18,22 @@ use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
 use super::instances::LiveInstances;
 use super::room::Room;
 use super::state::RoomState;
+use crate::budget::{Resource, Totals};
 use crate::ids::{PartyName, RoomId, RoomKey};
 use crate::manifest::{Deployment, ServeSpec};
 use crate::sandbox::{PartyCode, Request, Response};
-use crate::storage::{Storage, StoredAlarm};
+use crate::storage::{CommitHooks, Storage, StoredAlarm};
+
+/// How long an alarm waits before its room is woken again, when a cap
+/// refused to start the room.
+const WAKE_RETRY_MS: u64 = 1000;
 
 /// A party as the registry runs it. Replaced whole when its code or
 /// settings change; rooms notice at their next event.
 pub struct LoadedParty {
     pub code: Arc<PartyCode<RoomState>>,
-    pub vars: Vec<(String, String)>,
+    /// Shared by every room of the party.
+    pub vars: Arc<[(String, String)]>,
     /// Evict idle instances even while sockets are open.
     pub hibernate: bool,
 }
@@ -72,6 +78,11 @@ pub struct Rooms {
     tracker: TaskTracker,
     /// How often this project's rooms hit each limit.
     hits: Arc<LimitHits>,
+    /// What this project's rooms, and the host's, may hold at once.
+    totals: Totals,
+    /// Rooms woken by a timer for their alarm, with the time: one timer
+    /// per room however often the room retires.
+    wakes: Mutex<HashMap<RoomKey, u64>>,
 }
 
 impl Rooms {
@@ -82,8 +93,11 @@ impl Rooms {
         config: RoomsConfig,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        totals: Totals,
     ) -> Arc<Self> {
         Arc::new(Self {
+            totals,
+            wakes: Mutex::default(),
             deployment: RwLock::new(deployment),
             parties: RwLock::new(parties),
             storage,
@@ -101,6 +115,16 @@ impl Rooms {
     /// How often these rooms hit each limit.
     pub fn limit_hits(&self) -> &Arc<LimitHits> {
         &self.hits
+    }
+
+    /// What this project's rooms, and the host's, hold and may hold.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The storage thread's test hooks (see [`CommitHooks`]).
+    pub fn commit_hooks(&self) -> &Arc<CommitHooks> {
+        self.storage.hooks()
     }
 
     pub(super) fn storage(&self) -> &Storage {
@@ -160,13 +184,23 @@ impl Rooms {
     /// room loads its storage in its own task; messages wait in its mailbox.
     ///
     /// # Errors
-    /// When the party is unknown.
+    /// When the party is unknown, or the project or host is at its cap of
+    /// running rooms.
     pub fn get_or_spawn(self: &Arc<Self>, key: &RoomKey) -> anyhow::Result<RoomHandle> {
         let mut live = lock(&self.live);
         if let Some(handle) = live.get(key).filter(|h| !h.tx.is_closed()) {
             return Ok(handle.clone());
         }
         let party = self.party(&key.party).ok_or_else(|| anyhow!("no party named `{}`", key.party))?;
+        // Held by the room's task: given back however the room ends.
+        let running = self.totals.lease(Resource::Rooms, 1).and_then(|lease| {
+            self.totals.admit_start()?;
+            Ok(lease)
+        });
+        let running = running.map_err(|cap| {
+            self.hits.count(super::Limit::Totals);
+            anyhow::Error::new(cap).context(format!("room {key} cannot start"))
+        })?;
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let handle = RoomHandle { key: key.clone(), tx, generation };
@@ -177,6 +211,7 @@ impl Rooms {
         let span = info_span!("room", party = %key.party, room = %key.room);
         self.tracker.spawn(
             async move {
+                let _running = running;
                 let storage = match rooms.storage.load(&key).await {
                     Ok(storage) => storage,
                     Err(e) => {
@@ -187,7 +222,8 @@ impl Rooms {
                     }
                 };
                 let limits = party.code.limits().clone();
-                let state = RoomState::new(key, party.vars.clone(), limits, storage, rooms.hits.clone());
+                let (hits, totals) = (rooms.hits.clone(), rooms.totals.clone());
+                let state = RoomState::new(key, party.vars.clone(), limits, storage, hits, totals);
                 Room::new(rooms, party, generation, state, rx).run().await;
             }
             .instrument(span),
@@ -260,7 +296,7 @@ impl Rooms {
     /// When the room stops before it answers.
     pub async fn request(self: &Arc<Self>, key: &RoomKey, request: Request) -> anyhow::Result<Response> {
         let (reply, response) = oneshot::channel();
-        self.send(key, RoomMsg::Request { request: Box::new(request), reply }).await?;
+        self.send(key, RoomMsg::Request { request: Box::new(request), reply, hops: 0 }).await?;
         response.await.map_err(|_| anyhow!("room {key} stopped before answering"))
     }
 
@@ -270,13 +306,15 @@ impl Rooms {
     /// does the request wait in a task of its own.
     ///
     /// # Errors
-    /// When the target party is unknown or the room id is invalid.
+    /// When the target party is unknown, the room id is invalid, or the
+    /// room cannot start (a cap).
     pub fn fetch(
         self: &Arc<Self>,
         from: &RoomKey,
         party: &str,
         room: &str,
         request: Request,
+        hops: u32,
     ) -> anyhow::Result<oneshot::Receiver<Response>> {
         let party = self.resolve_party(party).ok_or_else(|| anyhow!("no party named `{party}`"))?;
         let room = RoomId::try_from(room).map_err(|reason| anyhow!("room id {room:?} {reason}"))?;
@@ -284,24 +322,49 @@ impl Rooms {
         tracing::debug!(%from, to = %key, "fetch");
         let request = Request { url: room_url(&key, &request.url), ..request };
         let (reply, response) = oneshot::channel();
-        self.post_via(&self.get_or_spawn(&key)?, RoomMsg::Request { request: Box::new(request), reply });
+        self.post_via(
+            &self.get_or_spawn(&key)?,
+            RoomMsg::Request { request: Box::new(request), reply, hops },
+        );
         Ok(response)
     }
 
     /// Wakes `key` at `time_ms` so its alarm fires, without keeping the room
-    /// loaded until then. The room arms its own timer from storage.
+    /// loaded until then. The room arms its own timer from storage. A room
+    /// has one wake timer, which a later call moves; only a move to an
+    /// earlier time starts another (the sleeping one would be late).
     pub fn wake_at(self: &Arc<Self>, key: RoomKey, time_ms: u64) {
+        if lock(&self.wakes).insert(key.clone(), time_ms).is_some_and(|earlier| earlier <= time_ms) {
+            return;
+        }
         let rooms = self.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
-            let wait = Duration::from_millis(time_ms.saturating_sub(super::now_ms()));
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => {
-                    if let Err(e) = rooms.get_or_spawn(&key) {
+            loop {
+                let Some(time_ms) = lock(&rooms.wakes).get(&key).copied() else { return };
+                let wait = Duration::from_millis(time_ms.saturating_sub(super::now_ms()));
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let mut wakes = lock(&rooms.wakes);
+                if wakes.get(&key).is_some_and(|&t| t > super::now_ms()) {
+                    continue; // moved later meanwhile
+                }
+                match rooms.get_or_spawn(&key) {
+                    // A cap (a burst of room starts, say) only delays the alarm.
+                    Err(e) if e.downcast_ref::<crate::budget::CapReached>().is_some() => {
+                        tracing::debug!(room = %key, cause = %format!("{e:#}"), "alarm delayed by a cap");
+                        wakes.insert(key.clone(), super::now_ms() + WAKE_RETRY_MS);
+                        continue;
+                    }
+                    Err(e) => {
                         tracing::warn!(room = %key, cause = %format!("{e:#}"), "could not wake a room for its alarm");
                     }
+                    Ok(_) => {}
                 }
+                wakes.remove(&key);
+                return;
             }
         });
     }

@@ -8,15 +8,27 @@
 //! client sees a state that a crash could lose.
 
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limit, LimitHits};
+use super::{Limit, LimitHits, now_ms};
+use crate::budget::{CapReached, Lease, Resource, Totals};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{GuestOutput, Limits, LogBudget, Message, Request, Response};
+use crate::sandbox::{GuestOutput, Header, Limits, LogBudget, Message, Request, Response};
 use crate::storage::RoomStorage;
+
+/// Longest chain of room-to-room requests (a request to a room that
+/// fetches another room counts one hop per fetch). Past it `fetch` fails,
+/// so a party that fetches fresh rooms which fetch again cannot grow
+/// without end.
+pub const MAX_HOPS: u32 = 8;
+
+/// Soonest an alarm may fire after it is set. An alarm handler that sets
+/// the next alarm for "now" would otherwise run in a tight loop with no
+/// client around.
+pub const MIN_ALARM_DELAY_MS: u64 = 100;
 
 /// A frame for one socket, queued by the room and written by the
 /// connection's socket task.
@@ -58,7 +70,7 @@ pub struct ConnectionEntry {
 #[derive(Debug)]
 pub(super) enum Target {
     One(ConnectionId),
-    All { without: Vec<String> },
+    All { without: HashSet<String> },
 }
 
 /// A fetch the guest started during the current call.
@@ -68,13 +80,24 @@ pub(super) struct FetchStart {
     pub party: String,
     pub room: String,
     pub request: Request,
+    /// Hops of the call that started it; the target's call runs at one more.
+    pub hops: u32,
+    /// Its place among the project's and host's fetches in flight.
+    pub lease: Lease,
 }
 
 /// A room's state: kept by the host while no instance runs.
 pub struct RoomState {
     pub(super) key: RoomKey,
-    pub(super) vars: Vec<(String, String)>,
+    /// Shared by every room of the party; copied only into a guest that
+    /// asks for them.
+    pub(super) vars: Arc<[(String, String)]>,
     pub(super) limits: Limits,
+    /// The project's and host's totals this room takes from.
+    pub(super) totals: Totals,
+    /// How many room-to-room requests led to the current call (0 for a
+    /// client's).
+    pub(super) hops: u32,
     pub(super) connections: HashMap<ConnectionId, ConnectionEntry>,
     pub(super) storage: RoomStorage,
     /// Frames to release after the current call commits.
@@ -111,13 +134,16 @@ pub(super) struct CallBudget {
 impl RoomState {
     pub(super) fn new(
         key: RoomKey,
-        vars: Vec<(String, String)>,
+        vars: Arc<[(String, String)]>,
         limits: Limits,
         storage: RoomStorage,
         hits: Arc<LimitHits>,
+        totals: Totals,
     ) -> Self {
         let log = Arc::new(LogBudget::default());
         Self {
+            totals,
+            hops: 0,
             departing: None,
             call: CallBudget::default(),
             log,
@@ -166,5 +192,58 @@ impl RoomState {
         self.outbox.clear();
         self.fetches.clear();
         self.completed.clear();
+    }
+
+    /// Counts a refusal by a total's cap.
+    pub(super) fn cap_reached(&self, cap: &CapReached) {
+        self.hits.count(Limit::Totals);
+        tracing::warn!(room = %self.key, cause = %cap, "refused by a total's cap");
+    }
+
+    /// Sets or clears the alarm, keeping the project's count of rooms with
+    /// an alarm. An alarm is never sooner than [`MIN_ALARM_DELAY_MS`].
+    ///
+    /// # Errors
+    /// When setting a first alarm would pass the alarms total.
+    pub(super) fn set_alarm(&mut self, time_ms: Option<u64>) -> Result<(), CapReached> {
+        match (self.storage.alarm().is_some(), time_ms.is_some()) {
+            (false, true) => self.totals.try_take(Resource::Alarms, 1)?,
+            (true, false) => self.totals.give_back(Resource::Alarms, 1),
+            _ => {}
+        }
+        self.storage.set_alarm(time_ms.map(|t| t.max(now_ms() + MIN_ALARM_DELAY_MS)));
+        Ok(())
+    }
+
+    /// Takes the storage totals from `old`'s bytes and alarm to the
+    /// current storage's (after a reload from disk).
+    pub(super) fn settle_storage(&mut self, old_bytes: usize, old_alarm: bool) {
+        let (bytes, alarm) = (self.storage.total_bytes(), self.storage.alarm().is_some());
+        if bytes >= old_bytes {
+            self.totals.charge(Resource::Storage, (bytes - old_bytes) as u64);
+        } else {
+            self.totals.give_back(Resource::Storage, (old_bytes - bytes) as u64);
+        }
+        match (old_alarm, alarm) {
+            (false, true) => self.totals.charge(Resource::Alarms, 1),
+            (true, false) => self.totals.give_back(Resource::Alarms, 1),
+            _ => {}
+        }
+    }
+
+    /// `response`, or a 500 in its place when its body is over the limit.
+    pub(super) fn bounded(&self, response: Response) -> Response {
+        let limit = self.limits.body_bytes;
+        if response.body.len() <= limit {
+            return response;
+        }
+        self.hits.count(Limit::Body);
+        let message = format!("the room's response body is over {limit} bytes");
+        tracing::warn!(room = %self.key, size = response.body.len(), "{message}");
+        Response {
+            status: 500,
+            headers: vec![Header { name: "content-type".into(), value: "text/plain; charset=utf-8".into() }],
+            body: message.into_bytes(),
+        }
     }
 }

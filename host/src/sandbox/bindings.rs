@@ -46,6 +46,9 @@ pub trait RoomApi:
     /// Called as each guest call begins, to refill per-call budgets.
     fn begin_call(&mut self);
 
+    /// The totals the room's instance takes its place and memory from.
+    fn totals(&self) -> crate::budget::Totals;
+
     /// Where the guest's WASI stdout and stderr go.
     fn output(&self) -> super::GuestOutput;
 }

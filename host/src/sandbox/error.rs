@@ -8,6 +8,9 @@ use std::fmt;
 pub enum TrapKind {
     /// The handler ran past its CPU budget.
     CpuLimit,
+    /// The handler ran past its wall-clock deadline (it slept, or blocked
+    /// in a WASI poll); the call was abandoned.
+    WallClock,
     /// The instance tried to grow its memory past the limit.
     MemoryLimit,
     /// The wasm stack overflowed (unbounded recursion).
@@ -28,6 +31,7 @@ impl TrapKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CpuLimit => "cpu_limit",
+            Self::WallClock => "wall_clock",
             Self::MemoryLimit => "memory_limit",
             Self::StackOverflow => "stack_overflow",
             Self::Panic => "panic",
@@ -59,10 +63,12 @@ impl std::error::Error for GuestError {}
 #[derive(Debug)]
 pub(super) struct CpuBudgetSpent;
 
-/// Raised from the resource limiter when memory would grow past the limit.
+/// Raised from the resource limiter when memory would grow past the
+/// instance's limit, or past the project's or host's memory total.
 #[derive(Debug)]
 pub(super) struct MemoryLimitReached {
     pub(super) limit: usize,
+    pub(super) total: Option<crate::budget::CapReached>,
 }
 
 impl fmt::Display for CpuBudgetSpent {
@@ -73,7 +79,10 @@ impl fmt::Display for CpuBudgetSpent {
 
 impl fmt::Display for MemoryLimitReached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the instance tried to grow its memory past {} bytes", self.limit)
+        match &self.total {
+            None => write!(f, "the instance tried to grow its memories and tables past {} bytes", self.limit),
+            Some(cap) => write!(f, "the instance could not grow its memory: {cap}"),
+        }
     }
 }
 
@@ -81,11 +90,29 @@ impl std::error::Error for CpuBudgetSpent {}
 impl std::error::Error for MemoryLimitReached {}
 
 impl GuestError {
+    /// A call abandoned at its wall-clock deadline.
+    pub(super) fn deadline(what: &str, deadline: std::time::Duration) -> Self {
+        Self {
+            kind: TrapKind::WallClock,
+            detail: format!(
+                "{what} was still running after its wall-clock deadline of {deadline:?} (sleeping or blocked?); abandoned"
+            ),
+        }
+    }
+
+    /// A total's cap refused the instance.
+    pub(super) fn cap(cap: &crate::budget::CapReached) -> Self {
+        Self { kind: TrapKind::HostLimit("totals"), detail: cap.to_string() }
+    }
+
     /// Classifies an error returned by a wasmtime call.
     pub(super) fn classify(error: wasmtime::Error) -> Self {
         let kind = if error.downcast_ref::<CpuBudgetSpent>().is_some() {
             TrapKind::CpuLimit
-        } else if error.downcast_ref::<MemoryLimitReached>().is_some() {
+        } else if error.downcast_ref::<MemoryLimitReached>().is_some()
+            // wasmtime's own refusal past `ResourceLimiter::memories` and co.
+            || format!("{error:#}").contains("resource limit exceeded")
+        {
             TrapKind::MemoryLimit
         } else {
             match error.downcast_ref::<wasmtime::Trap>() {

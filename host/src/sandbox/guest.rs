@@ -1,12 +1,17 @@
 //! One live guest instance: a `Store` holding the room state, plus the
-//! instance's exports. Every call runs under the party's CPU budget.
+//! instance's exports. Every call runs under the party's CPU budget and
+//! wall-clock deadline.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::Store;
 
 use super::bindings::{Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
 use super::error::GuestError;
-use super::limits::{INSTANTIATE_TICKS, Limits};
+use super::limits::{INSTANTIATE_CPU, Limits};
+use super::meter::CpuMeter;
 use super::store::{StoreData, on_epoch_tick};
 
 /// A room's running instance. After any call returns an error the instance
@@ -15,7 +20,30 @@ use super::store::{StoreData, on_epoch_tick};
 pub struct Guest<R: RoomApi> {
     store: Store<StoreData<R>>,
     party: Party,
-    ticks_per_event: u64,
+    cpu_per_event: Duration,
+    wall_per_event: Duration,
+}
+
+/// The clock of one call: its CPU meter and its wall-clock deadline.
+struct CallClock {
+    meter: Arc<CpuMeter>,
+    deadline: Duration,
+}
+
+impl CallClock {
+    /// Runs `call`, metered; past the deadline the call's future is
+    /// dropped, which unwinds the guest (wasmtime resumes its fiber with an
+    /// error), and the instance must be dropped as after any trap.
+    async fn run<T>(
+        self,
+        what: &str,
+        call: impl Future<Output = wasmtime::Result<T>>,
+    ) -> Result<T, GuestError> {
+        match tokio::time::timeout(self.deadline, self.meter.measure(call)).await {
+            Ok(result) => result.map_err(GuestError::classify),
+            Err(_) => Err(GuestError::deadline(what, self.deadline)),
+        }
+    }
 }
 
 impl<R: RoomApi> Guest<R> {
@@ -25,14 +53,24 @@ impl<R: RoomApi> Guest<R> {
         limits: &Limits,
         room: R,
     ) -> Result<Self, (R, GuestError)> {
-        let mut store = Store::new(engine, StoreData::new(room, limits));
+        let data = StoreData::new(room, limits).map_err(|(room, cap)| (room, GuestError::cap(&cap)))?;
+        let mut store = Store::new(engine, data);
         store.limiter(|data| data.limiter());
         store.epoch_deadline_callback(on_epoch_tick);
-        store.data_mut().ticks_left = INSTANTIATE_TICKS;
+        store.data_mut().cpu_budget = INSTANTIATE_CPU;
         store.set_epoch_deadline(1);
-        match pre.instantiate_async(&mut store).await {
-            Ok(party) => Ok(Self { store, party, ticks_per_event: limits.ticks_per_event() }),
-            Err(e) => Err((store.into_data().room, GuestError::classify(e))),
+        let clock = CallClock {
+            meter: store.data().meter.clone(),
+            deadline: INSTANTIATE_CPU.max(limits.wall_per_event),
+        };
+        match clock.run("instantiation", pre.instantiate_async(&mut store)).await {
+            Ok(party) => Ok(Self {
+                store,
+                party,
+                cpu_per_event: limits.cpu_per_event,
+                wall_per_event: limits.wall_per_event,
+            }),
+            Err(e) => Err((store.into_data().room, e)),
         }
     }
 
@@ -51,28 +89,30 @@ impl<R: RoomApi> Guest<R> {
         self.store.into_data().room
     }
 
-    /// Arms the CPU budget for one call.
-    fn arm(&mut self) -> (&super::bindings::Handlers, &mut Store<StoreData<R>>) {
+    /// Arms the CPU budget for one call and starts its clock.
+    fn arm(&mut self) -> (&super::bindings::Handlers, &mut Store<StoreData<R>>, CallClock) {
         let data = self.store.data_mut();
-        data.ticks_left = self.ticks_per_event;
+        data.meter.reset();
+        data.cpu_budget = self.cpu_per_event;
         data.room.begin_call();
+        let clock = CallClock { meter: data.meter.clone(), deadline: self.wall_per_event };
         self.store.set_epoch_deadline(1);
-        (self.party.partyhost_party_handlers(), &mut self.store)
+        (self.party.partyhost_party_handlers(), &mut self.store, clock)
     }
 
     pub async fn on_start(&mut self, task: u64) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_start(store, task).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-start", h.call_on_start(store, task)).await
     }
 
     pub async fn on_connect(&mut self, task: u64, conn: &str, request: &Request) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_connect(store, task, &conn.to_owned(), request).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-connect", h.call_on_connect(store, task, &conn.to_owned(), request)).await
     }
 
     pub async fn on_message(&mut self, task: u64, conn: &str, msg: &Message) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_message(store, task, &conn.to_owned(), msg).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-message", h.call_on_message(store, task, &conn.to_owned(), msg)).await
     }
 
     pub async fn on_close(
@@ -82,23 +122,23 @@ impl<R: RoomApi> Guest<R> {
         code: u16,
         reason: &str,
     ) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_close(store, task, &conn.to_owned(), code, reason).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-close", h.call_on_close(store, task, &conn.to_owned(), code, reason)).await
     }
 
     pub async fn on_error(&mut self, task: u64, conn: &str, error: &str) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_error(store, task, &conn.to_owned(), error).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-error", h.call_on_error(store, task, &conn.to_owned(), error)).await
     }
 
     pub async fn on_request(&mut self, task: u64, request: &Request) -> Result<RequestOutcome, GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_request(store, task, request).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-request", h.call_on_request(store, task, request)).await
     }
 
     pub async fn on_alarm(&mut self, task: u64) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_on_alarm(store, task).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("on-alarm", h.call_on_alarm(store, task)).await
     }
 
     pub async fn get_connection_tags(
@@ -106,8 +146,8 @@ impl<R: RoomApi> Guest<R> {
         conn: &str,
         request: &Request,
     ) -> Result<Vec<String>, GuestError> {
-        let (h, store) = self.arm();
-        h.call_get_connection_tags(store, &conn.to_owned(), request).await.map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("get-connection-tags", h.call_get_connection_tags(store, &conn.to_owned(), request)).await
     }
 
     pub async fn resume(
@@ -115,9 +155,7 @@ impl<R: RoomApi> Guest<R> {
         fetch: u64,
         result: &Result<super::bindings::Response, String>,
     ) -> Result<(), GuestError> {
-        let (h, store) = self.arm();
-        h.call_resume(store, fetch, result.as_ref().map_err(String::as_str))
-            .await
-            .map_err(GuestError::classify)
+        let (h, store, clock) = self.arm();
+        clock.run("resume", h.call_resume(store, fetch, result.as_ref().map_err(String::as_str))).await
     }
 }

@@ -11,10 +11,15 @@ use crate::manifest::LimitsSpec;
 /// are counted in these ticks, so they are accurate to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Ticks allowed for instantiation (the component's start functions). They
-/// run before the per-event deadline is armed; a start function that spins
-/// is stopped here.
-pub const INSTANTIATE_TICKS: u64 = 200;
+/// CPU time allowed for instantiation (the component's start functions and
+/// data segments); a start function that spins is stopped here. Its wall
+/// clock deadline is the larger of this and the party's `wall_ms`.
+pub const INSTANTIATE_CPU: Duration = Duration::from_secs(1);
+
+/// A handler call's default wall-clock deadline, in multiples of its CPU
+/// budget: room for the epoch yields that let other rooms run, not for
+/// sleeping.
+pub const WALL_PER_CPU: u32 = 4;
 
 /// Limits applied to every guest instance.
 #[derive(Debug, Clone)]
@@ -22,7 +27,13 @@ pub struct Limits {
     /// CPU time one handler call may use before it traps. Defends the room's
     /// other clients and the worker threads against a guest that spins.
     pub cpu_per_event: Duration,
-    /// Linear memory an instance may grow to. Defends the host's memory.
+    /// Wall-clock time one handler call may take, time spent sleeping or
+    /// blocked in a WASI poll included. Defends the room and the host's
+    /// shutdown against a guest that sleeps; past it the call is abandoned
+    /// (trap kind `wall_clock`).
+    pub wall_per_event: Duration,
+    /// Linear memory and table space an instance may grow to, all of its
+    /// memories and tables together. Defends the host's memory.
     pub memory_bytes: usize,
     /// Wasm stack an instance may use. Defends against unbounded recursion.
     pub stack_bytes: usize,
@@ -63,12 +74,17 @@ pub struct Limits {
     /// Log bytes per handler call (the log import, stdout and stderr).
     /// Defends the host's logs; past it lines are dropped and counted.
     pub log_bytes_per_event: usize,
+    /// Largest HTTP body a handler hands the host: a response, or the
+    /// request of a fetch. Defends the host's memory (responses wait in
+    /// the output gate).
+    pub body_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             cpu_per_event: Duration::from_millis(50),
+            wall_per_event: Duration::from_millis(50) * WALL_PER_CPU,
             memory_bytes: 64 << 20,
             stack_bytes: 512 << 10,
             message_bytes: 1 << 20,
@@ -84,6 +100,7 @@ impl Default for Limits {
             fetches_per_event: 16,
             fanout_bytes_per_event: 64 << 20,
             log_bytes_per_event: 64 << 10,
+            body_bytes: 4 << 20,
         }
     }
 }
@@ -99,8 +116,10 @@ impl From<&LimitsSpec> for Limits {
             value.map_or(default, |v| u32::try_from(v).unwrap_or(u32::MAX))
         };
         let millis = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        let cpu_per_event = millis(spec.cpu_ms, defaults.cpu_per_event);
         Self {
-            cpu_per_event: millis(spec.cpu_ms, defaults.cpu_per_event),
+            cpu_per_event,
+            wall_per_event: millis(spec.wall_ms, cpu_per_event * WALL_PER_CPU),
             memory_bytes: bytes(spec.memory_mib, 1 << 20, defaults.memory_bytes),
             message_bytes: bytes(spec.message_kib, 1 << 10, defaults.message_bytes),
             fetch_timeout: millis(spec.fetch_timeout_ms, defaults.fetch_timeout),
@@ -112,6 +131,7 @@ impl From<&LimitsSpec> for Limits {
                 .fanout_mib_per_event
                 .map_or(defaults.fanout_bytes_per_event, |v| v.saturating_mul(1 << 20)),
             log_bytes_per_event: bytes(spec.log_kib_per_event, 1 << 10, defaults.log_bytes_per_event),
+            body_bytes: bytes(spec.body_kib, 1 << 10, defaults.body_bytes),
             ..defaults
         }
     }
@@ -126,6 +146,7 @@ impl LimitsSpec {
         let units = |bytes: usize, unit: usize| (bytes / unit) as u64;
         Self {
             cpu_ms: Some(ms(d.cpu_per_event)),
+            wall_ms: Some(ms(d.wall_per_event)),
             memory_mib: Some(units(d.memory_bytes, 1 << 20)),
             message_kib: Some(units(d.message_bytes, 1 << 10)),
             fetch_timeout_ms: Some(ms(d.fetch_timeout)),
@@ -135,14 +156,18 @@ impl LimitsSpec {
             fetches_per_event: Some(u64::from(d.fetches_per_event)),
             fanout_mib_per_event: Some(d.fanout_bytes_per_event >> 20),
             log_kib_per_event: Some(units(d.log_bytes_per_event, 1 << 10)),
+            body_kib: Some(units(d.body_bytes, 1 << 10)),
         }
     }
-}
 
-impl Limits {
-    /// The CPU budget of one handler call in epoch ticks (at least one).
-    pub fn ticks_per_event(&self) -> u64 {
-        let ticks = self.cpu_per_event.as_micros() / EPOCH_TICK.as_micros();
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    /// The value `field` takes when unset here: its default, except that
+    /// `wall_ms` follows this spec's `cpu_ms`.
+    pub fn default_of(&self, field: &str) -> Option<u64> {
+        let defaults = Self::defaults();
+        if field == "wall_ms" {
+            let cpu = self.cpu_ms.or(defaults.cpu_ms)?;
+            return Some(cpu.saturating_mul(u64::from(WALL_PER_CPU)));
+        }
+        defaults.fields().into_iter().find(|(name, _)| *name == field).and_then(|(_, value)| value)
     }
 }

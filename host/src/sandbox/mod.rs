@@ -15,6 +15,7 @@ mod cache;
 mod error;
 mod guest;
 mod limits;
+mod meter;
 mod output;
 mod store;
 
@@ -30,7 +31,6 @@ pub use output::{GuestOutput, LogBudget, log_line};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
@@ -41,9 +41,15 @@ use store::StoreData;
 pub struct Sandbox {
     engine: Engine,
     cache_dir: PathBuf,
-    /// Set on drop; the ticker thread checks it every tick and exits.
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
+
+/// Keeps the epoch ticker thread running while held: by the sandbox and by
+/// every party's code, so a room still running a guest (during shutdown,
+/// say) keeps its clock after the sandbox is gone. A guest whose clock has
+/// stopped is never interrupted, and would spin on its thread for ever.
+#[derive(Debug, Default)]
+struct Ticker;
 
 impl Sandbox {
     /// Builds the engine. Compiled components are cached in `cache_dir`.
@@ -63,10 +69,10 @@ impl Sandbox {
         config.max_wasm_stack(Limits::default().stack_bytes);
         let engine =
             Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
+        let ticker = Arc::new(Ticker::default());
+        spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
             .context("starting the epoch ticker thread")?;
-        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker_stop })
+        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker })
     }
 
     /// Compiles (or loads from cache) the component at `wasm` and links it
@@ -96,13 +102,7 @@ impl Sandbox {
         let pre = PartyPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: it does not export the partyhost:party world", context()))?;
-        Ok(PartyCode { pre, limits, engine: self.engine.clone() })
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        Ok(PartyCode { pre, limits, engine: self.engine.clone(), _ticker: self.ticker.clone() })
     }
 }
 
@@ -111,6 +111,7 @@ pub struct PartyCode<R: RoomApi> {
     pre: PartyPre<StoreData<R>>,
     limits: Limits,
     engine: Engine,
+    _ticker: Arc<Ticker>,
 }
 
 impl<R: RoomApi> PartyCode<R> {
@@ -136,13 +137,14 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
-/// Advances the engine epoch every [`EPOCH_TICK`]. A std thread, not a tokio
-/// task: a guest spinning on a worker must not be able to stop its own clock.
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// Advances the engine epoch every [`EPOCH_TICK`] until the last holder of
+/// the ticker lets go. A std thread, not a tokio task: a guest spinning on a
+/// worker must not be able to stop its own clock.
+fn spawn_epoch_ticker(engine: Engine, ticker: std::sync::Weak<Ticker>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("epoch-ticker".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while ticker.strong_count() > 0 {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
             }

@@ -1,5 +1,7 @@
 //! What a `Store` holds for one guest instance, and how its imports link.
 
+use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -7,6 +9,23 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{Party, RoomApi};
 use super::error::{CpuBudgetSpent, MemoryLimitReached};
 use super::limits::Limits;
+use super::meter::CpuMeter;
+use crate::budget::{CapReached, Lease, Resource};
+
+/// Most linear memories, tables and core instances one instance may create.
+/// A Rust guest has one memory, a few tables and a handful of core
+/// instances; these stop a component that declares thousands, each
+/// reserving its own address space.
+pub(super) const MAX_MEMORIES: usize = 4;
+pub(super) const MAX_TABLES: usize = 32;
+pub(super) const MAX_CORE_INSTANCES: usize = 64;
+
+/// Bytes a table element is counted as against the memory limit.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// Largest `wasi:random` request (the default is 64 MiB, a host allocation
+/// per call).
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// Per-instance data: the room's own state plus what the sandbox needs to
 /// enforce limits and serve WASI.
@@ -14,9 +33,12 @@ pub struct StoreData<R> {
     /// The room state the imports act on. Taken back out when the instance
     /// is dropped, so the room keeps its connections and storage.
     pub(super) room: R,
-    /// Epoch ticks the current call may still use (see `on_epoch_tick`).
-    pub(super) ticks_left: u64,
+    /// Time the current call has run, and what it may run.
+    pub(super) meter: Arc<CpuMeter>,
+    pub(super) cpu_budget: Duration,
     memory: MemoryLimiter,
+    /// This instance's place among the project's and host's live ones.
+    _instance: Lease,
     /// WASI granting clocks, random, and stdout and stderr, which go to the
     /// host's log: no preopened folders (every file call fails), no network
     /// (sockets and name lookups are denied), no environment, no arguments,
@@ -26,21 +48,35 @@ pub struct StoreData<R> {
 }
 
 impl<R: RoomApi> StoreData<R> {
-    pub(super) fn new(room: R, limits: &Limits) -> Self {
+    /// # Errors
+    /// When the project or the host is at its cap of live instances.
+    pub(super) fn new(room: R, limits: &Limits) -> Result<Self, (R, CapReached)> {
+        let totals = room.totals();
+        let instance = match totals.lease(Resource::Instances, 1) {
+            Ok(lease) => lease,
+            Err(e) => return Err((room, e)),
+        };
+        let memory = match totals.lease(Resource::Memory, 0) {
+            Ok(lease) => MemoryLimiter::new(limits.memory_bytes, lease),
+            Err(e) => return Err((room, e)),
+        };
         let output = room.output();
-        Self {
+        Ok(Self {
             wasi: WasiCtxBuilder::new()
                 .stdout(output.clone())
                 .stderr(output)
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .max_random_size(MAX_RANDOM_BYTES)
                 .build(),
             room,
-            ticks_left: 0,
-            memory: MemoryLimiter { limit: limits.memory_bytes },
+            meter: Arc::default(),
+            cpu_budget: Duration::ZERO,
+            memory,
+            _instance: instance,
             table: ResourceTable::new(),
-        }
+        })
     }
 
     pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
@@ -55,15 +91,14 @@ impl<R: Send> WasiView for StoreData<R> {
 }
 
 /// Called by wasmtime at each epoch tick while the guest runs: yield to
-/// tokio so other rooms run, and trap once the call's budget is spent.
-pub(super) fn on_epoch_tick<R>(
-    mut store: StoreContextMut<'_, StoreData<R>>,
-) -> wasmtime::Result<UpdateDeadline> {
-    let data = store.data_mut();
-    if data.ticks_left == 0 {
+/// tokio so other rooms run, and trap once the call's budget is spent. The
+/// meter counts host work done inside imports too, so a loop of costly
+/// imports stops here at the next tick, like a loop of wasm.
+pub(super) fn on_epoch_tick<R>(store: StoreContextMut<'_, StoreData<R>>) -> wasmtime::Result<UpdateDeadline> {
+    let data = store.data();
+    if data.meter.spent() > data.cpu_budget {
         return Err(CpuBudgetSpent.into());
     }
-    data.ticks_left -= 1;
     Ok(UpdateDeadline::Yield(1))
 }
 
@@ -86,34 +121,63 @@ impl<R: 'static> HasData for RoomData<R> {
     type Data<'a> = &'a mut R;
 }
 
-/// Caps linear memory; growing past the cap traps with a typed error.
+/// One limit for all of an instance's memories and tables together, taken
+/// from the project's and the host's memory totals as it grows; growing
+/// past either traps with a typed error. What the instance took is given
+/// back when its store is dropped (the lease).
 struct MemoryLimiter {
     limit: usize,
+    used: usize,
+    lease: Lease,
 }
 
-/// Tables are small in practice; this only stops a guest from using table
-/// growth to eat host memory.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+impl MemoryLimiter {
+    fn new(limit: usize, lease: Lease) -> Self {
+        Self { limit, used: 0, lease }
+    }
+
+    /// Grants `more` bytes, or says which limit refused.
+    fn grow(&mut self, more: usize) -> wasmtime::Result<bool> {
+        let after = self.used.saturating_add(more);
+        if after > self.limit {
+            return Err(MemoryLimitReached { limit: self.limit, total: None }.into());
+        }
+        if let Err(cap) = self.lease.grow(more as u64) {
+            return Err(MemoryLimitReached { limit: self.limit, total: Some(cap) }.into());
+        }
+        self.used = after;
+        Ok(true)
+    }
+}
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            return Err(MemoryLimitReached { limit: self.limit }.into());
-        }
-        Ok(true)
+        self.grow(desired.saturating_sub(current))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        self.grow(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }

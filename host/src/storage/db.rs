@@ -123,6 +123,23 @@ impl Db {
     ///
     /// # Errors
     /// On an SQLite error.
+    /// Keys plus values stored for every room, in bytes: what the storage
+    /// totals start from.
+    ///
+    /// # Errors
+    /// On an SQLite error.
+    pub fn stored_bytes(&self) -> anyhow::Result<u64> {
+        let bytes: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(CAST(key AS BLOB)) + LENGTH(value)), 0) FROM kv",
+                [],
+                |row| row.get(0),
+            )
+            .context("summing stored bytes")?;
+        Ok(bytes.max(0).cast_unsigned())
+    }
+
     pub fn alarms(&self) -> anyhow::Result<Vec<StoredAlarm>> {
         let mut stmt = self.conn.prepare("SELECT party, room, time_ms FROM alarms")?;
         let rows = stmt.query_map([], |row| {

@@ -14,4 +14,4 @@ mod writer;
 
 pub use cache::{ListQuery, PendingWrites, RoomStorage};
 pub use db::{Db, StoredAlarm};
-pub use writer::{CommitTicket, Storage};
+pub use writer::{CommitHooks, CommitTicket, Storage};

@@ -7,6 +7,7 @@
 
 use anyhow::{Context, anyhow};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::{PendingWrites, RoomStorage};
@@ -29,23 +30,77 @@ enum Job {
 #[derive(Clone)]
 pub struct Storage {
     jobs: mpsc::Sender<Job>,
+    hooks: Arc<CommitHooks>,
+}
+
+/// Lets a test decide when commits happen: hold them all until released,
+/// or fail the next group. The output gate's tests use it to show that
+/// nothing leaves a room before its writes are durable. Nothing else calls
+/// it; unused, it costs one uncontended lock per group commit.
+#[derive(Debug, Default)]
+pub struct CommitHooks {
+    state: Mutex<HookState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct HookState {
+    held: bool,
+    fail_next: bool,
+}
+
+impl CommitHooks {
+    /// Commits wait from now until [`CommitHooks::release`].
+    pub fn hold(&self) {
+        self.update(|state| state.held = true);
+    }
+
+    /// Held commits go ahead.
+    pub fn release(&self) {
+        self.update(|state| state.held = false);
+    }
+
+    /// The next group commit fails, as a full disk would fail it.
+    pub fn fail_next(&self) {
+        self.update(|state| state.fail_next = true);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HookState)) {
+        change(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_all();
+    }
+
+    /// Waits while held; then whether this group must fail.
+    fn before_commit(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.changed.wait_while(state, |state| state.held).unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut state.fail_next)
+    }
 }
 
 impl Storage {
     /// Opens the file and starts the storage thread. Also returns the alarms
-    /// stored in the file, read before the thread starts.
+    /// stored in the file and its stored bytes, read before the thread starts.
     ///
     /// # Errors
     /// When the file cannot be opened or read.
-    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<StoredAlarm>)> {
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<StoredAlarm>, u64)> {
         let mut db = Db::open(path)?;
         let alarms = db.alarms()?;
+        let stored_bytes = db.stored_bytes()?;
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let hooks = Arc::new(CommitHooks::default());
+        let thread_hooks = hooks.clone();
         std::thread::Builder::new()
             .name("storage".into())
-            .spawn(move || run(&mut db, queue))
+            .spawn(move || run(&mut db, queue, &thread_hooks))
             .context("starting the storage thread")?;
-        Ok((Self { jobs }, alarms))
+        Ok((Self { jobs, hooks }, alarms, stored_bytes))
+    }
+
+    /// The test hooks of this storage thread (see [`CommitHooks`]).
+    pub fn hooks(&self) -> &Arc<CommitHooks> {
+        &self.hooks
     }
 
     /// Reads a room's storage.
@@ -90,7 +145,7 @@ impl CommitTicket {
     }
 }
 
-fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>) {
+fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
     let mut group = Vec::new();
     while let Some(job) = queue.blocking_recv() {
         let mut next = Some(job);
@@ -99,7 +154,7 @@ fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>) {
                 Job::Commit { key, writes, reply } => group.push((key, writes, reply)),
                 Job::Load { key, reply } => {
                     // Commits queued before this load must land first.
-                    commit_group(db, &mut group);
+                    commit_group(db, &mut group, hooks);
                     let _ = reply.send(db.load(&key));
                 }
             }
@@ -107,14 +162,24 @@ fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>) {
                 next = queue.try_recv().ok();
             }
         }
-        commit_group(db, &mut group);
+        commit_group(db, &mut group, hooks);
     }
 }
 
 /// Commits every queued room's writes in one transaction. If that fails,
 /// each room is committed alone, so one bad batch fails only its own room.
-fn commit_group(db: &mut Db, group: &mut Vec<(RoomKey, PendingWrites, oneshot::Sender<anyhow::Result<()>>)>) {
+fn commit_group(
+    db: &mut Db,
+    group: &mut Vec<(RoomKey, PendingWrites, oneshot::Sender<anyhow::Result<()>>)>,
+    hooks: &CommitHooks,
+) {
     if group.is_empty() {
+        return;
+    }
+    if hooks.before_commit() {
+        for (_, _, reply) in group.drain(..) {
+            let _ = reply.send(Err(anyhow!("commit failed (CommitHooks::fail_next)")));
+        }
         return;
     }
     let batch: Vec<(&RoomKey, &PendingWrites)> = group.iter().map(|(k, w, _)| (k, w)).collect();

@@ -141,6 +141,14 @@ impl TestHost {
         self.host.as_ref().map_or(RoomStats { rooms: 0, instances: 0 }, Host::stats)
     }
 
+    /// The local project's rooms, for their counters and totals.
+    pub fn local_rooms(&self) -> Arc<partyhost::rooms::Rooms> {
+        match &self.host {
+            Some(host) => host.projects().local().rooms.clone(),
+            None => panic!("the host has stopped"),
+        }
+    }
+
     /// Polls until `done(stats)` holds, failing after [`STEP`].
     pub async fn wait_for_stats(&self, what: &str, done: impl Fn(RoomStats) -> bool) {
         let stats = eventually(what, async || Ok(done(self.stats()))).await;
@@ -175,30 +183,41 @@ impl TestHost {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<HttpResponse> {
-        let mut stream = TcpStream::connect(self.addr).await?;
-        let mut extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
-            extra.push_str(&format!("host: {}\r\n", self.addr));
-        }
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
-        let mut response = Vec::new();
-        within("http response", tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)).await?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-        let mut lines = head.lines();
-        let status = lines.next().and_then(|l| l.split(' ').nth(1)).context("no status")?.parse()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-            .collect();
-        let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked");
-        let body = if chunked { dechunk(body) } else { body.to_owned() };
-        Ok(HttpResponse { status, headers, body })
+        raw_http(self.addr, method, path, headers, body).await
     }
+}
+
+/// [`TestHost::http_with`] by address, for a task of its own.
+pub async fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        extra.push_str(&format!("host: {addr}\r\n"));
+    }
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+    let mut response = Vec::new();
+    within("http response", tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).context("no status")?.parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked");
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Ok(HttpResponse { status, headers, body })
 }
 
 /// What [`TestHost::http_with`] read back.

@@ -1,4 +1,5 @@
 use super::{RoomState, host};
+use crate::rooms::Limit;
 
 impl host::Alarms for RoomState {
     fn get(&mut self) -> Option<u64> {
@@ -6,10 +7,16 @@ impl host::Alarms for RoomState {
     }
 
     fn set(&mut self, time_ms: u64) {
-        self.storage.set_alarm(Some(time_ms));
+        // `set` cannot return a refusal, so a cap fails the call, as a
+        // broadcast past its fan-out budget does.
+        // (Counted and logged when the room fails the call.)
+        if let Err(cap) = self.set_alarm(Some(time_ms)) {
+            self.call.exceeded.get_or_insert((Limit::Totals, cap.to_string()));
+        }
     }
 
     fn delete(&mut self) {
-        self.storage.set_alarm(None);
+        // Clearing an alarm only gives back; it cannot be refused.
+        let _ = self.set_alarm(None);
     }
 }

@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use super::{RoomState, host};
 use crate::ids::ConnectionId;
 use crate::rooms::Limit;
@@ -43,8 +45,11 @@ impl RoomState {
 
 impl host::Connections for RoomState {
     fn broadcast(&mut self, msg: Message, without: Vec<String>) {
-        let receivers = self.connections.len().saturating_sub(without.len()).max(1);
-        if self.charge_fanout(&msg, receivers) {
+        // A set, so that a long `without` costs one pass, not one per socket.
+        let without: HashSet<String> = without.into_iter().collect();
+        let receivers = self.connections.keys().filter(|id| !without.contains(id.as_str())).count();
+        // Encoding the frame costs something even with nobody to receive it.
+        if self.charge_fanout(&msg, receivers.max(1)) && receivers > 0 {
             self.outbox.push((Target::All { without }, Outgoing::from(&msg)));
         }
     }

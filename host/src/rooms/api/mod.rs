@@ -24,4 +24,8 @@ impl RoomApi for RoomState {
     fn output(&self) -> GuestOutput {
         RoomState::output(self)
     }
+
+    fn totals(&self) -> crate::budget::Totals {
+        self.totals.clone()
+    }
 }

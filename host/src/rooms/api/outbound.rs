@@ -1,10 +1,16 @@
 use super::{RoomState, host};
+use crate::budget::Resource;
 use crate::rooms::Limit;
-use crate::rooms::state::FetchStart;
+use crate::rooms::state::{FetchStart, MAX_HOPS};
 use crate::sandbox::{Refusal, Request};
 
 impl host::Outbound for RoomState {
     fn fetch(&mut self, party: String, room: String, request: Request) -> Result<u64, Refusal> {
+        let limit = self.limits.body_bytes;
+        if request.body.len() > limit {
+            self.hits.count(Limit::Body);
+            return Err(Refusal::TooLarge(format!("fetch body is over {limit} bytes")));
+        }
         let limit = self.limits.fetches_in_flight;
         if self.fetches_in_flight + self.fetches.len() >= limit {
             self.hits.count(Limit::Fetches);
@@ -15,9 +21,20 @@ impl host::Outbound for RoomState {
             let limit = self.limits.fetches_per_event;
             return Err(Refusal::QuotaExceeded(format!("a handler call may start at most {limit} fetches")));
         }
+        if self.hops >= MAX_HOPS {
+            self.hits.count(Limit::Fetches);
+            return Err(Refusal::QuotaExceeded(format!(
+                "this call is {} room-to-room requests deep; a chain may be at most {MAX_HOPS} deep",
+                self.hops
+            )));
+        }
+        let lease = self.totals.lease(Resource::Fetches, 1).map_err(|cap| {
+            self.cap_reached(&cap);
+            Refusal::QuotaExceeded(cap.to_string())
+        })?;
         self.call.fetches_left -= 1;
         let id = self.next_fetch_id();
-        self.fetches.push(FetchStart { id, party, room, request });
+        self.fetches.push(FetchStart { id, party, room, request, hops: self.hops + 1, lease });
         Ok(id)
     }
 }

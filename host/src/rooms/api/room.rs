@@ -10,6 +10,6 @@ impl host::Room for RoomState {
     }
 
     fn vars(&mut self) -> Vec<(String, String)> {
-        self.vars.clone()
+        self.vars.to_vec()
     }
 }

@@ -1,4 +1,5 @@
 use super::{RoomState, host};
+use crate::budget::Resource;
 use crate::rooms::Limit;
 use crate::sandbox::{ListOptions, Refusal};
 use crate::storage::ListQuery;
@@ -17,16 +18,28 @@ impl host::Storage for RoomState {
             return Err(Refusal::TooLarge(format!("value of key {key:?} is over {value_limit} bytes")));
         }
         let quota = self.limits.storage_room_bytes;
-        if self.storage.total_bytes_after_put(&key, &value) > quota {
+        let (before, after) = (self.storage.total_bytes(), self.storage.total_bytes_after_put(&key, &value));
+        if after > quota {
             self.hits.count(Limit::Storage);
             return Err(Refusal::QuotaExceeded(format!("room storage would exceed {quota} bytes")));
+        }
+        if after > before {
+            self.totals.try_take(Resource::Storage, (after - before) as u64).map_err(|cap| {
+                self.cap_reached(&cap);
+                Refusal::QuotaExceeded(cap.to_string())
+            })?;
+        } else {
+            self.totals.give_back(Resource::Storage, (before - after) as u64);
         }
         self.storage.put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> bool {
-        self.storage.delete(&key)
+        let before = self.storage.total_bytes();
+        let existed = self.storage.delete(&key);
+        self.totals.give_back(Resource::Storage, (before - self.storage.total_bytes()) as u64);
+        existed
     }
 
     fn list(&mut self, options: ListOptions) -> Vec<(String, Vec<u8>)> {
@@ -40,6 +53,7 @@ impl host::Storage for RoomState {
     }
 
     fn delete_all(&mut self) {
+        self.totals.give_back(Resource::Storage, self.storage.total_bytes() as u64);
         self.storage.delete_all();
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::mpsc;
 
-use super::Room;
+use super::{FetchDone, Room};
 use crate::ids::ConnectionId;
 use crate::rooms::CLOSE_TRY_AGAIN;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
@@ -30,7 +30,9 @@ impl Room {
     /// A failed call resets the room. Returns whether the call succeeded.
     pub(super) async fn finish(&mut self, result: Result<(), GuestError>) -> bool {
         // A limit an import could not refuse (a broadcast) fails the call.
-        let exceeded = self.state_mut().call.exceeded.take();
+        let state = self.state_mut();
+        state.hops = 0;
+        let exceeded = state.call.exceeded.take();
         let result = result.and_then(|()| match exceeded {
             Some((limit, detail)) => Err(GuestError { kind: TrapKind::HostLimit(limit.as_str()), detail }),
             None => Ok(()),
@@ -133,10 +135,14 @@ impl Room {
 
     fn start_fetch(&mut self, fetch: FetchStart) {
         self.state_mut().fetches_in_flight += 1;
-        let FetchStart { id, party, room, request } = fetch;
-        let response = self.rooms.fetch(&self.key, &party, &room, request);
+        let FetchStart { id, party, room, request, hops, lease } = fetch;
+        // The handler parked on it resumes at the depth it started from.
+        let origin_hops = hops.saturating_sub(1);
+        let response = self.rooms.fetch(&self.key, &party, &room, request, hops);
         let timeout = self.party.code.limits().fetch_timeout;
         self.fetches.spawn(async move {
+            // In flight until this task ends, however it ends.
+            let _lease = lease;
             let result = match response {
                 Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
                 Ok(response) => match tokio::time::timeout(timeout, response).await {
@@ -147,7 +153,7 @@ impl Room {
                     )),
                 },
             };
-            (id, result)
+            FetchDone { id, hops: origin_hops, result }
         });
     }
 }
@@ -164,7 +170,7 @@ fn deliver(connections: &HashMap<ConnectionId, ConnectionEntry>, target: Target,
         Target::One(id) => connections.get(&id).into_iter().for_each(push),
         Target::All { without } => connections
             .iter()
-            .filter(|(id, _)| !without.iter().any(|w| w == id.as_str()))
+            .filter(|(id, _)| !without.contains(id.as_str()))
             .for_each(|(_, entry)| push(entry)),
     }
 }

@@ -39,6 +39,14 @@ impl Room {
                     }
                 }
                 Err((state, e)) => {
+                    let limit = match e.kind {
+                        TrapKind::HostLimit(_) => Limit::Totals,
+                        TrapKind::MemoryLimit => Limit::Memory,
+                        TrapKind::CpuLimit => Limit::Cpu,
+                        TrapKind::WallClock => Limit::Wall,
+                        _ => Limit::Trap,
+                    };
+                    self.rooms.limit_hits().count(limit);
                     warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "instance failed to start");
                     self.slot = Slot::Idle(state);
                     return None;
@@ -65,7 +73,7 @@ impl Room {
         }
         self.drop_instance();
         let state = self.state_mut();
-        state.vars.clone_from(&current.vars);
+        state.vars = current.vars.clone();
         state.limits = current.code.limits().clone();
         self.party = current;
         info!(room = %self.key, "party updated; the next event runs the new code");
@@ -128,6 +136,8 @@ impl Room {
     pub(super) async fn reset(&mut self, e: &GuestError) {
         let limit = match e.kind {
             TrapKind::CpuLimit => Limit::Cpu,
+            TrapKind::WallClock => Limit::Wall,
+            TrapKind::HostLimit(name) if name == Limit::Totals.as_str() => Limit::Totals,
             TrapKind::MemoryLimit => Limit::Memory,
             TrapKind::StackOverflow | TrapKind::OutOfBounds => Limit::Stack,
             TrapKind::HostLimit(name) if name == Limit::Fanout.as_str() => Limit::Fanout,
@@ -143,8 +153,10 @@ impl Room {
     pub(super) async fn reset_state(&mut self) {
         self.drop_instance();
         // Handlers parked in the dropped instance will never finish; those
-        // whose response waits in the gate did finish.
-        self.fetches.abort_all();
+        // whose response waits in the gate did finish. A new set, not
+        // `abort_all`: a fetch that had already finished could still be
+        // joined from the old one and resume a handler that is gone.
+        self.fetches = tokio::task::JoinSet::new();
         let held = self.held_tasks();
         for (_, reply) in self.pending_requests.extract_if(|task, _| !held.contains(task)) {
             let _ = reply.send(super::error_response(500, "the room restarted after an error"));
@@ -154,7 +166,11 @@ impl Room {
         state.discard_effects();
         state.fetches_in_flight = 0;
         match reloaded {
-            Ok(storage) => state.storage = storage,
+            Ok(storage) => {
+                let (old_bytes, old_alarm) = (state.storage.total_bytes(), state.storage.alarm().is_some());
+                state.storage = storage;
+                state.settle_storage(old_bytes, old_alarm);
+            }
             Err(e) => {
                 tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")
             }

@@ -29,6 +29,15 @@ use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, Limit, now_
 use crate::ids::{ConnectionId, RoomKey};
 use crate::sandbox::{Guest, Request, RequestOutcome, Response};
 
+/// A fetch's outcome, for the handler parked on it.
+pub(super) struct FetchDone {
+    id: u64,
+    /// Hops of the call that started the fetch: its handler resumes at
+    /// that depth.
+    hops: u32,
+    result: Result<Response, String>,
+}
+
 /// Most tags a connection keeps (its id included), as in Durable Objects.
 const MAX_TAGS: usize = 10;
 /// Longest tag kept, in bytes.
@@ -37,7 +46,7 @@ const MAX_TAG_BYTES: usize = 256;
 /// What woke the room.
 enum Event {
     Message(RoomMsg),
-    FetchDone(u64, Result<Response, String>),
+    FetchDone(FetchDone),
     Alarm,
     Idle,
     /// The oldest held output's commit finished.
@@ -73,7 +82,7 @@ pub(super) struct Room {
     /// Replies owed to parked `on-request` handlers, by task id.
     pending_requests: HashMap<u64, oneshot::Sender<Response>>,
     /// Outbound fetches in flight; dropping the set aborts them.
-    fetches: JoinSet<(u64, Result<Response, String>)>,
+    fetches: JoinSet<FetchDone>,
     /// The output gate: what each call produced, in order, until its
     /// writes are durable.
     gate: VecDeque<effects::Output>,
@@ -111,13 +120,16 @@ impl Room {
             let alarm = self.state().storage.alarm();
             let idle_at = self.idle_action().map(|_| self.last_event + self.rooms.config().idle_timeout);
             let event = tokio::select! {
+                // Shutdown first: a room with a full mailbox stops after the
+                // call under way, not after its whole queue.
+                biased;
                 () = shutdown.cancelled() => break,
                 msg = self.rx.recv() => match msg {
                     Some(msg) => Event::Message(msg),
                     None => break,
                 },
-                Some(Ok((fetch, result))) = self.fetches.join_next(), if !self.fetches.is_empty() => {
-                    Event::FetchDone(fetch, result)
+                Some(Ok(done)) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    Event::FetchDone(done)
                 }
                 () = sleep_until_ms(alarm), if alarm.is_some() => Event::Alarm,
                 () = sleep_until(idle_at), if idle_at.is_some() => Event::Idle,
@@ -129,7 +141,7 @@ impl Room {
             }
             match event {
                 Event::Message(msg) => self.handle(msg).await,
-                Event::FetchDone(fetch, result) => self.resume(fetch, result).await,
+                Event::FetchDone(done) => self.resume(done).await,
                 Event::Alarm => self.fire_alarm().await,
                 Event::Durable(result) => self.on_durable(result).await,
                 Event::Idle => {
@@ -169,7 +181,7 @@ impl Room {
                     self.departed(&conn, entry, how).await;
                 }
             }
-            RoomMsg::Request { request, reply } => self.request(*request, reply).await,
+            RoomMsg::Request { request, reply, hops } => self.request(*request, reply, hops).await,
             RoomMsg::Evict => self.evict_if_idle(),
         }
     }
@@ -232,15 +244,18 @@ impl Room {
         self.finish(result).await;
     }
 
-    async fn request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+    async fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, hops: u32) {
         let task = self.next_task();
         let Some(guest) = self.live_guest().await else {
             let _ = reply.send(error_response(503, "the room could not start; see the host log"));
             return;
         };
+        // Fetches made while handling it go one hop further (reset by `finish`).
+        guest.room_mut().hops = hops;
         match guest.on_request(task, &request).await {
             Ok(RequestOutcome::Ready(response)) => {
                 // Released with the call's other effects, after the commit.
+                let response = guest.room().bounded(response);
                 guest.room_mut().completed.push((task, response));
                 self.pending_requests.insert(task, reply);
                 self.finish(Ok(())).await;
@@ -259,10 +274,12 @@ impl Room {
         }
     }
 
-    async fn resume(&mut self, fetch: u64, result: Result<Response, String>) {
-        self.state_mut().fetches_in_flight -= 1;
+    async fn resume(&mut self, done: FetchDone) {
+        let state = self.state_mut();
+        state.fetches_in_flight = state.fetches_in_flight.saturating_sub(1);
         if let Some(guest) = self.live_guest().await {
-            let result = guest.resume(fetch, &result).await;
+            guest.room_mut().hops = done.hops;
+            let result = guest.resume(done.id, &done.result).await;
             self.finish(result).await;
         }
     }
@@ -270,7 +287,7 @@ impl Room {
     async fn fire_alarm(&mut self) {
         // Cleared and committed before the call: the handler may set the
         // next one, and a handler that traps does not fire again at once.
-        self.state_mut().storage.set_alarm(None);
+        let _ = self.state_mut().set_alarm(None);
         if !self.finish(Ok(())).await {
             return;
         }

@@ -8,6 +8,7 @@
 
 use partyhost_guest::{
     Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, join_all, now,
+    random_bytes,
 };
 
 use std::cell::Cell;
@@ -44,6 +45,39 @@ fn misbehave(command: &str) {
     }
 }
 
+/// Tries what WASI would let a guest reach beyond its room: files, the
+/// host's environment and arguments, sockets, name lookups. Says, for
+/// each, whether it was denied.
+fn wasi_probes() -> String {
+    fn verdict<T, E>(result: Result<T, E>) -> &'static str {
+        if result.is_ok() { "ALLOWED" } else { "denied" }
+    }
+    let probes = [
+        ("read", verdict(std::fs::read("/etc/passwd"))),
+        ("write", verdict(std::fs::write("/tmp/partyhost-probe", b"x"))),
+        ("list", verdict(std::fs::read_dir("/"))),
+        ("cwd", verdict(std::fs::read_dir("."))),
+        ("tcp", verdict(std::net::TcpStream::connect("127.0.0.1:1999"))),
+        ("udp", verdict(std::net::UdpSocket::bind("127.0.0.1:0"))),
+        ("dns", verdict(std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)))),
+    ];
+    let mut report: Vec<String> = probes.iter().map(|(what, verdict)| format!("{what}={verdict}")).collect();
+    report.push(format!("env={}", std::env::vars_os().count()));
+    report.push(format!("args={}", std::env::args_os().count()));
+    report.join(" ")
+}
+
+/// The party's vars, `times` times over: a loop of imports that each cost
+/// the host far more than the guest when the vars are large.
+fn vars_loop(times: usize) -> String {
+    use partyhost_guest::bindings::partyhost::party::room;
+    let mut bytes = 0;
+    for _ in 0..times {
+        bytes += room::vars().iter().map(|(name, value)| name.len() + value.len()).sum::<usize>();
+    }
+    format!("read {bytes} bytes of vars")
+}
+
 /// Recursion that keeps nothing in linear memory, so it overflows wasm's
 /// own call stack (`wide-recurse` overflows Rust's shadow stack instead).
 #[allow(unconditional_recursion)]
@@ -61,9 +95,14 @@ fn wide_recurse(depth: u64) -> u64 {
 
 /// Writes `kib` KiB of storage in 64 KiB values; says where it stopped.
 fn fill(kib: usize) -> String {
+    fill_from(0, kib)
+}
+
+/// [`fill`] from chunk `first` on, so a large fill can take several calls.
+fn fill_from(first: usize, kib: usize) -> String {
     let storage = partyhost_guest::Room::default().storage();
     let chunk = vec![7u8; 64 << 10];
-    for i in 0..kib.div_ceil(64) {
+    for i in first..first + kib.div_ceil(64) {
         if let Err(e) = storage.put_bytes(&format!("fill/{i}"), &chunk) {
             return format!("filled {i} chunks, then {e}");
         }
@@ -91,6 +130,38 @@ impl Hostile {
         format!("fetched {ok} of {count}; {refused}")
     }
 
+    /// Fetches 16 fresh rooms of this party, each of which does the same:
+    /// without totals, one request would start rooms without end.
+    async fn fan_out(&self) -> Response {
+        let party = self.room.party();
+        let rooms: Vec<String> = (0..16)
+            .map(|_| {
+                let id: String = random_bytes(6).iter().map(|b| format!("{b:02x}")).collect();
+                format!("fan-{id}")
+            })
+            .collect();
+        let fetches = rooms.iter().map(|room| self.room.fetch(&party, room, Request::get("/fanout")));
+        let results = join_all(fetches).await;
+        let ok = results.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 200)).count();
+        // The first refusal here, or one reported from further down.
+        let refused = results.iter().find_map(|r| match r {
+            Err(e) => Some(e.to_string()),
+            Ok(inner) => Some(inner.body_text()).filter(|text| text.contains("refused: ")),
+        });
+        let refused = refused.map(|r| format!("refused: {}", r.trim_start_matches("fanned out to ")));
+        Response::text(200, format!("fanned out to {ok} of 16; {}", refused.unwrap_or_default()))
+    }
+
+    /// Fetches one fresh room of this party, which does the same: a chain
+    /// that only the hop limit ends.
+    async fn chain(&self) -> Response {
+        let id: String = random_bytes(6).iter().map(|b| format!("{b:02x}")).collect();
+        match self.room.fetch(&self.room.party(), &format!("chain-{id}"), Request::get("/chain")).await {
+            Ok(inner) => Response::text(200, format!("chain: {}", inner.body_text())),
+            Err(e) => Response::text(200, format!("chain refused: {e}")),
+        }
+    }
+
     async fn fetch_self(&self, path: &str) -> Response {
         let (party, room) = (self.room.party(), self.room.id());
         match self.room.fetch(&party, &room, Request::get(path)).await {
@@ -114,6 +185,7 @@ impl Party for Hostile {
         let _ = self.room.storage().put("starts", &starts);
     }
 
+    #[allow(clippy::panic)]
     async fn on_message(&self, message: Message, sender: Connection) {
         let text = message.as_text().unwrap_or_default().to_owned();
         misbehave(&text);
@@ -135,6 +207,34 @@ impl Party for Hostile {
                 format!("alarm set starts={starts}")
             }
             Some(("fill", kib)) => fill(kib.parse().unwrap_or(0)),
+            Some(("fill-from", args)) => {
+                let (first, kib) = args.split_once(':').unwrap_or((args, "64"));
+                fill_from(first.parse().unwrap_or(0), kib.parse().unwrap_or(0))
+            }
+            Some(("sleep", ms)) => {
+                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                format!("slept starts={starts}")
+            }
+            Some(("vars-loop", times)) => vars_loop(times.parse().unwrap_or(1)),
+            Some(("wasi-probes", _)) => wasi_probes(),
+            // Writes and broadcasts, then fails: neither may ever be seen.
+            Some(("write-broadcast-trap", _)) => {
+                let _ = storage.put("doomed", &"written by a call that trapped");
+                self.room.broadcast("a frame from a call that trapped", &[]);
+                panic!("trapping after a write and a broadcast");
+            }
+            // An alarm that sets the next one for "now", every time.
+            Some(("alarm-loop", _)) => {
+                let _ = storage.put("alarm-loop", &true);
+                storage.set_alarm(now());
+                format!("alarm loop started starts={starts}")
+            }
+            Some(("stop-alarm-loop", _)) => {
+                storage.delete("alarm-loop");
+                storage.delete_alarm();
+                let fired: u64 = storage.get("loop-fired").unwrap_or(0);
+                format!("alarm loop fired {fired} times")
+            }
             // Broadcasts `kib` KiB `times` times in one call.
             Some(("flood", args)) => {
                 let (kib, times) = args.split_once(':').unwrap_or((args, "1"));
@@ -228,6 +328,12 @@ impl Party for Hostile {
     }
 
     async fn on_alarm(&self) {
+        if self.room.storage().get::<bool>("alarm-loop") == Some(true) {
+            let fired: u64 = self.room.storage().get("loop-fired").unwrap_or(0) + 1;
+            let _ = self.room.storage().put("loop-fired", &fired);
+            self.room.storage().set_alarm(now());
+            return;
+        }
         if self.room.storage().get::<u64>("spin-until").is_some_and(|until| now() < until) {
             spin();
         }
@@ -248,6 +354,9 @@ impl Party for Hostile {
             // Awaits a request to this room that never answers.
             "await-never" => self.fetch_self("/never").await,
             "pong" => Response::text(200, "pong"),
+            "fanout" => self.fan_out().await,
+            "chain" => self.chain().await,
+            "doomed" => Response::text(200, format!("{:?}", self.room.storage().get::<String>("doomed"))),
             "alarms-fired" => {
                 let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0);
                 Response::text(200, format!("alarms fired {fired}"))

@@ -1,0 +1,76 @@
+//! The output gate, made deterministic: the storage thread's commits are
+//! held by a test hook, and nothing a call produced (a frame, an HTTP
+//! response, an outgoing fetch) may leave its room until its writes are
+//! durable; a commit that fails releases none of it.
+
+use anyhow::Result;
+use std::time::Duration;
+
+use crate::common::{Client, TestHost, manifest, raw_http, temp_dir, within};
+use crate::guests::HOSTILE;
+
+/// Long enough for anything released early to arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Whether `client` receives any frame within [`QUIET`].
+async fn hears_nothing(client: &mut Client) -> bool {
+    tokio::time::timeout(QUIET, client.recv_text()).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_leaves_before_its_commit_and_a_failed_commit_releases_nothing() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], "")).await?;
+    let mut client = Client::connect(&host.ws_url("/parties/main/gated")).await?;
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=1");
+    let rooms = host.local_rooms();
+    let hooks = rooms.commit_hooks().clone();
+
+    hooks.hold();
+    // A write and its reply; then a fetch and an HTTP response queued
+    // behind it in the same room.
+    client.send_text("alarm:600000").await?;
+    client.send_text("fetch-loop:1").await?;
+    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
+    assert!(hears_nothing(&mut client).await, "a frame left before its commit");
+    assert!(!http.is_finished(), "an HTTP response left before the commit ahead of it");
+    assert_eq!(host.stats().rooms, 1, "a fetch reached its target before the commit");
+
+    let released = std::time::Instant::now();
+    hooks.release();
+    assert!(client.recv_text().await?.starts_with("alarm set"));
+    assert!(client.recv_text().await?.starts_with("fetched 1 of 1"));
+    let (status, body, answered) = within("http", http).await??;
+    assert_eq!((status, body.as_str()), (200, "pong"));
+    assert!(answered >= released);
+
+    // A commit that fails: the reply, the fetch and the HTTP response
+    // queued behind it are never released; the room restarts from disk.
+    hooks.hold();
+    client.send_text("alarm:700000").await?;
+    client.send_text("fetch-loop:1").await?;
+    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
+    assert!(hears_nothing(&mut client).await);
+    hooks.fail_next();
+    hooks.release();
+    let (status, body, _) = within("http", http).await??;
+    assert_eq!((status, body.as_str()), (500, "the room restarted after an error"));
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=2", "the reply of the failed call leaked");
+    // On disk: the first alarm, not the failed call's.
+    let stored: i64 = rusqlite::Connection::open(dir.path().join("data/storage.sqlite"))?.query_row(
+        "SELECT time_ms FROM alarms WHERE room = 'gated'",
+        [],
+        |row| row.get(0),
+    )?;
+    let in_ms = stored - i64::try_from(partyhost::rooms::now_ms())?;
+    assert!((0..650_000).contains(&in_ms), "the failed call's alarm was stored: {in_ms} ms ahead");
+    host.stop().await
+}
+
+/// A GET from a task of its own: status, body, and when it was answered.
+async fn get(addr: std::net::SocketAddr, path: &'static str) -> Result<(u16, String, std::time::Instant)> {
+    let response = raw_http(addr, "GET", path, &[], "").await?;
+    Ok((response.status, response.body, std::time::Instant::now()))
+}
