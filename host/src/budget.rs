@@ -76,12 +76,17 @@ pub struct Scope {
     name: String,
     used: [AtomicU64; Resource::ALL.len()],
     caps: [u64; Resource::ALL.len()],
-    /// Room starts: a bucket of `start_rate` tokens, refilled at that many
-    /// per second. A burst of new rooms is work the host does at once, at
-    /// the expense of every room's latency; this bounds how large it is.
+    /// Room starts: a bucket of a fifth of `start_rate` tokens (see
+    /// [`START_BURST_DIVISOR`]), refilled at `start_rate` per second.
     start_rate: u64,
     starts: Mutex<Bucket>,
 }
+
+/// A burst of room starts is at most a fifth of a second's worth. A burst
+/// is work the host does at once, at the expense of every room's latency:
+/// 100 rooms started together delayed a neighbour's round trip by up to
+/// 21 ms at p99 on a loaded 2-core machine, 20 stay within its noise.
+pub const START_BURST_DIVISOR: u64 = 5;
 
 #[derive(Debug)]
 struct Bucket {
@@ -96,8 +101,12 @@ impl Scope {
         let spec = defaults.overlay(spec);
         let caps = Resource::ALL.map(|r| spec.cap(r).unwrap_or(u64::MAX));
         let start_rate = spec.cap(Resource::RoomStarts).unwrap_or(u64::MAX);
-        let starts = Mutex::new(Bucket { tokens: start_rate as f64, filled_at: Instant::now() });
+        let starts = Mutex::new(Bucket { tokens: Self::burst(start_rate), filled_at: Instant::now() });
         Arc::new(Self { name: name.into(), used: Default::default(), caps, start_rate, starts })
+    }
+
+    fn burst(rate: u64) -> f64 {
+        (rate / START_BURST_DIVISOR).max(1) as f64
     }
 
     /// Takes a room start from the bucket.
@@ -106,7 +115,7 @@ impl Scope {
         let mut bucket = self.starts.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let refill = now.duration_since(bucket.filled_at).as_secs_f64() * rate;
-        bucket.tokens = (bucket.tokens + refill).min(rate);
+        bucket.tokens = (bucket.tokens + refill).min(Self::burst(self.start_rate));
         bucket.filled_at = now;
         if bucket.tokens < 1.0 {
             return Err(CapReached {
@@ -227,6 +236,15 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Gives back `less` of what it holds.
+    pub fn shrink(&mut self, less: u64) {
+        let less = less.min(self.amount);
+        self.totals.give_back(self.resource, less);
+        self.amount -= less;
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.totals.give_back(self.resource, self.amount);
@@ -288,8 +306,8 @@ mod tests {
     }
 
     #[test]
-    fn room_starts_come_in_bursts_of_the_rate() {
-        let spec = TotalsSpec { room_starts_per_second: Some(3), ..TotalsSpec::unlimited() };
+    fn room_starts_come_in_bursts_of_a_fifth_of_the_rate() {
+        let spec = TotalsSpec { room_starts_per_second: Some(15), ..TotalsSpec::unlimited() };
         let totals = Totals {
             project: Scope::new("p", &spec, &spec),
             host: Scope::new("h", &TotalsSpec::unlimited(), &TotalsSpec::unlimited()),
@@ -300,9 +318,9 @@ mod tests {
         let refused = totals.admit_start().unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "p is at its cap of 3 room starts per second ([totals] room_starts_per_second)"
+            "p is at its cap of 15 room starts per second ([totals] room_starts_per_second)"
         );
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        std::thread::sleep(std::time::Duration::from_millis(100));
         totals.admit_start().unwrap();
     }
 

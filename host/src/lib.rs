@@ -224,6 +224,8 @@ impl Host {
         let Self { shutdown, shutdown_deadline, server, tracker, sandbox: _sandbox, .. } = self;
         let stopped = async {
             let served = server.await.context("the HTTP server task panicked")?;
+            // Serving may have failed on its own: rooms stop all the same.
+            shutdown.cancel();
             tracker.close();
             tracker.wait().await;
             served

@@ -186,7 +186,14 @@ async fn hostile_guests_are_stopped_and_their_neighbours_keep_serving() -> Resul
     let started = Instant::now();
     let (status, body) = host.http("GET", &evil.path("/parties/hostile/attacks/spin"), "").await?;
     let stopped_after = started.elapsed();
-    assert_eq!((status, body.as_str()), (500, "the room failed while handling the request (cpu_limit)"));
+    assert_eq!(status, 500);
+    // The CPU budget, or on a loaded machine the wall-clock deadline.
+    assert!(
+        ["(cpu_limit)", "(wall_clock)"]
+            .iter()
+            .any(|kind| body == format!("the room failed while handling the request {kind}")),
+        "{body}"
+    );
     // 200 ms of CPU, counted in 5 ms epoch ticks, plus a restart.
     assert!(
         stopped_after < Duration::from_millis(1000),
@@ -204,10 +211,14 @@ async fn hostile_guests_are_stopped_and_their_neighbours_keep_serving() -> Resul
     assert!(spins_on_close.recv_text().await?.starts_with("on-close will spin"));
     drop(spins_on_close);
     assert_eq!(attack.ask("spin-alarm:10").await?.split(" starts").next(), Some("alarm set to spin"));
-    eventually("the spinning alarm is stopped", async || {
-        Ok(host.project_status(&evil).await?["limit_hits"]["cpu"].as_u64() >= Some(7))
-    })
-    .await?;
+    // Seven spins (and one sleep) so far. On a loaded machine a spinning
+    // guest waits for the CPU between its epoch yields, so its wall-clock
+    // deadline may come before its CPU budget: either stops it.
+    let stopped = async || -> Result<u64> {
+        let hits = host.project_status(&evil).await?["limit_hits"].clone();
+        Ok(hits["cpu"].as_u64().unwrap_or(0) + hits["wall_clock"].as_u64().unwrap_or(0))
+    };
+    eventually("the spinning alarm is stopped", async || Ok(stopped().await? >= 8)).await?;
     attack.answers().await?;
 
     // Huge broadcasts in a loop: the call fails at 1 MiB of fan-out.
@@ -308,7 +319,7 @@ async fn hostile_guests_are_stopped_and_their_neighbours_keep_serving() -> Resul
     // the good one.
     let evil_hits = host.project_status(&evil).await?["limit_hits"].clone();
     for (limit, at_least) in [
-        ("cpu", 7),
+        ("cpu", 1),
         ("memory", 1),
         ("stack", 2),
         ("trap", 2),

@@ -122,7 +122,7 @@ pub struct TotalsSpec {
     pub storage_mib: Option<u64>,
     /// Rooms with an alarm set.
     pub alarms: Option<u64>,
-    /// Rooms started per second, with bursts as large.
+    /// Rooms started per second, with bursts of a fifth of that.
     pub room_starts_per_second: Option<u64>,
 }
 

@@ -38,6 +38,13 @@ pub struct LoadedParty {
     pub hibernate: bool,
 }
 
+/// A room's wake timer for its alarm.
+struct Wake {
+    time_ms: u64,
+    /// Wakes the timer when the time moves earlier.
+    moved: Arc<tokio::sync::Notify>,
+}
+
 /// When rooms give up their instances.
 #[derive(Debug, Clone)]
 pub struct RoomsConfig {
@@ -80,9 +87,9 @@ pub struct Rooms {
     hits: Arc<LimitHits>,
     /// What this project's rooms, and the host's, may hold at once.
     totals: Totals,
-    /// Rooms woken by a timer for their alarm, with the time: one timer
-    /// per room however often the room retires.
-    wakes: Mutex<HashMap<RoomKey, u64>>,
+    /// Rooms woken by a timer for their alarm: one timer per room however
+    /// often the room retires.
+    wakes: Mutex<HashMap<RoomKey, Wake>>,
 }
 
 impl Rooms {
@@ -211,7 +218,6 @@ impl Rooms {
         let span = info_span!("room", party = %key.party, room = %key.room);
         self.tracker.spawn(
             async move {
-                let _running = running;
                 let storage = match rooms.storage.load(&key).await {
                     Ok(storage) => storage,
                     Err(e) => {
@@ -224,7 +230,7 @@ impl Rooms {
                 let limits = party.code.limits().clone();
                 let (hits, totals) = (rooms.hits.clone(), rooms.totals.clone());
                 let state = RoomState::new(key, party.vars.clone(), limits, storage, hits, totals);
-                Room::new(rooms, party, generation, state, rx).run().await;
+                Room::new(rooms, party, generation, state, rx, running).run().await;
             }
             .instrument(span),
         );
@@ -331,37 +337,48 @@ impl Rooms {
 
     /// Wakes `key` at `time_ms` so its alarm fires, without keeping the room
     /// loaded until then. The room arms its own timer from storage. A room
-    /// has one wake timer, which a later call moves; only a move to an
-    /// earlier time starts another (the sleeping one would be late).
+    /// has one wake timer, however often it retires: a later call moves it
+    /// (a move to an earlier time wakes the timer to sleep less).
     pub fn wake_at(self: &Arc<Self>, key: RoomKey, time_ms: u64) {
-        if lock(&self.wakes).insert(key.clone(), time_ms).is_some_and(|earlier| earlier <= time_ms) {
-            return;
+        let moved = Arc::new(tokio::sync::Notify::new());
+        {
+            let mut wakes = lock(&self.wakes);
+            if let Some(wake) = wakes.get_mut(&key) {
+                if time_ms < wake.time_ms {
+                    wake.moved.notify_one();
+                }
+                wake.time_ms = time_ms;
+                return;
+            }
+            wakes.insert(key.clone(), Wake { time_ms, moved: moved.clone() });
         }
         let rooms = self.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             loop {
-                let Some(time_ms) = lock(&rooms.wakes).get(&key).copied() else { return };
+                let Some(time_ms) = lock(&rooms.wakes).get(&key).map(|w| w.time_ms) else { return };
                 let wait = Duration::from_millis(time_ms.saturating_sub(super::now_ms()));
                 tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = moved.notified() => continue,
                     () = tokio::time::sleep(wait) => {}
                 }
                 let mut wakes = lock(&rooms.wakes);
-                if wakes.get(&key).is_some_and(|&t| t > super::now_ms()) {
-                    continue; // moved later meanwhile
-                }
-                match rooms.get_or_spawn(&key) {
-                    // A cap (a burst of room starts, say) only delays the alarm.
-                    Err(e) if e.downcast_ref::<crate::budget::CapReached>().is_some() => {
-                        tracing::debug!(room = %key, cause = %format!("{e:#}"), "alarm delayed by a cap");
-                        wakes.insert(key.clone(), super::now_ms() + WAKE_RETRY_MS);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(room = %key, cause = %format!("{e:#}"), "could not wake a room for its alarm");
-                    }
-                    Ok(_) => {}
+                match wakes.get_mut(&key) {
+                    None => return,
+                    Some(wake) if wake.time_ms > super::now_ms() => continue, // moved later
+                    Some(wake) => match rooms.get_or_spawn(&key) {
+                        // A cap (a burst of room starts, say) only delays the alarm.
+                        Err(e) if e.downcast_ref::<crate::budget::CapReached>().is_some() => {
+                            tracing::debug!(room = %key, cause = %format!("{e:#}"), "alarm delayed by a cap");
+                            wake.time_ms = super::now_ms() + WAKE_RETRY_MS;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(room = %key, cause = %format!("{e:#}"), "could not wake a room for its alarm");
+                        }
+                        Ok(_) => {}
+                    },
                 }
                 wakes.remove(&key);
                 return;

@@ -98,6 +98,9 @@ pub struct RoomState {
     /// How many room-to-room requests led to the current call (0 for a
     /// client's).
     pub(super) hops: u32,
+    /// The depth of the call that set the alarm, for `on-alarm` (0 after a
+    /// restart of the host).
+    pub(super) alarm_hops: u32,
     pub(super) connections: HashMap<ConnectionId, ConnectionEntry>,
     pub(super) storage: RoomStorage,
     /// Frames to release after the current call commits.
@@ -144,6 +147,7 @@ impl RoomState {
         Self {
             totals,
             hops: 0,
+            alarm_hops: 0,
             departing: None,
             call: CallBudget::default(),
             log,
@@ -212,6 +216,7 @@ impl RoomState {
             _ => {}
         }
         self.storage.set_alarm(time_ms.map(|t| t.max(now_ms() + MIN_ALARM_DELAY_MS)));
+        self.alarm_hops = self.hops;
         Ok(())
     }
 

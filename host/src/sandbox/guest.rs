@@ -10,7 +10,7 @@ use wasmtime::Store;
 
 use super::bindings::{Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
 use super::error::GuestError;
-use super::limits::{INSTANTIATE_CPU, Limits};
+use super::limits::{INSTANTIATE_CALLS, Limits};
 use super::meter::CpuMeter;
 use super::store::{StoreData, on_epoch_tick};
 
@@ -57,12 +57,10 @@ impl<R: RoomApi> Guest<R> {
         let mut store = Store::new(engine, data);
         store.limiter(|data| data.limiter());
         store.epoch_deadline_callback(on_epoch_tick);
-        store.data_mut().cpu_budget = INSTANTIATE_CPU;
+        let scale = |d: Duration| d.checked_mul(INSTANTIATE_CALLS).unwrap_or(Duration::MAX);
+        store.data_mut().cpu_budget = scale(limits.cpu_per_event);
         store.set_epoch_deadline(1);
-        let clock = CallClock {
-            meter: store.data().meter.clone(),
-            deadline: INSTANTIATE_CPU.max(limits.wall_per_event),
-        };
+        let clock = CallClock { meter: store.data().meter.clone(), deadline: scale(limits.wall_per_event) };
         match clock.run("instantiation", pre.instantiate_async(&mut store)).await {
             Ok(party) => Ok(Self {
                 store,

@@ -11,10 +11,11 @@ use crate::manifest::LimitsSpec;
 /// are counted in these ticks, so they are accurate to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// CPU time allowed for instantiation (the component's start functions and
-/// data segments); a start function that spins is stopped here. Its wall
-/// clock deadline is the larger of this and the party's `wall_ms`.
-pub const INSTANTIATE_CPU: Duration = Duration::from_secs(1);
+/// Instantiation (the component's start functions and data segments) may
+/// use this many times a handler call's CPU budget, and its wall-clock
+/// deadline: a new instance follows every trap, so a start function that
+/// spins is stopped at a small multiple of `cpu_ms`.
+pub const INSTANTIATE_CALLS: u32 = 2;
 
 /// A handler call's default wall-clock deadline, in multiples of its CPU
 /// budget: room for the epoch yields that let other rooms run, not for
@@ -84,7 +85,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             cpu_per_event: Duration::from_millis(50),
-            wall_per_event: Duration::from_millis(50) * WALL_PER_CPU,
+            wall_per_event: Duration::from_millis(50 * WALL_PER_CPU as u64),
             memory_bytes: 64 << 20,
             stack_bytes: 512 << 10,
             message_bytes: 1 << 20,
@@ -119,7 +120,10 @@ impl From<&LimitsSpec> for Limits {
         let cpu_per_event = millis(spec.cpu_ms, defaults.cpu_per_event);
         Self {
             cpu_per_event,
-            wall_per_event: millis(spec.wall_ms, cpu_per_event * WALL_PER_CPU),
+            wall_per_event: millis(
+                spec.wall_ms,
+                cpu_per_event.checked_mul(WALL_PER_CPU).unwrap_or(Duration::MAX),
+            ),
             memory_bytes: bytes(spec.memory_mib, 1 << 20, defaults.memory_bytes),
             message_bytes: bytes(spec.message_kib, 1 << 10, defaults.message_bytes),
             fetch_timeout: millis(spec.fetch_timeout_ms, defaults.fetch_timeout),

@@ -15,8 +15,10 @@ use crate::budget::{CapReached, Lease, Resource};
 /// Most linear memories, tables and core instances one instance may create.
 /// A Rust guest has one memory, a few tables and a handful of core
 /// instances; these stop a component that declares thousands, each
-/// reserving its own address space.
-pub(super) const MAX_MEMORIES: usize = 4;
+/// reserving its own address space (4 GiB plus guards by default: with the
+/// host's 10,000 instances, two memories each stay within the 128 TiB a
+/// process can map).
+pub(super) const MAX_MEMORIES: usize = 2;
 pub(super) const MAX_TABLES: usize = 32;
 pub(super) const MAX_CORE_INSTANCES: usize = 64;
 
@@ -26,6 +28,10 @@ const TABLE_ELEMENT_BYTES: usize = 8;
 /// Largest `wasi:random` request (the default is 64 MiB, a host allocation
 /// per call).
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Most WASI resources (pollables, streams) an instance may hold at once;
+/// they live in host memory (the default allows a million).
+const MAX_WASI_RESOURCES: usize = 4096;
 
 /// Per-instance data: the room's own state plus what the sandbox needs to
 /// enforce limits and serve WASI.
@@ -75,7 +81,11 @@ impl<R: RoomApi> StoreData<R> {
             cpu_budget: Duration::ZERO,
             memory,
             _instance: instance,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_WASI_RESOURCES);
+                table
+            },
         })
     }
 
@@ -129,11 +139,20 @@ struct MemoryLimiter {
     limit: usize,
     used: usize,
     lease: Lease,
+    /// The last grant, taken back if wasmtime then fails the growth (past
+    /// the memory's declared maximum, say).
+    last_grant: usize,
 }
 
 impl MemoryLimiter {
     fn new(limit: usize, lease: Lease) -> Self {
-        Self { limit, used: 0, lease }
+        Self { limit, used: 0, lease, last_grant: 0 }
+    }
+
+    fn grow_failed(&mut self) {
+        self.used -= self.last_grant;
+        self.lease.shrink(self.last_grant as u64);
+        self.last_grant = 0;
     }
 
     /// Grants `more` bytes, or says which limit refused.
@@ -146,6 +165,7 @@ impl MemoryLimiter {
             return Err(MemoryLimitReached { limit: self.limit, total: Some(cap) }.into());
         }
         self.used = after;
+        self.last_grant = more;
         Ok(true)
     }
 }
@@ -167,6 +187,16 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         self.grow(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn instances(&self) -> usize {

@@ -183,6 +183,7 @@ impl Room {
     pub(super) async fn retired(mut self) {
         self.rx.close();
         self.drop_instance();
+        self.running = None;
         if let Some(time_ms) = self.state().storage.alarm() {
             self.rooms.wake_at(self.key.clone(), time_ms);
         }

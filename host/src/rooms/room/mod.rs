@@ -26,6 +26,7 @@ use super::handle::{Connect, Departure, RoomMsg};
 use super::registry::{LoadedParty, Rooms};
 use super::state::{ConnectionEntry, Outgoing, RoomState};
 use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, Limit, now_ms};
+use crate::budget::Lease;
 use crate::ids::{ConnectionId, RoomKey};
 use crate::sandbox::{Guest, Request, RequestOutcome, Response};
 
@@ -86,6 +87,9 @@ pub(super) struct Room {
     /// The output gate: what each call produced, in order, until its
     /// writes are durable.
     gate: VecDeque<effects::Output>,
+    /// The room's place among its project's running rooms; given back as
+    /// it retires, before it forwards late messages to its next run.
+    running: Option<Lease>,
 }
 
 impl Room {
@@ -95,8 +99,10 @@ impl Room {
         generation: u64,
         state: RoomState,
         rx: mpsc::Receiver<RoomMsg>,
+        running: Lease,
     ) -> Self {
         Self {
+            running: Some(running),
             key: state.key.clone(),
             last_active: Arc::new(AtomicU64::new(rooms.clock_ms())),
             rooms,
@@ -120,20 +126,22 @@ impl Room {
             let alarm = self.state().storage.alarm();
             let idle_at = self.idle_action().map(|_| self.last_event + self.rooms.config().idle_timeout);
             let event = tokio::select! {
-                // Shutdown first: a room with a full mailbox stops after the
-                // call under way, not after its whole queue.
+                // In this order: shutdown first, so a room with a full mailbox
+                // stops after the call under way, not after its whole queue;
+                // then commits and fetch results, so busy sockets cannot keep
+                // the output gate from draining.
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(result) = Self::next_durable(&mut self.gate), if !self.gate.is_empty() => Event::Durable(result),
+                Some(Ok(done)) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    Event::FetchDone(done)
+                }
                 msg = self.rx.recv() => match msg {
                     Some(msg) => Event::Message(msg),
                     None => break,
                 },
-                Some(Ok(done)) = self.fetches.join_next(), if !self.fetches.is_empty() => {
-                    Event::FetchDone(done)
-                }
                 () = sleep_until_ms(alarm), if alarm.is_some() => Event::Alarm,
                 () = sleep_until(idle_at), if idle_at.is_some() => Event::Idle,
-                Some(result) = Self::next_durable(&mut self.gate), if !self.gate.is_empty() => Event::Durable(result),
             };
             // A reload reaches the room here, before the event it woke for.
             if !self.follow_party() {
@@ -246,11 +254,13 @@ impl Room {
 
     async fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, hops: u32) {
         let task = self.next_task();
+        // Fetches made while handling it (and by an `on-start` it causes) go
+        // one hop further; `finish` resets the depth after each call.
+        self.state_mut().hops = hops;
         let Some(guest) = self.live_guest().await else {
             let _ = reply.send(error_response(503, "the room could not start; see the host log"));
             return;
         };
-        // Fetches made while handling it go one hop further (reset by `finish`).
         guest.room_mut().hops = hops;
         match guest.on_request(task, &request).await {
             Ok(RequestOutcome::Ready(response)) => {
@@ -277,6 +287,7 @@ impl Room {
     async fn resume(&mut self, done: FetchDone) {
         let state = self.state_mut();
         state.fetches_in_flight = state.fetches_in_flight.saturating_sub(1);
+        state.hops = done.hops;
         if let Some(guest) = self.live_guest().await {
             guest.room_mut().hops = done.hops;
             let result = guest.resume(done.id, &done.result).await;
@@ -287,12 +298,17 @@ impl Room {
     async fn fire_alarm(&mut self) {
         // Cleared and committed before the call: the handler may set the
         // next one, and a handler that traps does not fire again at once.
+        let hops = self.state().alarm_hops;
         let _ = self.state_mut().set_alarm(None);
         if !self.finish(Ok(())).await {
             return;
         }
         let task = self.next_task();
+        // At the depth of the call that set it: an alarm does not start a
+        // chain of room-to-room requests afresh.
+        self.state_mut().hops = hops;
         if let Some(guest) = self.live_guest().await {
+            guest.room_mut().hops = hops;
             let result = guest.on_alarm(task).await;
             self.finish(result).await;
         }
