@@ -32,8 +32,10 @@ async fn nothing_leaves_before_its_commit_and_a_failed_commit_releases_nothing()
     // behind it in the same room.
     client.send_text("alarm:600000").await?;
     client.send_text("fetch-loop:1").await?;
-    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
     assert!(hears_nothing(&mut client).await, "a frame left before its commit");
+    // Sent once the messages above have surely reached the room.
+    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
+    tokio::time::sleep(QUIET).await;
     assert!(!http.is_finished(), "an HTTP response left before the commit ahead of it");
     assert_eq!(host.stats().rooms, 1, "a fetch reached its target before the commit");
 
@@ -50,8 +52,10 @@ async fn nothing_leaves_before_its_commit_and_a_failed_commit_releases_nothing()
     hooks.hold();
     client.send_text("alarm:700000").await?;
     client.send_text("fetch-loop:1").await?;
-    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
     assert!(hears_nothing(&mut client).await);
+    let http = tokio::spawn(get(host.addr, "/parties/main/gated/pong"));
+    tokio::time::sleep(QUIET).await;
+    assert!(!http.is_finished());
     hooks.fail_next();
     hooks.release();
     let (status, body, _) = within("http", http).await??;

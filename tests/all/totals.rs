@@ -7,8 +7,8 @@ use anyhow::Result;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{TestHost, manifest, temp_dir};
-use crate::guests::REACTIONS;
+use crate::common::{Client, TestHost, manifest, temp_dir};
+use crate::guests::{HOSTILE, REACTIONS};
 
 fn hits(host: &TestHost) -> serde_json::Value {
     serde_json::json!(host.local_rooms().limit_hits().snapshot())
@@ -133,4 +133,73 @@ async fn a_missing_cap_is_the_default_and_a_tenant_cannot_raise_it() -> Result<(
     assert_eq!(limits.wall_per_event, Duration::from_millis(80));
     assert_eq!(limits.fetch_timeout, Duration::from_secs(10));
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_alarms_and_instances_stop_at_their_totals() -> Result<()> {
+    let dir = temp_dir();
+    let settings = "[rooms]\nidle_timeout_ms = 200\n[totals]\nstorage_mib = 1\nalarms = 2\ninstances = 3";
+    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], settings)).await?;
+
+    // Alarms: two rooms may have one; a third room's `set` fails its call,
+    // which is counted, and the room restarts without it.
+    let mut a = Client::connect(&host.ws_url("/parties/main/a")).await?;
+    a.send_text("alarm:600000").await?;
+    assert!(a.recv_text().await?.starts_with("alarm set"));
+    let mut b = Client::connect(&host.ws_url("/parties/main/b")).await?;
+    b.send_text("alarm:600000").await?;
+    assert!(b.recv_text().await?.starts_with("alarm set"));
+    let mut c = Client::connect(&host.ws_url("/parties/main/c")).await?;
+    c.send_text("alarm:600000").await?;
+    c.send_text("ping").await?;
+    assert_eq!(c.recv_text().await?, "echo ping starts=2", "the call that set a third alarm failed");
+    // Moving an alarm is not a new one.
+    a.send_text("alarm:700000").await?;
+    assert!(a.recv_text().await?.starts_with("alarm set"));
+
+    // Instances: three rooms hold one each; a fourth cannot start.
+    let (status, body) = host.http("GET", "/parties/main/d", "").await?;
+    assert_eq!((status, body.as_str()), (503, "the room could not start; see the host log"));
+    assert!(hits(&host)["totals"].as_u64() >= Some(2), "{}", hits(&host));
+    // Giving one back makes room.
+    drop(c);
+    host.wait_for_stats("room c gone", |s| s.instances <= 2).await;
+    assert_eq!(host.http("GET", "/parties/main/d", "").await?.0, 200);
+
+    // Storage: one room alone may not pass the project's 1 MiB either
+    // (its own quota is 16 MiB).
+    a.send_text("fill:2048").await?;
+    let filled = a.recv_text().await?;
+    assert!(filled.ends_with("is at its cap of 1 MiB of storage ([totals] storage)"), "{filled}");
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_counts_every_receiver_and_bodies_are_bounded() -> Result<()> {
+    let dir = temp_dir();
+    let limits = "[rooms]\nidle_timeout_ms = 100\n[limits]\nfanout_mib_per_event = 1\nbody_kib = 1024";
+    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], limits)).await?;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(&host.ws_url("/parties/main/fan")).await?;
+        client.send_text("ping").await?;
+        client.recv_text().await?;
+        clients.push(client);
+    }
+    // 400 KiB to three sockets is 1.2 MiB, over the budget, however many
+    // ids that name no connection are left out.
+    clients[0].send_text("broadcast-without:400:2").await?;
+    clients[0].send_text("ping").await?;
+    assert_eq!(clients[0].recv_text().await?, "echo ping starts=2", "the broadcast went out");
+    assert_eq!(hits(&host)["fanout"], 1);
+    // 300 KiB to three is within it.
+    clients[0].send_text("broadcast-without:300:2").await?;
+    assert_eq!(clients[1].recv_text().await?.len(), 300 << 10);
+
+    let (status, body) = host.http("GET", "/parties/main/fan/big?kib=1024", "").await?;
+    assert_eq!((status, body.len()), (200, 1 << 20));
+    let (status, body) = host.http("GET", "/parties/main/fan/big?kib=1025", "").await?;
+    assert_eq!((status, body.as_str()), (500, "the room's response body is over 1048576 bytes"));
+    assert_eq!(hits(&host)["body"], 1);
+    host.stop().await
 }

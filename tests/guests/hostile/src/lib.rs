@@ -216,6 +216,16 @@ impl Party for Hostile {
                 format!("slept starts={starts}")
             }
             Some(("vars-loop", times)) => vars_loop(times.parse().unwrap_or(1)),
+            // Broadcasts `kib` KiB once, leaving out `ghosts` ids that name
+            // no connection: every real connection still receives it.
+            Some(("broadcast-without", args)) => {
+                let (kib, ghosts) = args.split_once(':').unwrap_or((args, "0"));
+                let ghosts: Vec<String> =
+                    (0..ghosts.parse().unwrap_or(0)).map(|i| format!("ghost-{i}")).collect();
+                let ghosts: Vec<&str> = ghosts.iter().map(String::as_str).collect();
+                self.room.broadcast("x".repeat(kib.parse::<usize>().unwrap_or(1) << 10), &ghosts);
+                format!("broadcast starts={starts}")
+            }
             Some(("wasi-probes", _)) => wasi_probes(),
             // Writes and broadcasts, then fails: neither may ever be seen.
             Some(("write-broadcast-trap", _)) => {
@@ -355,6 +365,11 @@ impl Party for Hostile {
             "await-never" => self.fetch_self("/never").await,
             "pong" => Response::text(200, "pong"),
             "fanout" => self.fan_out().await,
+            // A response of `?kib=N` KiB.
+            "big" => {
+                let kib = request.url.split("kib=").nth(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1);
+                Response::text(200, "x".repeat(kib << 10))
+            }
             "chain" => self.chain().await,
             "doomed" => Response::text(200, format!("{:?}", self.room.storage().get::<String>("doomed"))),
             "alarms-fired" => {
