@@ -33,8 +33,8 @@ pub enum Resource {
     Storage,
     /// Rooms with an alarm set.
     Alarms,
-    /// Rooms started per second (bursts as large): a rate, not a total;
-    /// kept by each scope's bucket, outside the counters.
+    /// Rooms started per second (in bursts of a fifth of that): a rate,
+    /// not a total; kept by each scope's bucket, outside the counters.
     RoomStarts,
 }
 
@@ -52,6 +52,15 @@ impl Resource {
             Self::Storage => "storage",
             Self::Alarms => "alarms",
             Self::RoomStarts => "room_starts_per_second",
+        }
+    }
+
+    /// Its field in `[totals]`.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Memory => "memory_mib",
+            Self::Storage => "storage_mib",
+            other => other.as_str(),
         }
     }
 
@@ -266,7 +275,7 @@ impl fmt::Display for CapReached {
             "{} is at its cap of {} ([totals] {})",
             self.scope,
             self.resource.describe(self.cap),
-            self.resource.as_str()
+            self.resource.field()
         )
     }
 }

@@ -170,7 +170,7 @@ async fn storage_alarms_and_instances_stop_at_their_totals() -> Result<()> {
     // (its own quota is 16 MiB).
     a.send_text("fill:2048").await?;
     let filled = a.recv_text().await?;
-    assert!(filled.ends_with("is at its cap of 1 MiB of storage ([totals] storage)"), "{filled}");
+    assert!(filled.ends_with("is at its cap of 1 MiB of storage ([totals] storage_mib)"), "{filled}");
     host.stop().await
 }
 
