@@ -28,9 +28,12 @@ fn start_host(manifest: &Path) -> anyhow::Result<tokio::process::Child> {
         .spawn()?)
 }
 
+/// Waits until the room answers, not just the port: the host listens
+/// before it has compiled its parties, and a kill in between would find no
+/// load to interrupt.
 async fn wait_until_serving(port: u16) -> anyhow::Result<()> {
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while restored_counts(port).await.is_err() {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "the host did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -157,9 +157,13 @@ async fn storage_alarms_and_instances_stop_at_their_totals() -> Result<()> {
     a.send_text("alarm:700000").await?;
     assert!(a.recv_text().await?.starts_with("alarm set"));
 
-    // Instances: three rooms hold one each; a fourth cannot start.
+    // Instances: three rooms hold one each; a fourth cannot start, and
+    // the client is told which cap refused it.
+    let cap = "project `test` is at its cap of 3 live instances ([totals] instances)";
     let (status, body) = host.http("GET", "/parties/main/d", "").await?;
-    assert_eq!((status, body.as_str()), (503, "the room could not start; see the host log"));
+    assert_eq!((status, body), (503, format!("the room cannot start: {cap}")));
+    let mut refused = Client::connect(&host.ws_url("/parties/main/e")).await?;
+    assert_eq!(refused.recv_close().await?, (1013, cap.to_owned()));
     assert!(hits(&host)["totals"].as_u64() >= Some(2), "{}", hits(&host));
     // Giving one back makes room.
     drop(c);

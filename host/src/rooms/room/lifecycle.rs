@@ -39,6 +39,9 @@ impl Room {
                     }
                 }
                 Err((state, e)) => {
+                    if e.kind == TrapKind::HostLimit(Limit::Totals.as_str()) {
+                        self.start_refusal = Some(e.detail.clone());
+                    }
                     let limit = match e.kind {
                         TrapKind::HostLimit(_) => Limit::Totals,
                         TrapKind::MemoryLimit => Limit::Memory,

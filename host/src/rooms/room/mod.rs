@@ -90,6 +90,9 @@ pub(super) struct Room {
     /// The room's place among its project's running rooms; given back as
     /// it retires, before it forwards late messages to its next run.
     running: Option<Lease>,
+    /// Why the instance could not start, when a total's cap refused it: the
+    /// client is told (it is the tenant's to know).
+    start_refusal: Option<String>,
 }
 
 impl Room {
@@ -103,6 +106,7 @@ impl Room {
     ) -> Self {
         Self {
             running: Some(running),
+            start_refusal: None,
             key: state.key.clone(),
             last_active: Arc::new(AtomicU64::new(rooms.clock_ms())),
             rooms,
@@ -214,7 +218,16 @@ impl Room {
                 .try_send(Outgoing::Close { code: CLOSE_INTERNAL_ERROR, reason: "room error".into() });
         };
         let task = self.next_task();
-        let Some(guest) = self.live_guest().await else { return refuse(&c) };
+        let Some(guest) = self.live_guest().await else {
+            return match self.start_refusal.take() {
+                // A total's cap: the client may try again later, and learns why.
+                Some(cap) => {
+                    let reason = cut_reason(cap);
+                    let _ = c.sender.try_send(Outgoing::Close { code: CLOSE_TRY_AGAIN, reason });
+                }
+                None => refuse(&c),
+            };
+        };
         let tags = match guest.get_connection_tags(c.conn.as_str(), &c.request).await {
             Ok(tags) => tags,
             Err(e) => {
@@ -258,7 +271,11 @@ impl Room {
         // one hop further; `finish` resets the depth after each call.
         self.state_mut().hops = hops;
         let Some(guest) = self.live_guest().await else {
-            let _ = reply.send(error_response(503, "the room could not start; see the host log"));
+            let message = match self.start_refusal.take() {
+                Some(cap) => format!("the room cannot start: {cap}"),
+                None => "the room could not start; see the host log".to_owned(),
+            };
+            let _ = reply.send(error_response(503, &message));
             return;
         };
         guest.room_mut().hops = hops;
@@ -377,6 +394,16 @@ fn clean_tags(conn: &ConnectionId, tags: Vec<String>) -> Vec<String> {
         clean.push(tag);
     }
     clean
+}
+
+/// A WebSocket close reason is at most 123 bytes.
+fn cut_reason(mut reason: String) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason
 }
 
 fn error_response(status: u16, message: &str) -> Response {
