@@ -21,12 +21,15 @@ pub(super) enum IdleAction {
 
 impl Room {
     /// The running instance, creating it (and running `on-start`) if none
-    /// runs. `None` when the instance could not start; that is logged.
+    /// runs. `None` when the instance could not start; that is logged. An
+    /// `on-start` runs at the depth of the event that caused it, which the
+    /// event's call keeps.
     pub(super) async fn live_guest(&mut self) -> Option<&mut Guest<RoomState>> {
         if let Slot::Idle(_) = self.slot {
             let Slot::Idle(state) = std::mem::replace(&mut self.slot, Slot::Empty) else {
                 return None;
             };
+            let hops = state.hops;
             match self.party.code.instantiate(state).await {
                 Ok(mut guest) => {
                     let task = self.next_task();
@@ -37,19 +40,13 @@ impl Room {
                     if !self.finish(started).await {
                         return None;
                     }
+                    self.state_mut().hops = hops;
                 }
                 Err((state, e)) => {
                     if e.kind == TrapKind::HostLimit(Limit::Totals.as_str()) {
                         self.start_refusal = Some(e.detail.clone());
                     }
-                    let limit = match e.kind {
-                        TrapKind::HostLimit(_) => Limit::Totals,
-                        TrapKind::MemoryLimit => Limit::Memory,
-                        TrapKind::CpuLimit => Limit::Cpu,
-                        TrapKind::WallClock => Limit::Wall,
-                        _ => Limit::Trap,
-                    };
-                    self.rooms.limit_hits().count(limit);
+                    self.rooms.limit_hits().count(limit_of(e.kind));
                     warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "instance failed to start");
                     self.slot = Slot::Idle(state);
                     return None;
@@ -137,16 +134,7 @@ impl Room {
 
     /// Logs a failed call and resets the room.
     pub(super) async fn reset(&mut self, e: &GuestError) {
-        let limit = match e.kind {
-            TrapKind::CpuLimit => Limit::Cpu,
-            TrapKind::WallClock => Limit::Wall,
-            TrapKind::HostLimit(name) if name == Limit::Totals.as_str() => Limit::Totals,
-            TrapKind::MemoryLimit => Limit::Memory,
-            TrapKind::StackOverflow | TrapKind::OutOfBounds => Limit::Stack,
-            TrapKind::HostLimit(name) if name == Limit::Fanout.as_str() => Limit::Fanout,
-            _ => Limit::Trap,
-        };
-        self.rooms.limit_hits().count(limit);
+        self.rooms.limit_hits().count(limit_of(e.kind));
         warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
         self.reset_state().await;
     }
@@ -196,5 +184,18 @@ impl Room {
             }
         }
         debug!(room = %self.key, "room retired");
+    }
+}
+
+/// The limit a failed call counts against.
+fn limit_of(kind: TrapKind) -> Limit {
+    match kind {
+        TrapKind::CpuLimit => Limit::Cpu,
+        TrapKind::WallClock => Limit::Wall,
+        TrapKind::MemoryLimit => Limit::Memory,
+        TrapKind::StackOverflow | TrapKind::OutOfBounds => Limit::Stack,
+        TrapKind::HostLimit(name) if name == Limit::Fanout.as_str() => Limit::Fanout,
+        TrapKind::HostLimit(name) if name == Limit::Totals.as_str() => Limit::Totals,
+        _ => Limit::Trap,
     }
 }

@@ -278,7 +278,6 @@ impl Room {
             let _ = reply.send(error_response(503, &message));
             return;
         };
-        guest.room_mut().hops = hops;
         match guest.on_request(task, &request).await {
             Ok(RequestOutcome::Ready(response)) => {
                 // Released with the call's other effects, after the commit.
@@ -306,7 +305,6 @@ impl Room {
         state.fetches_in_flight = state.fetches_in_flight.saturating_sub(1);
         state.hops = done.hops;
         if let Some(guest) = self.live_guest().await {
-            guest.room_mut().hops = done.hops;
             let result = guest.resume(done.id, &done.result).await;
             self.finish(result).await;
         }
@@ -325,7 +323,6 @@ impl Room {
         // chain of room-to-room requests afresh.
         self.state_mut().hops = hops;
         if let Some(guest) = self.live_guest().await {
-            guest.room_mut().hops = hops;
             let result = guest.on_alarm(task).await;
             self.finish(result).await;
         }
