@@ -203,6 +203,17 @@ impl Totals {
         }
     }
 
+    /// Moves the count from `before` to `after`: gives back what shrank,
+    /// charges what grew even past the caps (for what exists already:
+    /// storage read back from disk after a reset, say).
+    pub fn settle(&self, resource: Resource, before: u64, after: u64) {
+        if after >= before {
+            self.charge(resource, after - before);
+        } else {
+            self.give_back(resource, before - after);
+        }
+    }
+
     /// Gives back what [`Totals::try_take`] took.
     pub fn give_back(&self, resource: Resource, amount: u64) {
         self.project.give_back(resource, amount);

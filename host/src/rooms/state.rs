@@ -224,16 +224,8 @@ impl RoomState {
     /// current storage's (after a reload from disk).
     pub(super) fn settle_storage(&mut self, old_bytes: usize, old_alarm: bool) {
         let (bytes, alarm) = (self.storage.total_bytes(), self.storage.alarm().is_some());
-        if bytes >= old_bytes {
-            self.totals.charge(Resource::Storage, (bytes - old_bytes) as u64);
-        } else {
-            self.totals.give_back(Resource::Storage, (old_bytes - bytes) as u64);
-        }
-        match (old_alarm, alarm) {
-            (false, true) => self.totals.charge(Resource::Alarms, 1),
-            (true, false) => self.totals.give_back(Resource::Alarms, 1),
-            _ => {}
-        }
+        self.totals.settle(Resource::Storage, old_bytes as u64, bytes as u64);
+        self.totals.settle(Resource::Alarms, u64::from(old_alarm), u64::from(alarm));
     }
 
     /// `response`, or a 500 in its place when its body is over the limit.

@@ -29,7 +29,7 @@ impl host::Storage for RoomState {
                 Refusal::QuotaExceeded(cap.to_string())
             })?;
         } else {
-            self.totals.give_back(Resource::Storage, (before - after) as u64);
+            self.totals.settle(Resource::Storage, before as u64, after as u64);
         }
         self.storage.put(key, value);
         Ok(())
@@ -38,7 +38,7 @@ impl host::Storage for RoomState {
     fn delete(&mut self, key: String) -> bool {
         let before = self.storage.total_bytes();
         let existed = self.storage.delete(&key);
-        self.totals.give_back(Resource::Storage, (before - self.storage.total_bytes()) as u64);
+        self.totals.settle(Resource::Storage, before as u64, self.storage.total_bytes() as u64);
         existed
     }
 
@@ -53,7 +53,7 @@ impl host::Storage for RoomState {
     }
 
     fn delete_all(&mut self) {
-        self.totals.give_back(Resource::Storage, self.storage.total_bytes() as u64);
+        self.totals.settle(Resource::Storage, self.storage.total_bytes() as u64, 0);
         self.storage.delete_all();
     }
 }
