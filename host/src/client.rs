@@ -22,10 +22,12 @@ const CHUNK: usize = 64 << 10;
 
 /// Where and as whom to deploy.
 pub struct Target<'a> {
-    /// `http://host:port` of the host.
+    /// `https://host[:port]` (or `http://host:port`) of the host.
     pub url: &'a str,
     pub project: &'a str,
     pub token: &'a str,
+    /// Extra PEM roots to trust for an `https://` host.
+    pub ca_cert: Option<&'a Path>,
 }
 
 /// Packs the project of `manifest` and uploads it; returns the host's
@@ -64,7 +66,7 @@ pub async fn rollback(target: &Target<'_>) -> anyhow::Result<serde_json::Value> 
 ///
 /// # Errors
 /// When the manifest is invalid or names a file outside its folder.
-pub fn pack(path: &Path) -> anyhow::Result<Bundle> {
+pub fn pack(path: &Path) -> anyhow::Result<Bundle<'static>> {
     let deployment = Deployment::load(path)?;
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = std::path::absolute(folder)?;
@@ -81,7 +83,7 @@ pub fn pack(path: &Path) -> anyhow::Result<Bundle> {
         };
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let key = relative.to_str().with_context(|| format!("{} is not a UTF-8 path", relative.display()))?;
-        files.insert(key.replace('\\', "/"), base64::engine::general_purpose::STANDARD.encode(bytes));
+        files.insert(key.replace('\\', "/"), base64::engine::general_purpose::STANDARD.encode(bytes).into());
         Ok(())
     };
     for spec in deployment.parties.values() {
@@ -92,7 +94,7 @@ pub fn pack(path: &Path) -> anyhow::Result<Bundle> {
             add(&file)?;
         }
     }
-    Ok(Bundle { manifest, files })
+    Ok(Bundle { manifest: manifest.into(), files })
 }
 
 /// Every visible file below `dir`.
@@ -126,20 +128,7 @@ async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
-    let authority =
-        target.url.strip_prefix("http://").map(|rest| rest.trim_end_matches('/')).with_context(|| {
-            format!(
-                "{} is not an http:// URL (put TLS in front of the host, and deploy over it locally)",
-                target.url
-            )
-        })?;
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("starting HTTP")?;
-    tokio::spawn(connection);
-
+    let (authority, mut sender) = connect(target).await?;
     let total = body.len();
     let body = Bytes::from(body);
     let chunks: Vec<Bytes> =
@@ -159,11 +148,11 @@ async fn send(
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, authority)
+        .header(hyper::header::HOST, &authority)
         .header(hyper::header::AUTHORIZATION, format!("Bearer {}", target.token))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::CONTENT_LENGTH, total)
-        .body(StreamBody::new(frames))
+        .body(StreamBody::new(Box::pin(frames) as BoxedFrames))
         .context("building the request")?;
     let response = sender.send_request(request).await.context("sending the request")?;
     let status = response.status();
@@ -174,4 +163,56 @@ async fn send(
     }
     serde_json::from_str(&text)
         .with_context(|| format!("the host answered with something else than JSON: {text}"))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<StreamBody<BoxedFrames>>;
+type BoxedFrames = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>> + Send>,
+>;
+
+/// An HTTP/1.1 connection to the host, over TLS for `https://`. Returns
+/// the authority (`host:port`) for the `Host` header.
+async fn connect(target: &Target<'_>) -> anyhow::Result<(String, Sender)> {
+    let (tls, rest) = if let Some(rest) = target.url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = target.url.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        bail!("{} is not an https:// (or http://) URL", target.url);
+    };
+    let authority = rest.trim_end_matches('/').to_owned();
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        authority.clone()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let stream = tokio::net::TcpStream::connect(&with_port)
+        .await
+        .with_context(|| format!("connecting to {with_port}"))?;
+    if !tls {
+        if !stream.peer_addr().is_ok_and(|a| a.ip().is_loopback()) {
+            eprintln!("partyhost: warning: {} is plain http; the token crosses the network in clear", target.url);
+        }
+        return handshake(authority, stream).await;
+    }
+    let config = crate::edge::client_config(target.ca_cert)?;
+    let host = with_port.rsplit_once(':').map_or(with_port.as_str(), |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .with_context(|| format!("{host} is not a valid TLS server name"))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS with {with_port}"))?;
+    handshake(authority, stream).await
+}
+
+async fn handshake<S>(authority: String, stream: S) -> anyhow::Result<(String, Sender)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("starting HTTP")?;
+    tokio::spawn(connection);
+    Ok((authority, sender))
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! A message travels `http` -> `rooms` -> `sandbox` and back:
 //! - [`manifest`]: `partykit.toml` into a validated [`manifest::Deployment`].
+//! - [`edge`]: accepting connections: caps, timeouts, TLS.
 //! - [`http`]: axum routes; one task per WebSocket.
 //! - [`rooms`]: one actor per live room, owning its guest instance, its
 //!   connections and its storage cache; the registry that finds or spawns it.
@@ -17,6 +18,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod edge;
 pub mod http;
 pub mod ids;
 pub mod manifest;
@@ -78,6 +80,17 @@ pub async fn run_dev(
 /// How long shutdown waits for rooms by default; see [`RoomsSpec`].
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How a host serves, beyond its manifest.
+#[derive(Default)]
+pub struct Options {
+    /// Host other people's projects too (`--tenants`).
+    pub tenants: Option<Tenants>,
+    /// Terminate TLS with this certificate (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `partyhost dev`: compile without optimisation, so reloads serve sooner.
+    pub dev: bool,
+}
+
 /// A running host: what [`run`] drives, and what tests inspect.
 pub struct Host {
     shutdown: CancellationToken,
@@ -104,7 +117,7 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_in(deployment, None, listener, shutdown, false).await
+        Self::start_with(deployment, Options::default(), listener, shutdown).await
     }
 
     /// [`Host::start`] for `partyhost dev`: components compile without
@@ -117,7 +130,7 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_in(deployment, None, listener, shutdown, true).await
+        Self::start_with(deployment, Options { dev: true, ..Options::default() }, listener, shutdown).await
     }
 
     /// [`Host::start`] for a multi-tenant host: the projects of `tenants`
@@ -131,16 +144,21 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_in(deployment, Some(tenants), listener, shutdown, false).await
+        let options = Options { tenants: Some(tenants), ..Options::default() };
+        Self::start_with(deployment, options, listener, shutdown).await
     }
 
-    async fn start_in(
+    /// [`Host::start`] with every option.
+    ///
+    /// # Errors
+    /// As [`Host::start`].
+    pub async fn start_with(
         deployment: Deployment,
-        tenants: Option<Tenants>,
+        options: Options,
         listener: TcpListener,
         shutdown: CancellationToken,
-        fast_compile: bool,
     ) -> anyhow::Result<Self> {
+        let Options { tenants, tls, dev: fast_compile } = options;
         let data_dir = deployment.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -151,7 +169,8 @@ impl Host {
         }
 
         let tracker = TaskTracker::new();
-        let config = rooms_config(&deployment.rooms);
+        let edge_limits = deployment.edge.resolve();
+        let config = rooms_config(&deployment.rooms, &edge_limits);
         let shutdown_deadline =
             deployment.rooms.shutdown_deadline_ms.map_or(SHUTDOWN_DEADLINE, Duration::from_millis);
         // The host's own project is bounded by the host's totals alone.
@@ -184,14 +203,8 @@ impl Host {
         let rooms = projects.local().rooms.clone();
         let app = http::router(projects.clone());
         let addr = listener.local_addr().context("reading the listening address")?;
-        info!(%addr, "serving");
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("serving HTTP")
-        });
+        info!(%addr, tls = tls.is_some(), "serving");
+        let server = tokio::spawn(edge::serve(listener, app, edge_limits, tls, shutdown.clone()));
         Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox })
     }
 
@@ -247,22 +260,46 @@ impl Host {
     }
 }
 
-/// Compiles (or loads from the cache) one party's component.
+/// Compiles (or loads from the cache) one party's component, at start-up.
 ///
 /// # Errors
 /// When the component is missing, invalid, or does not fit our world.
 fn load_party(sandbox: &Sandbox, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
     let started = std::time::Instant::now();
     let code = sandbox.load(name.as_str(), &spec.wasm, Limits::from(&spec.limits))?;
-    info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
-    let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate })
+    Ok(loaded(name, spec, code, started))
 }
 
-/// The manifest's `[rooms]` over the host defaults.
-fn rooms_config(spec: &RoomsSpec) -> RoomsConfig {
+/// [`load_party`] while serving: on the background compile worker.
+///
+/// # Errors
+/// As [`load_party`].
+async fn compile_party(sandbox: &Arc<Sandbox>, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
+    let started = std::time::Instant::now();
+    let code = sandbox.load_in_background(name.as_str(), &spec.wasm, Limits::from(&spec.limits)).await?;
+    Ok(loaded(name, spec, code, started))
+}
+
+fn loaded(
+    name: &PartyName,
+    spec: &PartySpec,
+    code: sandbox::PartyCode<rooms::RoomState>,
+    started: std::time::Instant,
+) -> LoadedParty {
+    info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
+    let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate }
+}
+
+/// The manifest's `[rooms]` and `[edge]` over the host defaults.
+fn rooms_config(spec: &RoomsSpec, edge: &manifest::EdgeLimits) -> RoomsConfig {
     RoomsConfig {
         idle_timeout: Duration::from_millis(spec.idle_timeout_ms.unwrap_or(10_000)),
         max_live_instances: spec.max_live_instances.unwrap_or(1000).max(1),
+        mailbox_bytes: usize::try_from(spec.mailbox_kib.unwrap_or(8 << 10).saturating_mul(1 << 10))
+            .unwrap_or(usize::MAX)
+            .max(1),
+        ping_interval: edge.ping_interval,
+        socket_idle_timeout: edge.socket_idle_timeout,
     }
 }

@@ -63,6 +63,13 @@ struct ServeArgs {
     /// host's hard caps (see the README's security model).
     #[arg(long, env = "PARTYHOST_TENANTS")]
     tenants: Option<PathBuf>,
+    /// Serve HTTPS (and wss://) with this PEM certificate chain; needs
+    /// --tls-key.
+    #[arg(long, env = "PARTYHOST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PARTYHOST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -71,9 +78,14 @@ struct RemoteArgs {
     /// partykit.toml.example.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// The host's address.
+    /// The host's address: `https://...` (or `http://` on loopback and
+    /// trusted networks; the token crosses in clear).
     #[arg(long, env = "PARTYHOST_URL", default_value = "http://127.0.0.1:1999")]
     url: String,
+    /// Also trust the PEM certificates in this file (a host with a
+    /// self-signed or private certificate).
+    #[arg(long, env = "PARTYHOST_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// The project to deploy as. Default: the manifest's `name`.
     #[arg(long, env = "PARTYHOST_PROJECT")]
     project: Option<String>,
@@ -133,19 +145,25 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(deployment.listen)
         .await
         .with_context(|| format!("binding {}", deployment.listen))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(partyhost::edge::server_config(cert, key)?),
+        _ => None,
+    };
+    let tenants = match &args.tenants {
+        Some(path) => {
+            anyhow::ensure!(!dev, "--tenants is for `serve`; `dev` serves only the local project");
+            Some(partyhost::manifest::Tenants::load(path)?)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    if let Some(tenants) = args.tenants {
-        anyhow::ensure!(!dev, "--tenants is for `serve`; `dev` serves only the local project");
-        let tenants = partyhost::manifest::Tenants::load(&tenants)?;
-        let host = partyhost::Host::start_with_tenants(deployment, tenants, listener, shutdown).await?;
-        return host.wait().await;
-    }
+    let options = partyhost::Options { tenants, tls, dev };
+    let host = partyhost::Host::start_with(deployment, options, listener, shutdown.clone()).await?;
     if dev {
-        partyhost::run_dev(manifest, deployment, listener, shutdown).await
-    } else {
-        partyhost::run(deployment, listener, shutdown).await
+        host.reloader(manifest).spawn(shutdown)?;
     }
+    host.wait().await
 }
 
 /// Serves until shutdown; tasks a shutdown abandoned (rooms past the
@@ -163,7 +181,12 @@ async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
         Some(project) => project,
         None => Deployment::load(&manifest)?.name,
     };
-    let target = partyhost::client::Target { url: &args.url, project: &project, token: &args.token };
+    let target = partyhost::client::Target {
+        url: &args.url,
+        project: &project,
+        token: &args.token,
+        ca_cert: args.ca_cert.as_deref(),
+    };
     let answer = if upload {
         partyhost::client::deploy(&target, &manifest).await?
     } else {

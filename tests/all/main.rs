@@ -8,6 +8,7 @@ mod browser;
 mod common;
 
 mod dev;
+mod edge;
 mod fetch_cycles;
 mod hibernation;
 mod hostile;

@@ -27,13 +27,18 @@ pub(super) async fn deploy(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (project, tenants) = authorize(&projects, &project, &request)?;
+    // Before the body: a second upload of the project is refused unread.
+    let deploying = match projects.begin(&project) {
+        Ok(deploying) => deploying,
+        Err(e) => return respond(Err(e)),
+    };
     let limit = tenants.max_bundle_bytes;
     let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
         ApiError::TooLarge(format!("the deployment is over this host's limit of {limit} bytes"))
     })?;
-    let bundle: Bundle = serde_json::from_slice(&body)
+    let bundle: Bundle<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the deployment is not a valid bundle: {e}")))?;
-    respond(projects.deploy(&project, bundle).await)
+    respond(projects.deploy(&deploying, bundle).await)
 }
 
 pub(super) async fn rollback(
@@ -42,7 +47,11 @@ pub(super) async fn rollback(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (project, _) = authorize(&projects, &project, &request)?;
-    respond(projects.rollback(&project).await)
+    let deploying = match projects.begin(&project) {
+        Ok(deploying) => deploying,
+        Err(e) => return respond(Err(e)),
+    };
+    respond(projects.rollback(&deploying).await)
 }
 
 pub(super) async fn status(
@@ -62,6 +71,7 @@ pub(super) async fn status(
         "parties": deployment.parties.keys().map(ToString::to_string).collect::<Vec<_>>(),
         "rooms": stats.rooms,
         "instances": stats.instances,
+        "queued_bytes": stats.queued_bytes,
         "limit_hits": project.rooms.limit_hits().snapshot(),
         // What the project holds of each total, and its cap.
         "totals": project
@@ -101,7 +111,10 @@ fn respond(result: Result<crate::projects::Deployed, DeployError>) -> Result<Res
         Ok(deployed) => Ok(Json(deployed).into_response()),
         Err(DeployError::Invalid(message)) => Err(ApiError::BadRequest(message)),
         Err(DeployError::TooLarge(message)) => Err(ApiError::TooLarge(message)),
-        Err(e @ DeployError::NoPrevious(_)) => Ok((StatusCode::CONFLICT, e.to_string()).into_response()),
+        Err(e @ (DeployError::NoPrevious(_) | DeployError::Busy(_))) => {
+            Ok((StatusCode::CONFLICT, e.to_string()).into_response())
+        }
+        Err(DeployError::OverQuota(message)) => Ok((StatusCode::INSUFFICIENT_STORAGE, message).into_response()),
         Err(DeployError::Internal(cause)) => Err(ApiError::internal(cause)),
     }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub rooms: Arc<Rooms>,
     /// Cancelled at shutdown; socket tasks close their clients with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Static files' ETags, computed once per version of a file.
+    pub(crate) etags: Arc<assets::Etags>,
 }
 
 /// The host's router.
@@ -48,7 +50,7 @@ pub fn router(projects: Arc<Projects>) -> Router {
 
 /// One project's routes, bound to its rooms.
 pub fn project_router(rooms: Arc<Rooms>, shutdown: tokio_util::sync::CancellationToken) -> Router {
-    routes::router().with_state(AppState { rooms, shutdown })
+    routes::router().with_state(AppState { rooms, shutdown, etags: Arc::default() })
 }
 
 /// Hands the request to its project's router, without the path prefix.
@@ -75,8 +77,32 @@ async fn to_project(State(projects): State<Arc<Projects>>, mut request: Request)
             Err(e) => return ApiError::BadRequest(format!("invalid path: {e}")).into_response(),
         }
     }
-    match project.app.clone().oneshot(request).await {
+    let mut response = match project.app.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
+    };
+    if strip > 0 {
+        isolate(&mut response);
     }
+    response
+}
+
+/// The sandbox every response under `/p/<project>/` gets: such pages share
+/// the host's origin with every other tenant and with the host's own pages,
+/// so they run as an opaque origin (`Content-Security-Policy: sandbox`
+/// without `allow-same-origin`: no cookies, no storage, no same-origin
+/// reads of anyone's pages) and may not set cookies on the shared host
+/// name. A tenant that needs an origin of its own is served at
+/// `<project>.<domain>`, where none of this applies.
+const SHARED_ORIGIN_POLICY: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
+
+fn isolate(response: &mut Response) {
+    let headers = response.headers_mut();
+    if headers.remove(header::SET_COOKIE).is_some() {
+        tracing::debug!("dropped Set-Cookie from a response on the shared origin");
+    }
+    // Appended, not replaced: every policy a response carries applies, so
+    // a tenant's own stricter policy still holds.
+    headers.append(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(SHARED_ORIGIN_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
 }

@@ -88,6 +88,9 @@ async fn serve(
             .await
             .map_err(ApiError::unavailable)?;
         let shutdown = app.shutdown.clone();
+        let config = app.rooms.config();
+        let keepalive =
+            socket::Keepalive { ping_interval: config.ping_interval, idle_timeout: config.socket_idle_timeout };
         let upgrade = upgrade
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes)
@@ -96,7 +99,7 @@ async fn serve(
             // socket::write_batch); the buffer grows only as far as a batch.
             .write_buffer_size(SOCKET_WRITE_BUFFER_BYTES);
         return Ok(upgrade
-            .on_upgrade(move |ws| socket::run(ws, joined, shutdown).instrument(span))
+            .on_upgrade(move |ws| socket::run(ws, joined, shutdown, keepalive).instrument(span))
             .into_response());
     }
 
@@ -156,14 +159,32 @@ fn guest_request(
     }
 }
 
+/// Headers a guest may not set: they describe the connection or the
+/// message's framing, which are the host's (RFC 9110 section 7.6.1), and a
+/// wrong one would let a guest split or smuggle responses on a shared
+/// connection. The host sets the real `Content-Length` itself.
+const HOST_ONLY_HEADERS: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// A guest's response as HTTP. An invalid status becomes 500; headers with
-/// an invalid name or value are dropped (and logged).
+/// an invalid name or value, and [`HOST_ONLY_HEADERS`], are dropped.
 fn into_http_response(response: sandbox::Response) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut http = Response::new(Body::from(response.body));
     *http.status_mut() = status;
     for Header { name, value } in response.headers {
         match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            (Ok(name), _) if HOST_ONLY_HEADERS.contains(&name.as_str()) => {
+                tracing::debug!(header = %name, "dropping a connection header from a room's response");
+            }
             (Ok(name), Ok(value)) => {
                 http.headers_mut().append(name, value);
             }

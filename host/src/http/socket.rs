@@ -5,14 +5,15 @@
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::{
     CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Connect, Departure,
-    Limit, Outgoing, RoomHandle, RoomMsg, Rooms, next_socket_serial,
+    Limit, Outgoing, QueueReceiver, RoomHandle, RoomMsg, Rooms, next_socket_serial, queue,
 };
 use crate::sandbox::{Limits, Message, Request};
 
@@ -29,7 +30,7 @@ pub(super) struct Joined {
     room: RoomHandle,
     conn: ConnectionId,
     socket: u64,
-    outgoing: mpsc::Receiver<Outgoing>,
+    outgoing: QueueReceiver,
     too_slow: CancellationToken,
     rate: RateLimit,
     ending: Option<Departure>,
@@ -47,7 +48,8 @@ pub(super) async fn join(
     limits: &Limits,
 ) -> anyhow::Result<Joined> {
     let socket = next_socket_serial();
-    let (sender, outgoing) = mpsc::channel(limits.connection_queue_frames);
+    let (sender, outgoing) =
+        queue(limits.connection_queue_frames, limits.connection_queue_bytes, rooms.queued_bytes_counter());
     let too_slow = CancellationToken::new();
     let connect = Connect { conn: conn.clone(), socket, request, sender, too_slow: too_slow.clone() };
     // While this connection is open the room keeps running, so later
@@ -69,11 +71,31 @@ impl Drop for Joined {
     }
 }
 
+/// How a socket task keeps its client honest: pings, and how long it may
+/// stay silent.
+#[derive(Clone, Copy)]
+pub(super) struct Keepalive {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a write was abandoned before it finished.
+enum Interrupted {
+    /// The room found the client too slow (its queue is full).
+    TooSlow,
+    /// The host is shutting down.
+    ShuttingDown,
+    Failed(axum::Error),
+}
+
 /// Serves one WebSocket until it closes, then tells the room how it ended.
 ///
 /// This task lives as long as its connection, so its state is kept small:
-/// it borrows what `joined` holds, and rare, large waits are boxed.
-pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: CancellationToken) {
+/// it borrows what `joined` holds, and rare, large waits are boxed. Every
+/// write also watches for "too slow" and for shutdown, so a client that
+/// stops reading cannot keep the task, or the host, waiting; the socket's
+/// write deadline (see `edge`) ends a write that stays blocked.
+pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: CancellationToken, keepalive: Keepalive) {
     debug!("connected");
     let (mut sink, mut stream) = ws.split();
     let ending = {
@@ -82,14 +104,32 @@ pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: Cancellatio
         // socket shares the shutdown token.
         let shutting_down = shutdown.cancelled();
         let dropped_as_slow = too_slow.cancelled();
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + keepalive.ping_interval,
+            keepalive.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         tokio::pin!(shutting_down, dropped_as_slow);
+        // A write, unless the room finds the client too slow or the host
+        // shuts down first.
+        macro_rules! guarded {
+            ($write:expr) => {
+                tokio::select! {
+                    biased;
+                    () = &mut shutting_down => Err(Interrupted::ShuttingDown),
+                    () = &mut dropped_as_slow => Err(Interrupted::TooSlow),
+                    written = $write => written.map_err(Interrupted::Failed),
+                }
+            };
+        }
         loop {
             tokio::select! {
                 frame = outgoing.recv() => match frame {
-                    Some(frame) => match write_batch(&mut sink, frame, outgoing).await {
+                    Some(frame) => match guarded!(write_batch(&mut sink, frame, outgoing)) {
                         Ok(None) => {}
                         Ok(Some(ending)) => break ending,
-                        Err(e) => break Departure::Failed(format!("write failed: {e}")),
+                        Err(why) => break Box::pin(interrupted(&mut sink, why)).await,
                     },
                     // The room stopped (shutdown): tell the client to come back.
                     None => {
@@ -98,56 +138,84 @@ pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: Cancellatio
                         break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
                     }
                 },
-                incoming = stream.next() => match incoming {
-                    Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                        if !rate.admit() {
-                            rooms.limit_hits().count(Limit::MessageRate);
-                            let reason = format!("too many messages: at most {} per second", rate.per_second);
-                            send_close(&mut sink, CLOSE_POLICY, &reason).await;
-                            break Departure::Failed(reason);
+                incoming = stream.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    match incoming {
+                        Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                            if !rate.admit() {
+                                rooms.limit_hits().count(Limit::MessageRate);
+                                let reason = format!("too many messages: at most {} per second", rate.per_second);
+                                send_close(&mut sink, CLOSE_POLICY, &reason).await;
+                                break Departure::Failed(reason);
+                            }
+                            let msg = match frame {
+                                WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
+                                other => Message::Binary(other.into_data().to_vec()),
+                            };
+                            // Waits while the room's mailbox is full of bytes:
+                            // meanwhile this client is not read (TCP pushes back).
+                            let weight = Box::pin(room.weigh(msg.len())).await;
+                            let msg = RoomMsg::Message { conn: conn.clone(), socket: *socket, msg, weight };
+                            if rooms.send_via(room, msg).await.is_err() {
+                                break Departure::Failed("room stopped".into());
+                            }
                         }
-                        let msg = match frame {
-                            WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
-                            other => Message::Binary(other.into_data().to_vec()),
-                        };
-                        if rooms.send_via(room, RoomMsg::Message { conn: conn.clone(), socket: *socket, msg }).await.is_err() {
-                            break Departure::Failed("room stopped".into());
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                            break Departure::Closed { code, reason };
                         }
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        Some(Err(e)) => match classify(e) {
+                            SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
+                            SocketError::TooBig(error) => {
+                                rooms.limit_hits().count(Limit::MessageSize);
+                                send_close(&mut sink, CLOSE_TOO_BIG, "message too big").await;
+                                break Departure::Failed(error);
+                            }
+                            SocketError::Protocol(error) => {
+                                send_close(&mut sink, CLOSE_PROTOCOL_ERROR, "protocol error").await;
+                                break Departure::Failed(error);
+                            }
+                        },
+                        None => break Departure::Closed { code: 1006, reason: String::new() },
                     }
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
-                        break Departure::Closed { code, reason };
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                    Some(Err(e)) => match classify(e) {
-                        SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
-                        SocketError::TooBig(error) => {
-                            rooms.limit_hits().count(Limit::MessageSize);
-                            send_close(&mut sink, CLOSE_TOO_BIG, "message too big").await;
-                            break Departure::Failed(error);
-                        }
-                        SocketError::Protocol(error) => {
-                            send_close(&mut sink, CLOSE_PROTOCOL_ERROR, "protocol error").await;
-                            break Departure::Failed(error);
-                        }
-                    },
-                    None => break Departure::Closed { code: 1006, reason: String::new() },
                 },
-                () = &mut dropped_as_slow => {
-                    let reason = "too slow: outgoing queue full".to_owned();
-                    send_close(&mut sink, CLOSE_TRY_AGAIN, &reason).await;
-                    break Departure::Failed(reason);
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= keepalive.idle_timeout {
+                        // A client that answers no ping is gone, whatever TCP says.
+                        let reason = format!("no answer to pings for {:?}", keepalive.idle_timeout);
+                        debug!(%reason, "dropping a silent socket");
+                        break Departure::Closed { code: 1006, reason };
+                    }
+                    if let Err(why) = guarded!(sink.send(WsMessage::Ping(Bytes::new()))) {
+                        break Box::pin(interrupted(&mut sink, why)).await;
+                    }
                 }
-                () = &mut shutting_down => {
-                    let reason = "server shutting down".to_owned();
-                    send_close(&mut sink, CLOSE_GOING_AWAY, &reason).await;
-                    break Departure::Closed { code: CLOSE_GOING_AWAY, reason };
-                }
+                () = &mut dropped_as_slow => break Box::pin(interrupted(&mut sink, Interrupted::TooSlow)).await,
+                () = &mut shutting_down => break Box::pin(interrupted(&mut sink, Interrupted::ShuttingDown)).await,
             }
         }
     };
     debug!("disconnected");
     joined.ending = Some(ending);
+}
+
+/// Ends a socket whose write was interrupted: a close frame with why,
+/// unless the write itself failed.
+async fn interrupted(sink: &mut WsSink, why: Interrupted) -> Departure {
+    match why {
+        Interrupted::TooSlow => {
+            let reason = "too slow: outgoing queue full".to_owned();
+            send_close(sink, CLOSE_TRY_AGAIN, &reason).await;
+            Departure::Failed(reason)
+        }
+        Interrupted::ShuttingDown => {
+            let reason = "server shutting down".to_owned();
+            send_close(sink, CLOSE_GOING_AWAY, &reason).await;
+            Departure::Closed { code: CLOSE_GOING_AWAY, reason }
+        }
+        Interrupted::Failed(e) => Departure::Failed(format!("write failed: {e}")),
+    }
 }
 
 /// What went wrong on a socket, by what the room and the client are told.
@@ -215,7 +283,7 @@ const MAX_BATCH: usize = 64;
 async fn write_batch(
     sink: &mut WsSink,
     first: Outgoing,
-    queued: &mut mpsc::Receiver<Outgoing>,
+    queued: &mut QueueReceiver,
 ) -> Result<Option<Departure>, axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
@@ -227,7 +295,7 @@ async fn write_batch(
         sink.feed(to_ws(frame)).await?;
         written += 1;
         if written < MAX_BATCH {
-            next = queued.try_recv().ok();
+            next = queued.try_recv();
         }
     }
     sink.flush().await?;

@@ -6,10 +6,12 @@
 //! the bad value and, where TOML knows it, the line and column. This module
 //! uses no wasmtime and no tokio.
 
+mod edge;
 mod error;
 mod serve;
 mod tenants;
 
+pub use edge::{EdgeLimits, EdgeSpec};
 pub use error::ManifestError;
 pub use serve::{ServeManifest, ServeSpec, is_served_name};
 pub use tenants::{Tenants, new_token};
@@ -53,6 +55,10 @@ pub struct Manifest {
     /// manifest only; ignored in a deployed one).
     #[serde(default)]
     pub totals: TotalsSpec,
+    /// Timeouts and connection caps for clients (the host's own manifest
+    /// only; ignored in a deployed one).
+    #[serde(default)]
+    pub edge: EdgeSpec,
     #[serde(default)]
     pub parties: BTreeMap<String, PartyManifest>,
     /// Static files served at `/` beside the parties (PartyKit's `serve`).
@@ -102,6 +108,9 @@ pub struct RoomsSpec {
     /// Milliseconds shutdown waits for rooms to finish what they are doing
     /// before abandoning them (and exiting). Default 10000.
     pub shutdown_deadline_ms: Option<u64>,
+    /// KiB of client messages and requests that may wait in one room's
+    /// mailbox; past it senders wait (TCP pushes back). Default 8192.
+    pub mailbox_kib: Option<u64>,
 }
 
 /// `[totals]`: what all rooms of a scope may hold at once. In the host's
@@ -253,6 +262,9 @@ limits_spec! {
     /// Largest HTTP body a handler hands the host (a response, or a fetch's
     /// request), in KiB.
     body_kib,
+    /// Bytes queued for one WebSocket, in KiB; a client further behind is
+    /// closed as too slow (1013).
+    queue_kib,
 }
 
 /// A validated manifest, ready to run.
@@ -266,6 +278,7 @@ pub struct Deployment {
     pub limits: LimitsSpec,
     pub rooms: RoomsSpec,
     pub totals: TotalsSpec,
+    pub edge: EdgeSpec,
     pub parties: BTreeMap<PartyName, PartySpec>,
     /// The static files, if the project serves any.
     pub serve: Option<ServeSpec>,
@@ -359,6 +372,7 @@ impl Manifest {
             limits: self.limits,
             rooms: self.rooms,
             totals: self.totals,
+            edge: self.edge,
             parties,
             serve: self.serve.map(|serve| serve.resolve(base)),
         })

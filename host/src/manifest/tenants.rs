@@ -7,6 +7,8 @@
 //! domain = "partyhost.localhost"   # alice's parties: alice.partyhost.localhost
 //! max_wasm_mib = 32                # largest component in a deployment
 //! max_bundle_mib = 64              # largest deployment upload
+//! disk_mib = 1024                  # per project: kept versions + storage
+//! keep_versions = 5                # versions kept for rollback
 //!
 //! [caps]                           # the [limits] fields
 //! cpu_ms = 100
@@ -30,6 +32,8 @@ struct TenantsFile {
     domain: Option<String>,
     max_wasm_mib: Option<u64>,
     max_bundle_mib: Option<u64>,
+    disk_mib: Option<u64>,
+    keep_versions: Option<usize>,
     #[serde(default)]
     caps: LimitsSpec,
     #[serde(default)]
@@ -52,6 +56,11 @@ pub struct Tenants {
     pub domain: Option<String>,
     pub max_wasm_bytes: usize,
     pub max_bundle_bytes: usize,
+    /// Disk each project may use: its kept versions and its storage files.
+    pub disk_bytes: u64,
+    /// Versions each project keeps on disk for rollback (the serving one
+    /// always stays).
+    pub keep_versions: usize,
     pub caps: LimitsSpec,
     /// What all rooms of each deployed project may hold at once.
     pub totals: TotalsSpec,
@@ -89,6 +98,8 @@ impl Tenants {
             domain: file.domain.map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
             max_wasm_bytes: mib(file.max_wasm_mib, 32),
             max_bundle_bytes: mib(file.max_bundle_mib, 64),
+            disk_bytes: file.disk_mib.unwrap_or(1024).saturating_mul(1 << 20),
+            keep_versions: file.keep_versions.unwrap_or(5).max(1),
             caps: file.caps,
             totals: file.totals,
             projects,

@@ -6,10 +6,17 @@
 //! On disk, under `<data_dir>/projects/<project>/`:
 //! `versions/<n>/` (the manifest as `partykit.toml` plus the files it
 //! names), `current` (the serving version), `storage.sqlite`.
+//!
+//! A project deploys (or rolls back) one change at a time: [`Deploying`]
+//! is its lock, taken before the upload is read, so a second upload of the
+//! same project is refused at once instead of piling up in memory. What a
+//! project keeps on disk is bounded: the newest `keep_versions` versions
+//! (and the serving one), within its `disk_mib` quota with its storage.
 
 use anyhow::Context;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +28,27 @@ use crate::manifest::{Deployment, ManifestError};
 /// The manifest's name inside a version folder.
 const MANIFEST_FILE: &str = "partykit.toml";
 
+/// A temporary name for `current` while it is written.
+const CURRENT_TMP: &str = "current.tmp";
+
 /// What `partyhost deploy` uploads: the manifest's text and every file it
-/// names, by their paths relative to the manifest, base64-encoded.
+/// names, by their paths relative to the manifest, base64-encoded. The
+/// host parses it in place (borrowing from the upload) and decodes one
+/// file at a time straight to disk, so an upload costs its own size once.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Bundle {
-    pub manifest: String,
-    pub files: BTreeMap<String, String>,
+pub struct Bundle<'a> {
+    #[serde(borrow)]
+    pub manifest: Cow<'a, str>,
+    #[serde(borrow)]
+    pub files: BTreeMap<String, Cow<'a, str>>,
+}
+
+/// A project's deploy lock: while it is held, no other deployment or
+/// rollback of that project runs.
+pub struct Deploying {
+    project: ProjectName,
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// A version that is now serving.
@@ -52,6 +73,12 @@ pub enum DeployError {
     /// Rollback with no earlier version (409).
     #[error("project `{0}` has no earlier version to roll back to")]
     NoPrevious(String),
+    /// Another deployment or rollback of the project is under way (409).
+    #[error("a deployment or rollback of project `{0}` is already under way; try again when it is done")]
+    Busy(String),
+    /// The project's disk quota would be passed (507).
+    #[error("{0}")]
+    OverQuota(String),
     /// The host failed (500); logged with its cause.
     #[error("{0:#}")]
     Internal(anyhow::Error),
@@ -64,43 +91,69 @@ impl From<ManifestError> for DeployError {
 }
 
 impl Projects {
+    /// Takes `project`'s deploy lock, or refuses at once if it is held.
+    ///
+    /// # Errors
+    /// [`DeployError::Busy`] while another change of the project runs.
+    pub fn begin(&self, project: &ProjectName) -> Result<Deploying, DeployError> {
+        let lock = self
+            .deploying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(project.clone())
+            .or_default()
+            .clone();
+        let held = lock.try_lock_owned().map_err(|_| DeployError::Busy(project.to_string()))?;
+        Ok(Deploying { project: project.clone(), _held: held })
+    }
+
     /// Writes `bundle` as the project's next version, validates and compiles
     /// it, then switches to it. On any error the new version is removed and
-    /// the serving one is untouched.
+    /// the serving one is untouched. Old versions past `keep_versions` go.
     ///
     /// # Errors
     /// A [`DeployError`] with the exact reason.
-    pub async fn deploy(&self, project: &ProjectName, bundle: Bundle) -> Result<Deployed, DeployError> {
-        let _one_at_a_time = self.deploying.lock().await;
-        let max_wasm = self.tenants.as_ref().map_or(usize::MAX, |t| t.max_wasm_bytes);
-        let mut files = Vec::new();
+    pub async fn deploy(&self, deploying: &Deploying, bundle: Bundle<'_>) -> Result<Deployed, DeployError> {
+        let project = &deploying.project;
+        let (max_wasm, quota) = self.tenants.as_ref().map_or((usize::MAX, u64::MAX), |t| (t.max_wasm_bytes, t.disk_bytes));
+        let mut files = Vec::with_capacity(bundle.files.len());
+        let mut incoming = bundle.manifest.len() as u64;
         for (path, data) in &bundle.files {
             let relative = safe_relative(path).ok_or_else(|| {
                 DeployError::Invalid(format!("file {path:?} must be a relative path inside the project"))
             })?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|e| DeployError::Invalid(format!("file {path:?} is not valid base64: {e}")))?;
-            if bytes.len() > max_wasm {
-                return Err(DeployError::TooLarge(format!(
-                    "file {path:?} is {} bytes; this host accepts files up to {max_wasm} bytes",
-                    bytes.len()
-                )));
+            let len = decoded_len(data);
+            if len > max_wasm {
+                return Err(too_large(path, len, max_wasm));
             }
-            files.push((relative, bytes));
+            incoming += len as u64;
+            files.push((relative, path.as_str(), data.as_ref()));
         }
         // Parsed before anything is written, so a broken manifest costs nothing.
         Deployment::parse(&bundle.manifest, Path::new("/"))?;
+        let used = self.disk_after_deploy(project).map_err(DeployError::Internal)?;
+        if used.total() + incoming > quota {
+            return Err(DeployError::OverQuota(format!(
+                "project `{project}` would use {} of its {} disk quota (storage {}, versions kept {}, this \
+                 deployment {}); remove data or ask for more (tenants.toml: disk_mib)",
+                mib(used.total() + incoming),
+                mib(quota),
+                mib(used.storage),
+                mib(used.versions),
+                mib(incoming)
+            )));
+        }
 
         let version = self.latest_version(project).map_err(DeployError::Internal)?.unwrap_or(0) + 1;
         let dir = self.version_dir(project, version);
-        let written = write_version(&dir, &bundle.manifest, &files);
-        let result = match written {
+        let result = match write_version(&dir, &bundle.manifest, &files, max_wasm) {
             Ok(()) => self.activate(project, version).await,
-            Err(e) => Err(DeployError::Internal(e)),
+            Err(e) => Err(e),
         };
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            self.prune(project);
         }
         result
     }
@@ -109,13 +162,61 @@ impl Projects {
     ///
     /// # Errors
     /// [`DeployError::NoPrevious`] when there is none.
-    pub async fn rollback(&self, project: &ProjectName) -> Result<Deployed, DeployError> {
-        let _one_at_a_time = self.deploying.lock().await;
+    pub async fn rollback(&self, deploying: &Deploying) -> Result<Deployed, DeployError> {
+        let project = &deploying.project;
         let current = self.current_version(project).map_err(DeployError::Internal)?;
         let previous = current
             .and_then(|current| self.versions(project).ok()?.into_iter().filter(|v| *v < current).max());
         let previous = previous.ok_or_else(|| DeployError::NoPrevious(project.to_string()))?;
         self.activate(project, previous).await
+    }
+
+    /// Removes versions past the newest `keep_versions`, never the serving
+    /// one. Failures are logged: the next deployment tries again.
+    fn prune(&self, project: &ProjectName) {
+        let keep = self.tenants.as_ref().map_or(usize::MAX, |t| t.keep_versions);
+        let current = self.current_version(project).ok().flatten();
+        for version in self.versions_beyond(project, keep) {
+            if Some(version) == current {
+                continue;
+            }
+            let dir = self.version_dir(project, version);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(%project, version, "removed an old version"),
+                Err(e) => tracing::warn!(%project, version, cause = %e, "could not remove an old version"),
+            }
+        }
+    }
+
+    /// Versions older than the newest `keep`, newest first.
+    fn versions_beyond(&self, project: &ProjectName, keep: usize) -> Vec<u64> {
+        let mut versions = self.versions(project).unwrap_or_default();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        versions.into_iter().skip(keep).collect()
+    }
+
+    /// The project's disk use once a new version is in and pruning is done:
+    /// its storage files and the versions that will stay.
+    fn disk_after_deploy(&self, project: &ProjectName) -> anyhow::Result<DiskUse> {
+        let keep = self.tenants.as_ref().map_or(usize::MAX, |t| t.keep_versions).saturating_sub(1);
+        let current = self.current_version(project)?;
+        let going = self.versions_beyond(project, keep);
+        let mut versions = 0;
+        for version in self.versions(project)? {
+            if Some(version) == current || !going.contains(&version) {
+                versions += disk_size(&self.version_dir(project, version))?;
+            }
+        }
+        let root = self.root.join(project.as_str());
+        let mut storage = 0;
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("storage.sqlite") {
+                    storage += entry.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
+        Ok(DiskUse { storage, versions })
     }
 
     /// Validates, compiles and switches to a version already on disk.
@@ -137,31 +238,38 @@ impl Projects {
         let parties = compile_all(&self.sandbox, &deployment, &dir).await?;
         let names = deployment.parties.keys().map(ToString::to_string).collect();
 
+        // Everything that can fail happens before the switch: a new project's
+        // storage is opened, then `current` is replaced atomically. If either
+        // fails, the version serving before goes on serving.
         let existing = self.deployed(project.as_str());
-        match existing {
-            Some(serving) => serving.rooms.switch(deployment, parties),
+        let opened = match existing {
+            Some(_) => None,
             None => {
                 let storage = self.root.join(project.as_str()).join("storage.sqlite");
                 let opened = Project::open(
                     &storage,
-                    deployment,
-                    parties,
+                    deployment.clone(),
+                    parties.clone(),
                     self.config.clone(),
                     self.totals_of(project),
                     &self.shutdown,
                     &self.tracker,
                 )
                 .map_err(DeployError::Internal)?;
+                Some(opened)
+            }
+        };
+        write_current(&self.root.join(project.as_str()), version).map_err(DeployError::Internal)?;
+        match (existing, opened) {
+            (Some(serving), _) => serving.rooms.switch(deployment, parties),
+            (None, Some(opened)) => {
                 self.deployed
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(project.clone(), Arc::new(opened));
             }
+            (None, None) => {}
         }
-        let current = self.root.join(project.as_str()).join("current");
-        std::fs::write(&current, version.to_string())
-            .with_context(|| format!("writing {}", current.display()))
-            .map_err(DeployError::Internal)?;
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(%project, version, took_ms, "project version serving");
         Ok(Deployed { project: project.to_string(), version, parties: names, took_ms })
@@ -204,17 +312,97 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
     (plain && !path.as_os_str().is_empty()).then(|| path.to_path_buf())
 }
 
-fn write_version(dir: &Path, manifest: &str, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MANIFEST_FILE), manifest).context("writing the manifest")?;
-    for (relative, bytes) in files {
+/// Writes the manifest and every file, each decoded from base64 on its
+/// own, so only one decoded file is in memory at a time.
+fn write_version(
+    dir: &Path,
+    manifest: &str,
+    files: &[(PathBuf, &str, &str)],
+    max_file: usize,
+) -> Result<(), DeployError> {
+    let internal = DeployError::Internal;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(internal)?;
+    std::fs::write(dir.join(MANIFEST_FILE), manifest).context("writing the manifest").map_err(internal)?;
+    for (relative, shown, data) in files {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| DeployError::Invalid(format!("file {shown:?} is not valid base64: {e}")))?;
+        if bytes.len() > max_file {
+            return Err(too_large(shown, bytes.len(), max_file));
+        }
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))
+                .map_err(internal)?;
         }
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display())).map_err(internal)?;
     }
     Ok(())
+}
+
+/// The length of padded base64 once decoded (checked again on decoding).
+fn decoded_len(data: &str) -> usize {
+    let padding = data.bytes().rev().take(2).filter(|b| *b == b'=').count();
+    (data.len() / 4 * 3).saturating_sub(padding)
+}
+
+fn too_large(path: &str, len: usize, max: usize) -> DeployError {
+    DeployError::TooLarge(format!("file {path:?} is {len} bytes; this host accepts files up to {max} bytes"))
+}
+
+/// Replaces the project's `current` file atomically: a temporary file,
+/// synced, renamed over it, and the folder synced, so a crash or a failed
+/// write leaves the old version or the new one, never neither.
+fn write_current(project_dir: &Path, version: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (tmp, current) = (project_dir.join(CURRENT_TMP), project_dir.join("current"));
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(version.to_string().as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &current).with_context(|| format!("renaming to {}", current.display()))?;
+    std::fs::File::open(project_dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("syncing {}", project_dir.display()))
+}
+
+/// What a project holds on disk, in bytes.
+struct DiskUse {
+    storage: u64,
+    versions: u64,
+}
+
+impl DiskUse {
+    fn total(&self) -> u64 {
+        self.storage + self.versions
+    }
+}
+
+/// Bytes of every file below `path`.
+fn disk_size(path: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let metadata = entry.metadata()?;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// Every path the manifest names must stay inside the version folder, and
@@ -250,7 +438,7 @@ fn check_inside(deployment: &Deployment, dir: &Path) -> Result<(), DeployError> 
     Ok(())
 }
 
-/// Compiles every party off the async threads. The first failure names
+/// Compiles every party on the background compile worker. The first failure names
 /// its party and what is wrong with the component.
 async fn compile_all(
     sandbox: &Arc<crate::sandbox::Sandbox>,
@@ -259,18 +447,11 @@ async fn compile_all(
 ) -> Result<HashMap<crate::ids::PartyName, Arc<crate::rooms::LoadedParty>>, DeployError> {
     let mut parties = HashMap::new();
     for (name, spec) in &deployment.parties {
-        let (sandbox, name, spec) = (sandbox.clone(), name.clone(), spec.clone());
-        let dir = dir.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::load_party(&sandbox, &name, &spec).map(|party| (name, party)).map_err(|e| {
-                // The message names server paths; the client needs only its own.
-                format!("{e:#}").replace(&format!("{}/", dir.display()), "")
-            })
-        })
-        .await
-        .map_err(|e| DeployError::Internal(anyhow::anyhow!("the compile task failed: {e}")))?;
-        let (name, party) = loaded.map_err(DeployError::Invalid)?;
-        parties.insert(name, Arc::new(party));
+        let party = crate::compile_party(sandbox, name, spec).await.map_err(|e| {
+            // The message names server paths; the client needs only its own.
+            DeployError::Invalid(format!("{e:#}").replace(&format!("{}/", dir.display()), ""))
+        })?;
+        parties.insert(name.clone(), Arc::new(party));
     }
     Ok(parties)
 }

@@ -12,7 +12,7 @@
 
 mod deploy;
 
-pub use deploy::{Bundle, DeployError, Deployed};
+pub use deploy::{Bundle, DeployError, Deployed, Deploying};
 
 use axum::Router;
 use std::collections::HashMap;
@@ -92,8 +92,8 @@ pub struct Projects {
     host_totals: Arc<Scope>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// One deployment or rollback at a time.
-    deploying: tokio::sync::Mutex<()>,
+    /// Each project's deploy lock (see [`Deploying`]).
+    deploying: std::sync::Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Projects {
@@ -117,7 +117,7 @@ impl Projects {
             config,
             shutdown,
             tracker,
-            deploying: tokio::sync::Mutex::default(),
+            deploying: std::sync::Mutex::default(),
         })
     }
 

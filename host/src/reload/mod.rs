@@ -215,10 +215,7 @@ impl Reloader {
     }
 
     async fn compile(&self, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
-        let (sandbox, name, spec) = (self.sandbox.clone(), name.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || crate::load_party(&sandbox, &name, &spec))
-            .await
-            .context("the compile task panicked")?
+        crate::compile_party(&self.sandbox, name, spec).await
     }
 
     /// Reports a refused change; returns false for `apply_manifest`.

@@ -1,13 +1,14 @@
 //! The only way into a room: a cloneable handle on its bounded mailbox.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::state::Outgoing;
 use crate::ids::{ConnectionId, RoomKey};
 use crate::sandbox::{Message, Request, Response};
 
-/// Mailbox size of a room. When it is full, senders wait: a socket task
-/// stops reading from its client (TCP pushes back), an HTTP request waits.
+/// Mailbox size of a room, in messages. When it is full, senders wait: a
+/// socket task stops reading from its client (TCP pushes back), an HTTP
+/// request waits. The mailbox is also bounded in bytes: see [`Weight`].
 pub const ROOM_MAILBOX: usize = 1024;
 
 /// A new WebSocket for the room.
@@ -20,7 +21,7 @@ pub struct Connect {
     /// The upgrade request, as the guest will see it.
     pub request: Request,
     /// Where the room queues frames for this socket.
-    pub sender: mpsc::Sender<Outgoing>,
+    pub sender: super::queue::QueueSender,
     /// Cancelled by the room when the socket's queue overflows.
     pub too_slow: tokio_util::sync::CancellationToken,
 }
@@ -43,6 +44,7 @@ pub enum RoomMsg {
         conn: ConnectionId,
         socket: u64,
         msg: Message,
+        weight: Weight,
     },
     /// A socket ended; the room runs `on-close` or `on-error` for it.
     Departed {
@@ -55,6 +57,7 @@ pub enum RoomMsg {
         reply: oneshot::Sender<Response>,
         /// Room-to-room requests that led here: 0 from a client.
         hops: u32,
+        weight: Weight,
     },
     /// From the registry: too many instances are alive; drop this room's
     /// instance if it is idle.
@@ -72,4 +75,28 @@ pub struct RoomHandle {
     /// Which run of the room this is; a retired room's handle never
     /// matches the next run's.
     pub(super) generation: u64,
+    /// Bytes of client messages and request bodies that may wait in the
+    /// mailbox (`[rooms] mailbox_kib`).
+    pub(super) bytes: Arc<Semaphore>,
+    pub(super) bytes_capacity: usize,
+}
+
+impl RoomHandle {
+    /// Waits until `len` more bytes fit in the mailbox (a message larger
+    /// than the whole mailbox waits for it to be empty), and reserves them
+    /// until the room has handled the message carrying the [`Weight`].
+    pub async fn weigh(&self, len: usize) -> Weight {
+        let capacity = self.bytes_capacity;
+        let permits = u32::try_from(len.min(capacity)).unwrap_or(u32::MAX);
+        // The semaphore is never closed, so this only fails if it were.
+        Weight { _held: self.bytes.clone().acquire_many_owned(permits).await.ok() }
+    }
+}
+
+/// Bytes a message holds in its room's mailbox, given back when the room
+/// is done with it (when the message is dropped). Only what clients send is
+/// weighed: 1,024 messages of a MiB each would pin a GiB per room.
+#[derive(Debug, Default)]
+pub struct Weight {
+    _held: Option<OwnedSemaphorePermit>,
 }

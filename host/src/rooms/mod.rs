@@ -2,7 +2,9 @@
 //! them.
 //!
 //! - `registry.rs`: [`Rooms`], the map from room key to handle.
-//! - `handle.rs`: [`RoomHandle`] and [`RoomMsg`], the only way into a room.
+//! - `handle.rs`: [`RoomHandle`] and [`RoomMsg`], the only way into a room;
+//!   its mailbox is bounded in messages and in bytes ([`Weight`]).
+//! - `queue.rs`: a socket's outgoing queue, bounded in frames and bytes.
 //! - `room.rs`: the actor loop: event -> guest call -> commit -> release.
 //! - `instances.rs`: the live-instance cap's bookkeeping.
 //! - `state.rs`: [`RoomState`], what outlives a guest instance.
@@ -16,12 +18,14 @@ mod api;
 mod handle;
 mod instances;
 mod limit_hits;
+mod queue;
 mod registry;
 mod room;
 mod state;
 
-pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg};
+pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 pub use limit_hits::{Limit, LimitHits};
+pub use queue::{QueueReceiver, QueueSender, queue};
 pub use registry::{LoadedParty, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
 

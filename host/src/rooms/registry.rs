@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 use super::LimitHits;
-use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg};
+use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 use super::instances::LiveInstances;
 use super::room::Room;
 use super::state::RoomState;
@@ -54,6 +54,12 @@ pub struct RoomsConfig {
     /// Most instances alive at once; past it the least recently used idle
     /// ones are evicted.
     pub max_live_instances: usize,
+    /// Bytes of client messages and requests one room's mailbox holds.
+    pub mailbox_bytes: usize,
+    /// How often sockets are pinged.
+    pub ping_interval: Duration,
+    /// How long a socket may be silent (no frame, no pong) before it is dropped.
+    pub socket_idle_timeout: Duration,
 }
 
 /// How many rooms and instances are alive.
@@ -63,6 +69,8 @@ pub struct RoomStats {
     pub rooms: usize,
     /// Live guest instances (each holds a wasm store).
     pub instances: usize,
+    /// Bytes queued for clients, not yet written to their sockets.
+    pub queued_bytes: usize,
 }
 
 /// Every running room of the host, by key.
@@ -90,6 +98,8 @@ pub struct Rooms {
     /// Rooms woken by a timer for their alarm: one timer per room however
     /// often the room retires.
     wakes: Mutex<HashMap<RoomKey, Wake>>,
+    /// Bytes in every socket's outgoing queue together.
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Rooms {
@@ -116,7 +126,13 @@ impl Rooms {
             shutdown,
             tracker,
             hits: Arc::default(),
+            queued_bytes: Arc::default(),
         })
+    }
+
+    /// The counter every socket queue of these rooms adds its bytes to.
+    pub fn queued_bytes_counter(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.queued_bytes.clone()
     }
 
     /// How often these rooms hit each limit.
@@ -142,7 +158,7 @@ impl Rooms {
         &self.shutdown
     }
 
-    pub(super) fn config(&self) -> &RoomsConfig {
+    pub(crate) fn config(&self) -> &RoomsConfig {
         &self.config
     }
 
@@ -184,7 +200,11 @@ impl Rooms {
     }
 
     pub fn stats(&self) -> RoomStats {
-        RoomStats { rooms: lock(&self.live).len(), instances: lock(&self.instances).len() }
+        RoomStats {
+            rooms: lock(&self.live).len(),
+            instances: lock(&self.instances).len(),
+            queued_bytes: self.queued_bytes.load(Ordering::Acquire),
+        }
     }
 
     /// The handle of a running room, spawning the room if none runs. The
@@ -210,7 +230,10 @@ impl Rooms {
         })?;
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let handle = RoomHandle { key: key.clone(), tx, generation };
+        // The semaphore's permits are u32-counted per acquire; its total may be larger.
+        let bytes_capacity = self.config.mailbox_bytes.min(u32::MAX as usize);
+        let bytes = Arc::new(tokio::sync::Semaphore::new(bytes_capacity));
+        let handle = RoomHandle { key: key.clone(), tx, generation, bytes, bytes_capacity };
         live.insert(key.clone(), handle.clone());
         drop(live);
 
@@ -302,7 +325,8 @@ impl Rooms {
     /// When the room stops before it answers.
     pub async fn request(self: &Arc<Self>, key: &RoomKey, request: Request) -> anyhow::Result<Response> {
         let (reply, response) = oneshot::channel();
-        self.send(key, RoomMsg::Request { request: Box::new(request), reply, hops: 0 }).await?;
+        let weight = self.get_or_spawn(key)?.weigh(request.body.len()).await;
+        self.send(key, RoomMsg::Request { request: Box::new(request), reply, hops: 0, weight }).await?;
         response.await.map_err(|_| anyhow!("room {key} stopped before answering"))
     }
 
@@ -330,7 +354,7 @@ impl Rooms {
         let (reply, response) = oneshot::channel();
         self.post_via(
             &self.get_or_spawn(&key)?,
-            RoomMsg::Request { request: Box::new(request), reply, hops },
+            RoomMsg::Request { request: Box::new(request), reply, hops, weight: Weight::default() },
         );
         Ok(response)
     }

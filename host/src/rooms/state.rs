@@ -10,9 +10,9 @@
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::QueueSender;
 use super::{Limit, LimitHits, now_ms};
 use crate::budget::{CapReached, Lease, Resource, Totals};
 use crate::ids::{ConnectionId, RoomKey};
@@ -44,6 +44,16 @@ pub enum Outgoing {
     },
 }
 
+impl Outgoing {
+    /// Bytes the frame holds (a close frame's reason).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(bytes) | Self::Binary(bytes) => bytes.len(),
+            Self::Close { reason, .. } => reason.len(),
+        }
+    }
+}
+
 impl From<&Message> for Outgoing {
     fn from(msg: &Message) -> Self {
         match msg {
@@ -60,7 +70,7 @@ pub struct ConnectionEntry {
     pub tags: Vec<String>,
     pub state: Option<Vec<u8>>,
     /// To the socket task; bounded by `Limits::connection_queue_frames`.
-    pub(super) sender: mpsc::Sender<Outgoing>,
+    pub(super) sender: QueueSender,
     /// Cancelled by the room to drop a client whose queue is full; the
     /// socket task watches it and closes with 1013.
     pub(super) too_slow: CancellationToken,

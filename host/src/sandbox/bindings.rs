@@ -52,3 +52,13 @@ pub trait RoomApi:
     /// Where the guest's WASI stdout and stderr go.
     fn output(&self) -> super::GuestOutput;
 }
+
+impl Message {
+    /// Bytes of the payload.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Binary(bytes) => bytes.len(),
+        }
+    }
+}

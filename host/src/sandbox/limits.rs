@@ -57,6 +57,10 @@ pub struct Limits {
     /// Outgoing frames queued per connection; a client that falls further
     /// behind is disconnected as too slow (close code 1013).
     pub connection_queue_frames: usize,
+    /// Outgoing bytes queued per connection, the same way: frames are up to
+    /// `message_bytes` each, so a count alone would let one client that
+    /// stops reading pin a gigabyte. One frame is always let in.
+    pub connection_queue_bytes: usize,
     /// WebSockets open at once in one room (PartyKit allows 32,768
     /// hibernated). Defends the host's sockets and memory; one more is
     /// refused with close code 1013.
@@ -96,6 +100,7 @@ impl Default for Limits {
             fetch_timeout: Duration::from_secs(10),
             fetches_in_flight: 64,
             connection_queue_frames: 1024,
+            connection_queue_bytes: 1 << 20,
             connections_per_room: 32_768,
             messages_per_second: 100,
             fetches_per_event: 16,
@@ -136,6 +141,7 @@ impl From<&LimitsSpec> for Limits {
                 .map_or(defaults.fanout_bytes_per_event, |v| v.saturating_mul(1 << 20)),
             log_bytes_per_event: bytes(spec.log_kib_per_event, 1 << 10, defaults.log_bytes_per_event),
             body_bytes: bytes(spec.body_kib, 1 << 10, defaults.body_bytes),
+            connection_queue_bytes: bytes(spec.queue_kib, 1 << 10, defaults.connection_queue_bytes),
             ..defaults
         }
     }
@@ -161,6 +167,7 @@ impl LimitsSpec {
             fanout_mib_per_event: Some(d.fanout_bytes_per_event >> 20),
             log_kib_per_event: Some(units(d.log_bytes_per_event, 1 << 10)),
             body_kib: Some(units(d.body_bytes, 1 << 10)),
+            queue_kib: Some(units(d.connection_queue_bytes, 1 << 10)),
         }
     }
 

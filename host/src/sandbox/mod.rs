@@ -17,6 +17,7 @@ mod guest;
 mod limits;
 mod meter;
 mod output;
+mod priority;
 mod store;
 
 pub use bindings::{
@@ -42,6 +43,8 @@ pub struct Sandbox {
     engine: Engine,
     cache_dir: PathBuf,
     ticker: Arc<Ticker>,
+    /// One background compile at a time (see [`Sandbox::load_in_background`]).
+    compiling: tokio::sync::Semaphore,
 }
 
 /// Keeps the epoch ticker thread running while held: by the sandbox and by
@@ -72,7 +75,9 @@ impl Sandbox {
         let ticker = Arc::new(Ticker::default());
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
             .context("starting the epoch ticker thread")?;
-        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker })
+        priority::lower_compile_workers();
+        let compiling = tokio::sync::Semaphore::new(1);
+        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker, compiling })
     }
 
     /// Compiles (or loads from cache) the component at `wasm` and links it
@@ -92,7 +97,8 @@ impl Sandbox {
                 wasm.display()
             );
         }
-        let component = cache::compile(&self.engine, &self.cache_dir, &bytes).with_context(context)?;
+        let (component, uncached) =
+            cache::compile(&self.engine, &self.cache_dir, &bytes).with_context(context)?;
         let mut linker = Linker::<StoreData<R>>::new(&self.engine);
         store::add_to_linker(&mut linker).with_context(context)?;
         let pre = linker
@@ -102,7 +108,37 @@ impl Sandbox {
         let pre = PartyPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: it does not export the partyhost:party world", context()))?;
+        // Only a component that fits our world is worth keeping.
+        if let Some(uncached) = uncached {
+            uncached.store(&component);
+        }
         Ok(PartyCode { pre, limits, engine: self.engine.clone(), _ticker: self.ticker.clone() })
+    }
+
+    /// [`Sandbox::load`] for a host that is serving: on a thread of its own
+    /// at a lower priority (as are Cranelift's worker threads), one compile
+    /// at a time host-wide, so a deploy or a reload takes what the serving
+    /// threads leave. docs/benchmarks.md measures what it still costs them.
+    ///
+    /// # Errors
+    /// As [`Sandbox::load`].
+    pub async fn load_in_background<R: RoomApi + Send + 'static>(
+        self: &Arc<Self>,
+        party: &str,
+        wasm: &Path,
+        limits: Limits,
+    ) -> anyhow::Result<PartyCode<R>> {
+        let _turn = self.compiling.acquire().await.context("the compile worker has stopped")?;
+        let (sandbox, party, wasm) = (self.clone(), party.to_owned(), wasm.to_owned());
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("compile".into())
+            .spawn(move || {
+                priority::lower_this_thread();
+                let _ = done.send(sandbox.load(&party, &wasm, limits));
+            })
+            .context("starting a compile thread")?;
+        result.await.context("the compile thread panicked")?
     }
 }
 

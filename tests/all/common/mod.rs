@@ -66,23 +66,24 @@ pub struct TestHost {
 impl TestHost {
     /// Starts a host for `manifest_toml` with its data in `dir`.
     pub async fn start(dir: &Path, manifest_toml: &str) -> Result<Self> {
-        let deployment = Deployment::parse(manifest_toml, dir)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let host = Host::start(deployment, listener, shutdown.clone()).await?;
-        Ok(Self { addr, shutdown, host: Some(host), reloads: None })
+        Self::start_with(dir, manifest_toml, partyhost::Options::default()).await
     }
 
     /// Starts a multi-tenant host: the local project of `manifest_toml`,
     /// plus the projects of `tenants_toml`, deployable through the admin API.
     pub async fn start_with_tenants(dir: &Path, manifest_toml: &str, tenants_toml: &str) -> Result<Self> {
-        let deployment = Deployment::parse(manifest_toml, dir)?;
         let tenants = partyhost::manifest::Tenants::parse(tenants_toml)?;
+        let options = partyhost::Options { tenants: Some(tenants), ..partyhost::Options::default() };
+        Self::start_with(dir, manifest_toml, options).await
+    }
+
+    /// Starts a host with every option (TLS, tenants).
+    pub async fn start_with(dir: &Path, manifest_toml: &str, options: partyhost::Options) -> Result<Self> {
+        let deployment = Deployment::parse(manifest_toml, dir)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let host = Host::start_with_tenants(deployment, tenants, listener, shutdown.clone()).await?;
+        let host = Host::start_with(deployment, options, listener, shutdown.clone()).await?;
         Ok(Self { addr, shutdown, host: Some(host), reloads: None })
     }
 
@@ -98,7 +99,8 @@ impl TestHost {
     /// Deploys the project in `project.dir` through the real client.
     pub async fn deploy(&self, project: &Tenant) -> Result<serde_json::Value> {
         let url = format!("http://{}", self.addr);
-        let target = partyhost::client::Target { url: &url, project: &project.name, token: &project.token };
+        let target =
+            partyhost::client::Target { url: &url, project: &project.name, token: &project.token, ca_cert: None };
         partyhost::client::deploy(&target, &project.dir.join("partykit.toml")).await
     }
 
@@ -138,7 +140,7 @@ impl TestHost {
 
     /// Live rooms and instances right now.
     pub fn stats(&self) -> RoomStats {
-        self.host.as_ref().map_or(RoomStats { rooms: 0, instances: 0 }, Host::stats)
+        self.host.as_ref().map_or(RoomStats { rooms: 0, instances: 0, queued_bytes: 0 }, Host::stats)
     }
 
     /// The local project's rooms, for their counters and totals.

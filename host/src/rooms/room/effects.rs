@@ -3,7 +3,6 @@
 //! client sees an effect whose writes a crash could still lose.
 
 use std::collections::{HashMap, VecDeque};
-use tokio::sync::mpsc;
 
 use super::{FetchDone, Room};
 use crate::ids::ConnectionId;
@@ -161,7 +160,7 @@ impl Room {
 /// Queues `frame` for its target; a full queue marks the client too slow.
 fn deliver(connections: &HashMap<ConnectionId, ConnectionEntry>, target: Target, frame: Outgoing) {
     let push = |entry: &ConnectionEntry| {
-        if let Err(mpsc::error::TrySendError::Full(_)) = entry.sender.try_send(frame.clone()) {
+        if entry.sender.try_send(frame.clone()).is_err() {
             tracing::debug!("outgoing queue full; dropping the client as too slow ({CLOSE_TRY_AGAIN})");
             entry.too_slow.cancel();
         }

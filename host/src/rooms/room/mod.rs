@@ -179,7 +179,8 @@ impl Room {
     async fn handle(&mut self, msg: RoomMsg) {
         match msg {
             RoomMsg::Connect(connect) => self.connect(*connect).await,
-            RoomMsg::Message { conn, socket, msg } => {
+            // The weight is held until the guest is done with the message.
+            RoomMsg::Message { conn, socket, msg, weight: _weight } => {
                 if self.is_current(&conn, socket) {
                     let task = self.next_task();
                     if let Some(guest) = self.live_guest().await {
@@ -193,7 +194,9 @@ impl Room {
                     self.departed(&conn, entry, how).await;
                 }
             }
-            RoomMsg::Request { request, reply, hops } => self.request(*request, reply, hops).await,
+            RoomMsg::Request { request, reply, hops, weight: _weight } => {
+                self.request(*request, reply, hops).await;
+            }
             RoomMsg::Evict => self.evict_if_idle(),
         }
     }

@@ -371,6 +371,25 @@ impl Party for Hostile {
                 Response::text(200, "x".repeat(kib << 10))
             }
             "chain" => self.chain().await,
+            // Headers that are the host's to set, a cookie, and one
+            // ordinary header: only the last two may pass (the cookie not
+            // on the shared origin).
+            "evil-headers" => {
+                let mut response = Response::text(200, "the whole body");
+                for (name, value) in [
+                    ("content-length", "0"),
+                    ("transfer-encoding", "chunked"),
+                    ("connection", "keep-alive, x-smuggled"),
+                    ("keep-alive", "timeout=999"),
+                    ("upgrade", "websocket"),
+                    ("trailer", "x-late"),
+                    ("set-cookie", "session=tenant; Path=/"),
+                    ("x-party", "ok"),
+                ] {
+                    response.headers.push((name.into(), value.into()));
+                }
+                response
+            }
             "doomed" => Response::text(200, format!("{:?}", self.room.storage().get::<String>("doomed"))),
             "alarms-fired" => {
                 let fired: u64 = self.room.storage().get("alarms-fired").unwrap_or(0);
