@@ -191,7 +191,10 @@ async fn connect(target: &Target<'_>) -> anyhow::Result<(String, Sender)> {
         .with_context(|| format!("connecting to {with_port}"))?;
     if !tls {
         if !stream.peer_addr().is_ok_and(|a| a.ip().is_loopback()) {
-            eprintln!("partyhost: warning: {} is plain http; the token crosses the network in clear", target.url);
+            eprintln!(
+                "partyhost: warning: {} is plain http; the token crosses the network in clear",
+                target.url
+            );
         }
         return handshake(authority, stream).await;
     }

@@ -274,7 +274,11 @@ fn load_party(sandbox: &Sandbox, name: &PartyName, spec: &PartySpec) -> anyhow::
 ///
 /// # Errors
 /// As [`load_party`].
-async fn compile_party(sandbox: &Arc<Sandbox>, name: &PartyName, spec: &PartySpec) -> anyhow::Result<LoadedParty> {
+async fn compile_party(
+    sandbox: &Arc<Sandbox>,
+    name: &PartyName,
+    spec: &PartySpec,
+) -> anyhow::Result<LoadedParty> {
     let started = std::time::Instant::now();
     let code = sandbox.load_in_background(name.as_str(), &spec.wasm, Limits::from(&spec.limits)).await?;
     Ok(loaded(name, spec, code, started))

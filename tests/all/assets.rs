@@ -124,3 +124,41 @@ async fn without_serve_unknown_paths_say_where_parties_live() -> Result<()> {
     assert!(body.contains("/parties/<party>/<room>"), "{body}");
     host.stop().await
 }
+
+#[tokio::test]
+async fn large_files_stream_and_an_etag_is_computed_once_per_file_version() -> Result<()> {
+    let dir = temp_dir();
+    let host = host(dir.path(), "serve = \"public\"").await?;
+    let big: String = (0..(3 << 20) / 16).map(|i| format!("{i:015}\n")).collect();
+    let file = dir.path().join("public/big.txt");
+    std::fs::write(&file, &big)?;
+
+    let got = host.http_with("GET", "/big.txt", &[], "").await?;
+    assert_eq!((got.status, got.body.len()), (200, big.len()));
+    assert!(got.body == big, "the streamed file differs");
+    assert_eq!(got.header("content-length"), Some(big.len().to_string().as_str()));
+    let etag = got.header("etag").unwrap_or_default().to_owned();
+
+    // HEAD: the headers of a GET, no body.
+    let head = host.http_with("HEAD", "/big.txt", &[], "").await?;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("content-length"), Some(big.len().to_string().as_str()));
+    assert_eq!(head.header("etag"), Some(etag.as_str()));
+
+    // The same size and modification time is the same version: the ETag
+    // is the one computed before, not the file hashed again.
+    let modified = std::fs::metadata(&file)?.modified()?;
+    std::fs::write(&file, big.replace('0', "9"))?;
+    std::fs::File::options().append(true).open(&file)?.set_modified(modified)?;
+    let cached = host.http_with("GET", "/big.txt", &[("if-none-match", &etag)], "").await?;
+    assert_eq!(cached.status, 304);
+    // A new modification time is a new version, with its own ETag.
+    std::fs::File::options()
+        .append(true)
+        .open(&file)?
+        .set_modified(modified + std::time::Duration::from_secs(5))?;
+    let changed = host.http_with("GET", "/big.txt", &[("if-none-match", &etag)], "").await?;
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    host.stop().await
+}

@@ -54,9 +54,12 @@ async fn half_sent_headers_and_idle_connections_are_closed_at_the_header_timeout
     assert_eq!(host.http("GET", "/parties/hostile/x/pong", "").await?.1, "pong");
 
     let started = Instant::now();
-    for stream in attackers.iter_mut().chain([&mut idle]) {
-        within("the host closing a connection at its header timeout", until_closed(stream)).await;
-    }
+    within("the host closing every connection at its header timeout", async {
+        for stream in attackers.iter_mut().chain([&mut idle]) {
+            until_closed(stream).await;
+        }
+    })
+    .await;
     assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
     host.stop().await
 }
@@ -67,7 +70,9 @@ async fn a_body_sent_too_slowly_gets_408_at_the_request_timeout() -> Result<()> 
     let host = TestHost::start(dir.path(), &hostile("[edge]\nrequest_timeout_ms = 500")).await?;
     let mut stream = TcpStream::connect(host.addr).await?;
     stream
-        .write_all(b"POST /parties/hostile/x/pong HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nonly a part")
+        .write_all(
+            b"POST /parties/hostile/x/pong HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nonly a part",
+        )
         .await?;
     let started = Instant::now();
     let mut response = Vec::new();
@@ -150,7 +155,7 @@ async fn a_socket_that_answers_no_ping_is_dropped() -> Result<()> {
     // `silent` is never read again, so it answers no ping; `lively` is
     // read all along (its client answers pings) and hears of the drop.
     let started = Instant::now();
-    let heard = lively.recv_text().await?;
+    let heard = within("hearing of the drop", lively.recv_text()).await?;
     assert_eq!(heard, "closed silent with state silent");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3), "after {waited:?}");
@@ -216,7 +221,8 @@ async fn a_client_that_stops_reading_is_closed_1013_and_pins_no_more_than_its_qu
     })
     .await?;
     assert_eq!((u16::from(close.code), close.reason.as_str()), (1013, "too slow: outgoing queue full"));
-    eventually("the slow socket's queue to be given back", async || Ok(host.stats().queued_bytes == 0)).await?;
+    eventually("the slow socket's queue to be given back", async || Ok(host.stats().queued_bytes == 0))
+        .await?;
     host.stop().await
 }
 
@@ -236,7 +242,7 @@ async fn a_write_blocked_past_the_write_deadline_drops_the_client() -> Result<()
     }
     // The room lets go of the connection once its socket task gave up.
     let started = Instant::now();
-    loop {
+    while started.elapsed() < Duration::from_secs(5) {
         driver.send_text("tagged:stuck").await?;
         let mut answer = driver.recv_text().await?;
         while !answer.starts_with("tagged") {

@@ -7,6 +7,7 @@ mod assets;
 mod browser;
 mod common;
 
+mod deploys;
 mod dev;
 mod edge;
 mod fetch_cycles;

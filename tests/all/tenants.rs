@@ -254,3 +254,32 @@ async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()
     assert_eq!(status, 200);
     host.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() -> Result<()> {
+    let dir = temp_dir();
+    let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "serve = \"public\"")?;
+    std::fs::create_dir_all(alice.dir.join("public"))?;
+    std::fs::write(alice.dir.join("public/index.html"), "<script>document.cookie</script>")?;
+    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    host.deploy(&alice).await?;
+
+    // Under /p/alice/ the page shares the host's origin: it runs sandboxed
+    // (an opaque origin: no cookies, no storage, nothing of other pages).
+    for path in ["/index.html", "/parties/hostile/x/evil-headers"] {
+        let shared = host.http_with("GET", &alice.path(path), &[], "").await?;
+        assert_eq!(shared.status, 200);
+        let policy = shared.header("content-security-policy").unwrap_or_default();
+        assert!(policy.starts_with("sandbox allow-scripts"), "{path}: {shared:?}");
+        assert!(!policy.contains("allow-same-origin"), "{path}: {policy}");
+        assert_eq!(shared.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(shared.header("set-cookie"), None, "{path}: a tenant set a cookie on the shared origin");
+    }
+    // At its own host name the project is its own origin: none of that.
+    let own = host
+        .http_with("GET", "/parties/hostile/x/evil-headers", &[("host", "alice.partyhost.test")], "")
+        .await?;
+    assert_eq!(own.header("content-security-policy"), None);
+    assert_eq!(own.header("set-cookie"), Some("session=tenant; Path=/"));
+    host.stop().await
+}

@@ -33,8 +33,14 @@ pub(super) async fn deploy(
         Err(e) => return respond(Err(e)),
     };
     let limit = tenants.max_bundle_bytes;
-    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
-        ApiError::TooLarge(format!("the deployment is over this host's limit of {limit} bytes"))
+    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+        let over =
+            std::error::Error::source(&e).is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+        if over {
+            ApiError::TooLarge(format!("the deployment is over this host's limit of {limit} bytes"))
+        } else {
+            ApiError::BadRequest(format!("the upload was cut off: {e}"))
+        }
     })?;
     let bundle: Bundle<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the deployment is not a valid bundle: {e}")))?;
@@ -114,7 +120,9 @@ fn respond(result: Result<crate::projects::Deployed, DeployError>) -> Result<Res
         Err(e @ (DeployError::NoPrevious(_) | DeployError::Busy(_))) => {
             Ok((StatusCode::CONFLICT, e.to_string()).into_response())
         }
-        Err(DeployError::OverQuota(message)) => Ok((StatusCode::INSUFFICIENT_STORAGE, message).into_response()),
+        Err(DeployError::OverQuota(message)) => {
+            Ok((StatusCode::INSUFFICIENT_STORAGE, message).into_response())
+        }
         Err(DeployError::Internal(cause)) => Err(ApiError::internal(cause)),
     }
 }

@@ -10,11 +10,11 @@
 //! computed once per version of the file (its size and modification time)
 //! and kept, so a HEAD or a 304 reads nothing.
 
+use anyhow::Context;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

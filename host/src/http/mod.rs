@@ -94,7 +94,8 @@ async fn to_project(State(projects): State<Arc<Projects>>, mut request: Request)
 /// reads of anyone's pages) and may not set cookies on the shared host
 /// name. A tenant that needs an origin of its own is served at
 /// `<project>.<domain>`, where none of this applies.
-const SHARED_ORIGIN_POLICY: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
+const SHARED_ORIGIN_POLICY: &str =
+    "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
 
 fn isolate(response: &mut Response) {
     let headers = response.headers_mut();

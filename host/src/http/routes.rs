@@ -89,8 +89,10 @@ async fn serve(
             .map_err(ApiError::unavailable)?;
         let shutdown = app.shutdown.clone();
         let config = app.rooms.config();
-        let keepalive =
-            socket::Keepalive { ping_interval: config.ping_interval, idle_timeout: config.socket_idle_timeout };
+        let keepalive = socket::Keepalive {
+            ping_interval: config.ping_interval,
+            idle_timeout: config.socket_idle_timeout,
+        };
         let upgrade = upgrade
             .max_message_size(limits.message_bytes)
             .max_frame_size(limits.message_bytes)

@@ -3,9 +3,9 @@
 //! first, from [`join`], while the handshake is still under way.
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
-use bytes::Bytes;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -95,7 +95,12 @@ enum Interrupted {
 /// write also watches for "too slow" and for shutdown, so a client that
 /// stops reading cannot keep the task, or the host, waiting; the socket's
 /// write deadline (see `edge`) ends a write that stays blocked.
-pub(super) async fn run(ws: WebSocket, mut joined: Joined, shutdown: CancellationToken, keepalive: Keepalive) {
+pub(super) async fn run(
+    ws: WebSocket,
+    mut joined: Joined,
+    shutdown: CancellationToken,
+    keepalive: Keepalive,
+) {
     debug!("connected");
     let (mut sink, mut stream) = ws.split();
     let ending = {

@@ -115,7 +115,8 @@ impl Projects {
     /// A [`DeployError`] with the exact reason.
     pub async fn deploy(&self, deploying: &Deploying, bundle: Bundle<'_>) -> Result<Deployed, DeployError> {
         let project = &deploying.project;
-        let (max_wasm, quota) = self.tenants.as_ref().map_or((usize::MAX, u64::MAX), |t| (t.max_wasm_bytes, t.disk_bytes));
+        let (max_wasm, quota) =
+            self.tenants.as_ref().map_or((usize::MAX, u64::MAX), |t| (t.max_wasm_bytes, t.disk_bytes));
         let mut files = Vec::with_capacity(bundle.files.len());
         let mut incoming = bundle.manifest.len() as u64;
         for (path, data) in &bundle.files {
@@ -259,7 +260,10 @@ impl Projects {
                 Some(opened)
             }
         };
-        write_current(&self.root.join(project.as_str()), version).map_err(DeployError::Internal)?;
+        // At start-up the version is already `current`: nothing to write.
+        if self.current_version(project).ok().flatten() != Some(version) {
+            write_current(&self.root.join(project.as_str()), version).map_err(DeployError::Internal)?;
+        }
         match (existing, opened) {
             (Some(serving), _) => serving.rooms.switch(deployment, parties),
             (None, Some(opened)) => {
@@ -336,7 +340,9 @@ fn write_version(
                 .with_context(|| format!("creating {}", parent.display()))
                 .map_err(internal)?;
         }
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display())).map_err(internal)?;
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("writing {}", path.display()))
+            .map_err(internal)?;
     }
     Ok(())
 }

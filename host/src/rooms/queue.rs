@@ -35,7 +35,11 @@ pub struct QueueFull;
 /// A queue of at most `max_frames` frames and `max_bytes` bytes (one frame
 /// always fits in an empty queue, whatever its size). `all_queues` counts
 /// the bytes of many queues together.
-pub fn queue(max_frames: usize, max_bytes: usize, all_queues: Arc<AtomicUsize>) -> (QueueSender, QueueReceiver) {
+pub fn queue(
+    max_frames: usize,
+    max_bytes: usize,
+    all_queues: Arc<AtomicUsize>,
+) -> (QueueSender, QueueReceiver) {
     let (frames, receiver) = mpsc::channel(max_frames.max(1));
     let queued = Arc::new(AtomicUsize::new(0));
     let sender = QueueSender { frames, queued: queued.clone(), all_queues: all_queues.clone(), max_bytes };

@@ -43,7 +43,10 @@ pub(super) fn compile(
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => {
                 // Its modification time is its last use, for the collector.
-                let _ = std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
                 return Ok((component, None));
             }
             Err(e) => tracing::warn!(path = %path.display(), cause = %e, "cache entry unusable; recompiling"),
@@ -140,7 +143,10 @@ mod tests {
         for (name, age_secs) in [("old", 300), ("mid", 200), ("new", 100)] {
             let path = dir.path().join(format!("{name}.cwasm"));
             std::fs::write(&path, vec![0u8; 1000])?;
-            std::fs::File::options().append(true).open(&path)?.set_modified(now - Duration::from_secs(age_secs))?;
+            std::fs::File::options()
+                .append(true)
+                .open(&path)?
+                .set_modified(now - Duration::from_secs(age_secs))?;
         }
         let stale = dir.path().join("x.tmp42");
         std::fs::write(&stale, b"half")?;

@@ -99,8 +99,12 @@ impl TestHost {
     /// Deploys the project in `project.dir` through the real client.
     pub async fn deploy(&self, project: &Tenant) -> Result<serde_json::Value> {
         let url = format!("http://{}", self.addr);
-        let target =
-            partyhost::client::Target { url: &url, project: &project.name, token: &project.token, ca_cert: None };
+        let target = partyhost::client::Target {
+            url: &url,
+            project: &project.name,
+            token: &project.token,
+            ca_cert: None,
+        };
         partyhost::client::deploy(&target, &project.dir.join("partykit.toml")).await
     }
 
