@@ -27,12 +27,17 @@ pub struct ChildHost {
 impl ChildHost {
     /// Starts a host for `toml` (a manifest without `listen`).
     pub async fn start(toml: &str) -> anyhow::Result<Self> {
-        Self::spawn(toml, false).await
+        Self::spawn(toml, false, None).await
     }
 
     /// The same, watching and reloading as `partyhost dev`.
     pub async fn start_dev(toml: &str) -> anyhow::Result<Self> {
-        Self::spawn(toml, true).await
+        Self::spawn(toml, true, None).await
+    }
+
+    /// The same, taking deployments for the projects of `tenants` (TOML).
+    pub async fn start_with_tenants(toml: &str, tenants: &str) -> anyhow::Result<Self> {
+        Self::spawn(toml, false, Some(tenants)).await
     }
 
     /// The native baseline server.
@@ -44,13 +49,20 @@ impl ChildHost {
         Self::run(command, port, dir).await
     }
 
-    async fn spawn(toml: &str, dev: bool) -> anyhow::Result<Self> {
+    async fn spawn(toml: &str, dev: bool, tenants: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let manifest = dir.path().join("partykit.toml");
-        std::fs::write(&manifest, format!("listen = \"127.0.0.1:{port}\"\n{toml}"))?;
+        // Every load comes from one address, far past the default caps.
+        let caps = "[edge]\nmax_connections = 1000000\nmax_connections_per_ip = 1000000\n";
+        std::fs::write(&manifest, format!("listen = \"127.0.0.1:{port}\"\n{toml}\n{caps}"))?;
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
         command.arg("host").arg(&manifest).args(dev.then_some("--dev"));
+        if let Some(tenants) = tenants {
+            let file = dir.path().join("tenants.toml");
+            std::fs::write(&file, tenants)?;
+            command.arg("--tenants").arg(file);
+        }
         Self::run(command, port, dir).await
     }
 
@@ -82,11 +94,18 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// The child's side: serve until killed.
-pub async fn serve(manifest: &Path, dev: bool) -> anyhow::Result<()> {
+pub async fn serve(manifest: &Path, dev: bool, tenants: Option<PathBuf>) -> anyhow::Result<()> {
     let manifest = std::path::absolute(manifest)?;
     let deployment = Deployment::load(&manifest)?;
     let listener = tokio::net::TcpListener::bind(deployment.listen).await?;
     let shutdown = CancellationToken::new();
+    if let Some(tenants) = tenants {
+        let options = partyhost::Options {
+            tenants: Some(partyhost::manifest::Tenants::load(&tenants)?),
+            ..partyhost::Options::default()
+        };
+        return partyhost::Host::start_with(deployment, options, listener, shutdown).await?.wait().await;
+    }
     if dev {
         partyhost::run_dev(manifest, deployment, listener, shutdown).await
     } else {

@@ -4,6 +4,7 @@
 //! The host runs as a child process (this binary, re-run as `host`), so
 //! memory read from `/proc` is the host's alone.
 
+mod deploy;
 mod host;
 mod load;
 mod native;
@@ -104,6 +105,20 @@ enum Command {
         /// Watch and reload, as `partyhost dev`.
         #[arg(long)]
         dev: bool,
+        /// Take deployments, as `partyhost serve --tenants`.
+        #[arg(long)]
+        tenants: Option<PathBuf>,
+    },
+    /// What deploying costs the rooms already serving: one client's round
+    /// trips while nothing else happens, and while a tenant deploys (each
+    /// deployment compiled anew), in alternating phases.
+    DeployImpact {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Quiet/deploying phase pairs.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -132,7 +147,8 @@ fn main() -> ExitCode {
             Command::Native { port, no_limiter } => native::serve(port, !no_limiter).await,
             Command::Revive { rooms } => revive::run(rooms).await,
             Command::Reload { rounds, source_rounds } => reload::run(rounds, source_rounds).await,
-            Command::Host { manifest, dev } => host::serve(&manifest, dev).await,
+            Command::Host { manifest, dev, tenants } => host::serve(&manifest, dev, tenants).await,
+            Command::DeployImpact { seconds, rounds } => deploy::impact(seconds, rounds).await,
         }
     });
     match result {

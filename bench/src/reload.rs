@@ -73,7 +73,7 @@ async fn wait_for_new_code(socket: &mut Socket, starts: u64) -> anyhow::Result<u
 }
 
 /// A component with an extra custom section (id 0) named `bench`.
-fn with_custom_section(component: &[u8], nonce: u64) -> Vec<u8> {
+pub fn with_custom_section(component: &[u8], nonce: u64) -> Vec<u8> {
     let name = b"bench";
     let mut payload = vec![name.len() as u8];
     payload.extend_from_slice(name);
