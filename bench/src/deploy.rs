@@ -38,13 +38,7 @@ pub async fn impact(seconds: u64, rounds: usize) -> anyhow::Result<()> {
     let mut deploy_times = Vec::new();
     let mut nonce = 0;
     for _ in 0..rounds {
-        let until = Instant::now() + phase;
-        while Instant::now() < until {
-            let started = Instant::now();
-            send_reaction(&mut socket).await?;
-            next_text(&mut socket).await?;
-            quiet.push(started.elapsed());
-        }
+        quiet.extend(round_trips(&mut socket, phase).await?);
         // Deployments in a task of their own while the client goes on.
         let deployer = {
             let (manifest, component, target_url, token) =
@@ -67,13 +61,7 @@ pub async fn impact(seconds: u64, rounds: usize) -> anyhow::Result<()> {
                 anyhow::Ok((times, n))
             })
         };
-        let until = Instant::now() + phase;
-        while Instant::now() < until {
-            let started = Instant::now();
-            send_reaction(&mut socket).await?;
-            next_text(&mut socket).await?;
-            deploying.push(started.elapsed());
-        }
+        deploying.extend(round_trips(&mut socket, phase).await?);
         let (times, last) = deployer.await??;
         deploy_times.extend(times);
         nonce = last;
@@ -93,4 +81,17 @@ pub async fn impact(seconds: u64, rounds: usize) -> anyhow::Result<()> {
     println!("| quiet | {} | {} |", quiet.len(), Percentiles::of(&mut quiet).row());
     println!("| a tenant deploying | {} | {} |", deploying.len(), Percentiles::of(&mut deploying).row());
     Ok(())
+}
+
+/// Reactions one at a time for `phase`; the time of each.
+async fn round_trips(socket: &mut crate::load::Socket, phase: Duration) -> anyhow::Result<Vec<Duration>> {
+    let until = Instant::now() + phase;
+    let mut times = Vec::new();
+    while Instant::now() < until {
+        let started = Instant::now();
+        send_reaction(socket).await?;
+        next_text(socket).await?;
+        times.push(started.elapsed());
+    }
+    Ok(times)
 }

@@ -40,8 +40,17 @@ pub async fn deploy(target: &Target<'_>, manifest: &Path) -> anyhow::Result<serd
     let bundle = pack(manifest)?;
     let body = serde_json::to_vec(&bundle).context("encoding the deployment")?;
     let path = format!("/_partyhost/projects/{}", target.project);
-    // A wrong token or URL fails here, before the upload.
-    send(target, "GET", &path, Vec::new()).await?;
+    // A wrong token or URL fails here, before the upload; so does a bundle
+    // the host would refuse as too large (it would answer 413 mid-upload).
+    let status = send(target, "GET", &path, Vec::new()).await?;
+    if let Some(max) = status["max_bundle_bytes"].as_u64()
+        && body.len() as u64 > max
+    {
+        bail!(
+            "the deployment is {} bytes; this host accepts deployments up to {max} bytes (its max_bundle_mib)",
+            body.len()
+        );
+    }
     eprintln!(
         "partyhost deploy: {} files, {:.1} MiB, to project `{}` at {}",
         bundle.files.len(),

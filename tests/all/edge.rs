@@ -178,6 +178,25 @@ async fn small_window_socket(host: &TestHost, path: &str) -> Result<WebSocketStr
     Ok(ws)
 }
 
+/// Rounds of [`flood_once`] that overfill a small-window client: 8 MiB,
+/// more than its kernel buffers plus a 1 MiB queue.
+const FLOOD_ROUNDS: usize = 32;
+
+/// The driver has 256 KiB broadcast to everyone in its room, and reads its
+/// own copy (it keeps up).
+async fn flood_once(driver: &mut Client) -> Result<()> {
+    driver.send_text("flood:64:4").await?;
+    while !driver.recv_text().await?.starts_with("flooded") {}
+    Ok(())
+}
+
+async fn flood(driver: &mut Client) -> Result<()> {
+    for _ in 0..FLOOD_ROUNDS {
+        flood_once(driver).await?;
+    }
+    Ok(())
+}
+
 /// `ws` sends `text`; returns the first text frame it then reads that starts with `starts`.
 async fn ask(ws: &mut WebSocketStream<TcpStream>, text: &str, starts: &str) -> Result<String> {
     ws.send(Message::text(text)).await?;
@@ -201,9 +220,8 @@ async fn a_client_that_stops_reading_is_closed_1013_and_pins_no_more_than_its_qu
     // 32 rounds of 256 KiB to everyone: 8 MiB, more than the slow client's
     // kernel buffers plus its 1 MiB queue. The driver keeps up.
     let mut most_queued = 0;
-    for _ in 0..32 {
-        driver.send_text("flood:64:4").await?;
-        while !driver.recv_text().await?.starts_with("flooded") {}
+    for _ in 0..FLOOD_ROUNDS {
+        flood_once(&mut driver).await?;
         most_queued = most_queued.max(host.stats().queued_bytes);
     }
     // Two sockets' queues at most, plus one frame each that always fits.
@@ -236,10 +254,7 @@ async fn a_write_blocked_past_the_write_deadline_drops_the_client() -> Result<()
     let mut stuck = small_window_socket(&host, "/parties/hostile/stuck?_pk=stuck&tag=stuck").await?;
     ask(&mut stuck, "hello", "echo").await?;
     let mut driver = Client::connect(&host.ws_url("/parties/hostile/stuck?_pk=driver")).await?;
-    for _ in 0..32 {
-        driver.send_text("flood:64:4").await?;
-        while !driver.recv_text().await?.starts_with("flooded") {}
-    }
+    flood(&mut driver).await?;
     // The room lets go of the connection once its socket task gave up.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -392,10 +407,7 @@ async fn no_client_delays_shutdown_past_its_deadline() -> Result<()> {
     let mut stuck = small_window_socket(&host, "/parties/hostile/shut?_pk=stuck").await?;
     ask(&mut stuck, "hello", "echo").await?;
     let mut driver = Client::connect(&host.ws_url("/parties/hostile/shut?_pk=driver")).await?;
-    for _ in 0..32 {
-        driver.send_text("flood:64:4").await?;
-        while !driver.recv_text().await?.starts_with("flooded") {}
-    }
+    flood(&mut driver).await?;
     let started = Instant::now();
     host.stop().await?;
     assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());

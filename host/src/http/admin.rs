@@ -65,15 +65,19 @@ pub(super) async fn status(
     Path(project): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (name, _) = authorize(&projects, &project, &request)?;
+    let (name, tenants) = authorize(&projects, &project, &request)?;
+    // What an upload may weigh, so `partyhost deploy` can refuse before sending.
+    let max_bundle_bytes = tenants.max_bundle_bytes;
     let Some(project) = projects.deployed(name.as_str()) else {
-        return Ok(Json(json!({ "project": name.as_str(), "version": null })).into_response());
+        let status = json!({ "project": name.as_str(), "version": null, "max_bundle_bytes": max_bundle_bytes });
+        return Ok(Json(status).into_response());
     };
     let deployment = project.rooms.deployment();
     let stats = project.rooms.stats();
     Ok(Json(json!({
         "project": name.as_str(),
         "version": projects.serving_version(&name),
+        "max_bundle_bytes": max_bundle_bytes,
         "parties": deployment.parties.keys().map(ToString::to_string).collect::<Vec<_>>(),
         "rooms": stats.rooms,
         "instances": stats.instances,
