@@ -28,7 +28,10 @@ pub async fn impact(seconds: u64, rounds: usize) -> anyhow::Result<()> {
     );
     let host = ChildHost::start_with_tenants(&toml, &tenants).await?;
     let project = tempfile::tempdir()?;
-    std::fs::write(project.path().join("partykit.toml"), "name = \"tenant\"\n[parties.x]\nwasm = \"x.wasm\"\n")?;
+    std::fs::write(
+        project.path().join("partykit.toml"),
+        "name = \"tenant\"\n[parties.x]\nwasm = \"x.wasm\"\n",
+    )?;
     let url = format!("http://127.0.0.1:{}", host.port);
 
     let mut socket = connect(&host, "neighbour").await?;
@@ -46,8 +49,12 @@ pub async fn impact(seconds: u64, rounds: usize) -> anyhow::Result<()> {
             let until = Instant::now() + phase;
             let first = nonce;
             tokio::spawn(async move {
-                let target =
-                    partyhost::client::Target { url: &target_url, project: "tenant", token: &token, ca_cert: None };
+                let target = partyhost::client::Target {
+                    url: &target_url,
+                    project: "tenant",
+                    token: &token,
+                    ca_cert: None,
+                };
                 let mut times = Vec::new();
                 let mut n = first;
                 while Instant::now() < until {

@@ -97,14 +97,13 @@ async fn a_project_is_locked_from_the_first_byte_of_its_upload_and_others_deploy
         alice.token
     );
     slow_upload.write_all(head.as_bytes()).await?;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // A second deployment of alice is refused at once, unread.
-    let busy = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
-    assert_eq!(
-        busy,
-        "the host refused (409 Conflict): a deployment or rollback of project `alice` is already under way; try again when it is done"
-    );
+    let busy = "the host refused (409 Conflict): a deployment or rollback of project `alice` is already under way; try again when it is done";
+    crate::common::eventually("alice's second deployment to be refused as busy", async || {
+        Ok(host.deploy(&alice).await.err().is_some_and(|e| format!("{e:#}") == busy))
+    })
+    .await?;
     // Bob is not held up by alice.
     assert_eq!(host.deploy(&bob).await?["version"], json!(1));
 
@@ -199,7 +198,10 @@ async fn an_upload_over_the_limit_is_413_and_a_cut_off_one_400() -> Result<()> {
     // The client knows the limit before it uploads.
     let refused = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(refused.starts_with("the deployment is "), "{refused}");
-    assert!(refused.ends_with("this host accepts deployments up to 1048576 bytes (its max_bundle_mib)"), "{refused}");
+    assert!(
+        refused.ends_with("this host accepts deployments up to 1048576 bytes (its max_bundle_mib)"),
+        "{refused}"
+    );
     // The host refuses it all the same, having read no more than its limit.
     let mut big = tokio::net::TcpStream::connect(host.addr).await?;
     let head = format!(
@@ -226,5 +228,24 @@ async fn an_upload_over_the_limit_is_413_and_a_cut_off_one_400() -> Result<()> {
     within("the answer", tokio::io::AsyncReadExt::read_to_string(&mut upload, &mut answer)).await?;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("the upload was cut off"), "{answer}");
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_request_times_out_still_finishes() -> Result<()> {
+    let dir = temp_dir();
+    let alice = with_page(dir.path(), "alice", 100)?;
+    // The admin API's timeout is shorter than a compile: the request is
+    // answered 408 while the deployment goes on in its own task.
+    let local = manifest(&[("reactions", REACTIONS)], "main = \"reactions\"\n[edge]\ndeploy_timeout_ms = 50");
+    let host = TestHost::start_with_tenants(dir.path(), &local, &tenants(&[&alice], "")).await?;
+    let timed_out = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(timed_out.starts_with("the host refused (408 Request Timeout)"), "{timed_out}");
+    crate::common::eventually("the deployment to finish on its own", async || {
+        Ok(host.project_status(&alice).await?["version"] == json!(1))
+    })
+    .await?;
+    assert_eq!(host.http("GET", &alice.path("/parties/hostile/x/pong"), "").await?.1, "pong");
+    assert_eq!(versions_on_disk(dir.path(), "alice")?, vec![1]);
     host.stop().await
 }

@@ -273,7 +273,9 @@ async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() ->
         assert!(policy.starts_with("sandbox allow-scripts"), "{path}: {shared:?}");
         assert!(!policy.contains("allow-same-origin"), "{path}: {policy}");
         assert_eq!(shared.header("x-content-type-options"), Some("nosniff"));
-        assert_eq!(shared.header("set-cookie"), None, "{path}: a tenant set a cookie on the shared origin");
+        for name in ["set-cookie", "clear-site-data", "strict-transport-security"] {
+            assert_eq!(shared.header(name), None, "{path}: a tenant set {name} on the shared origin");
+        }
     }
     // At its own host name the project is its own origin: none of that.
     let own = host
@@ -281,5 +283,6 @@ async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() ->
         .await?;
     assert_eq!(own.header("content-security-policy"), None);
     assert_eq!(own.header("set-cookie"), Some("session=tenant; Path=/"));
+    assert_eq!(own.header("clear-site-data"), Some("\"cookies\", \"storage\""));
     host.stop().await
 }

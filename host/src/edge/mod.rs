@@ -44,6 +44,10 @@ const MAX_REFUSING: usize = 64;
 /// How long a refused client has to send its request and read the 503.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
+/// How long a request still in flight when shutdown begins may take: a
+/// slow client must not hold the host until its request timeout.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// The path prefix of the admin API, whose requests get `deploy_timeout`.
 const ADMIN_PREFIX: &str = "/_partyhost/";
 
@@ -100,6 +104,8 @@ pub async fn serve(
             }
         }
     }
+    // No new connections queue up in the backlog while the rest drain.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
     Ok(())
@@ -134,9 +140,10 @@ impl Edge {
     {
         let header_timeout = self.limits.header_timeout;
         let edge = self.clone();
+        let stopping = shutdown.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let edge = edge.clone();
-            async move { Ok::<_, Infallible>(edge.answer(request, peer).await) }
+            let (edge, stopping) = (edge.clone(), stopping.clone());
+            async move { Ok::<_, Infallible>(edge.answer(request, peer, stopping).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -148,7 +155,12 @@ impl Edge {
             result = connection.as_mut() => result,
             () = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                // A request in flight gets its grace (see `answer`); a client
+                // still sending headers gets no more than that either.
+                match tokio::time::timeout(SHUTDOWN_GRACE * 2, connection).await {
+                    Ok(result) => result,
+                    Err(_) => return,
+                }
             }
         };
         if let Err(e) = result {
@@ -156,8 +168,14 @@ impl Edge {
         }
     }
 
-    /// One request through the router, within its time.
-    async fn answer(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// One request through the router, within its time; once shutdown has
+    /// begun, within [`SHUTDOWN_GRACE`] more.
+    async fn answer(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Response<Body> {
         request.extensions_mut().insert(ConnectInfo(peer));
         let limit = if request.uri().path().starts_with(ADMIN_PREFIX) {
             self.limits.deploy_timeout
@@ -165,22 +183,32 @@ impl Edge {
             self.limits.request_timeout
         };
         let routed = self.app.clone().oneshot(request.map(Body::new));
-        match tokio::time::timeout(limit, routed).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_) => {
-                // Debug, not warn: a client can cause as many as it likes.
-                tracing::debug!(%peer, ?limit, "request timed out");
-                let mut response = Response::new(Body::from(format!(
-                    "the request took longer than this host allows ({} s)",
-                    limit.as_secs_f64()
-                )));
-                *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-                response
-            }
+        let stopping = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            routed = tokio::time::timeout(limit, routed) => match routed {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    // Debug, not warn: a client can cause as many as it likes.
+                    tracing::debug!(%peer, ?limit, "request timed out");
+                    let text = format!("the request took longer than this host allows ({} s)", limit.as_secs_f64());
+                    closing(StatusCode::REQUEST_TIMEOUT, text)
+                }
+            },
+            () = stopping => closing(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down".to_owned()),
         }
     }
+}
+
+/// A response that ends its connection.
+fn closing(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 /// Answers every request on an over-cap connection with a 503 naming the
@@ -189,11 +217,8 @@ impl Edge {
 async fn refuse(stream: TcpStream, refusal: Refusal) {
     let text = refusal.to_string();
     let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
-        let mut response = Response::new(Body::from(text.clone()));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        let mut response = closing(StatusCode::SERVICE_UNAVAILABLE, text.clone());
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         std::future::ready(Ok::<_, Infallible>(response))
     });
     let connection = hyper::server::conn::http1::Builder::new()

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::ApiError;
 use crate::ids::ProjectName;
 use crate::manifest::Tenants;
-use crate::projects::{Bundle, DeployError, Projects};
+use crate::projects::{DeployError, Projects};
 
 pub(super) async fn deploy(
     State(projects): State<Arc<Projects>>,
@@ -42,9 +42,7 @@ pub(super) async fn deploy(
             ApiError::BadRequest(format!("the upload was cut off: {e}"))
         }
     })?;
-    let bundle: Bundle<'_> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the deployment is not a valid bundle: {e}")))?;
-    respond(projects.deploy(&deploying, bundle).await)
+    respond(projects.deploy(deploying, body).await)
 }
 
 pub(super) async fn rollback(
@@ -57,7 +55,7 @@ pub(super) async fn rollback(
         Ok(deploying) => deploying,
         Err(e) => return respond(Err(e)),
     };
-    respond(projects.rollback(&deploying).await)
+    respond(projects.rollback(deploying).await)
 }
 
 pub(super) async fn status(
@@ -69,7 +67,8 @@ pub(super) async fn status(
     // What an upload may weigh, so `partyhost deploy` can refuse before sending.
     let max_bundle_bytes = tenants.max_bundle_bytes;
     let Some(project) = projects.deployed(name.as_str()) else {
-        let status = json!({ "project": name.as_str(), "version": null, "max_bundle_bytes": max_bundle_bytes });
+        let status =
+            json!({ "project": name.as_str(), "version": null, "max_bundle_bytes": max_bundle_bytes });
         return Ok(Json(status).into_response());
     };
     let deployment = project.rooms.deployment();

@@ -91,16 +91,24 @@ async fn to_project(State(projects): State<Arc<Projects>>, mut request: Request)
 /// the host's origin with every other tenant and with the host's own pages,
 /// so they run as an opaque origin (`Content-Security-Policy: sandbox`
 /// without `allow-same-origin`: no cookies, no storage, no same-origin
-/// reads of anyone's pages) and may not set cookies on the shared host
-/// name. A tenant that needs an origin of its own is served at
+/// reads of anyone's pages) and may not set cookies or other host-wide
+/// state on the shared host name. A tenant that needs an origin of its own is served at
 /// `<project>.<domain>`, where none of this applies.
 const SHARED_ORIGIN_POLICY: &str =
     "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
 
+/// Headers that would act on the whole shared host name, not the tenant:
+/// cookies, wiping every page's data, pinning HTTPS, advertising other
+/// protocols, widening a service worker's reach.
+const SHARED_ORIGIN_DROPPED: [&str; 5] =
+    ["set-cookie", "clear-site-data", "strict-transport-security", "alt-svc", "service-worker-allowed"];
+
 fn isolate(response: &mut Response) {
     let headers = response.headers_mut();
-    if headers.remove(header::SET_COOKIE).is_some() {
-        tracing::debug!("dropped Set-Cookie from a response on the shared origin");
+    for name in SHARED_ORIGIN_DROPPED {
+        if headers.remove(name).is_some() {
+            tracing::debug!(header = name, "dropped from a response on the shared origin");
+        }
     }
     // Appended, not replaced: every policy a response carries applies, so
     // a tenant's own stricter policy still holds.

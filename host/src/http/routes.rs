@@ -179,7 +179,12 @@ const HOST_ONLY_HEADERS: [&str; 8] = [
 /// A guest's response as HTTP. An invalid status becomes 500; headers with
 /// an invalid name or value, and [`HOST_ONLY_HEADERS`], are dropped.
 fn into_http_response(response: sandbox::Response) -> Response {
-    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // 1xx would tell the client an upgrade or more answers follow: not a
+    // guest's to say.
+    let status = StatusCode::from_u16(response.status)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut http = Response::new(Body::from(response.body));
     *http.status_mut() = status;
     for Header { name, value } in response.headers {

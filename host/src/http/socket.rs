@@ -164,12 +164,23 @@ pub(super) async fn run(
                             if rooms.send_via(room, msg).await.is_err() {
                                 break Departure::Failed("room stopped".into());
                             }
+                            // The wait for the mailbox was ours, not the client's silence.
+                            last_heard = tokio::time::Instant::now();
                         }
                         Some(Ok(WsMessage::Close(frame))) => {
                             let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
                             break Departure::Closed { code, reason };
                         }
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        // Control frames count against the rate too: a flood of
+                        // pings would cost a pong each.
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                            if !rate.admit() {
+                                rooms.limit_hits().count(Limit::MessageRate);
+                                let reason = format!("too many messages: at most {} per second", rate.per_second);
+                                send_close(&mut sink, CLOSE_POLICY, &reason).await;
+                                break Departure::Failed(reason);
+                            }
+                        }
                         Some(Err(e)) => match classify(e) {
                             SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
                             SocketError::TooBig(error) => {

@@ -26,7 +26,7 @@ pub struct EdgeSpec {
     /// Milliseconds between WebSocket pings from the host.
     pub ping_interval_ms: Option<u64>,
     /// Milliseconds a WebSocket may stay silent (not even a pong) before
-    /// the host drops it.
+    /// the host drops it; at least twice `ping_interval_ms`.
     pub socket_idle_timeout_ms: Option<u64>,
 }
 
@@ -53,6 +53,8 @@ impl EdgeSpec {
     /// The defaults under what is set.
     pub fn resolve(&self) -> EdgeLimits {
         let ms = |value: Option<u64>, default: u64| Duration::from_millis(value.unwrap_or(default));
+        // A zero interval would be a busy loop (and tokio refuses it).
+        let ping_interval = ms(self.ping_interval_ms, 30_000).max(Duration::from_millis(10));
         EdgeLimits {
             header_timeout: ms(self.header_timeout_ms, 10_000),
             request_timeout: ms(self.request_timeout_ms, 60_000),
@@ -60,8 +62,9 @@ impl EdgeSpec {
             write_timeout: ms(self.write_timeout_ms, 10_000),
             max_connections: self.max_connections.unwrap_or(10_000).max(1),
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(256).max(1),
-            ping_interval: ms(self.ping_interval_ms, 30_000),
-            socket_idle_timeout: ms(self.socket_idle_timeout_ms, 75_000),
+            ping_interval,
+            // At least one ping must have had time to be answered.
+            socket_idle_timeout: ms(self.socket_idle_timeout_ms, 75_000).max(ping_interval * 2),
         }
     }
 }

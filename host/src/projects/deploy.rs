@@ -28,6 +28,12 @@ use crate::manifest::{Deployment, ManifestError};
 /// The manifest's name inside a version folder.
 const MANIFEST_FILE: &str = "partykit.toml";
 
+/// Most files one deployment may carry: each is an inode and a write.
+const MAX_FILES: usize = 10_000;
+
+/// A file system block: the least a file or folder takes on disk.
+const BLOCK: u64 = 4096;
+
 /// A temporary name for `current` while it is written.
 const CURRENT_TMP: &str = "current.tmp";
 
@@ -107,18 +113,63 @@ impl Projects {
         Ok(Deploying { project: project.clone(), _held: held })
     }
 
-    /// Writes `bundle` as the project's next version, validates and compiles
-    /// it, then switches to it. On any error the new version is removed and
-    /// the serving one is untouched. Old versions past `keep_versions` go.
+    /// Writes the upload `body` (a [`Bundle`] as JSON) as the project's next
+    /// version, validates and compiles it, then switches to it. On any
+    /// error the new version is removed and the serving one is untouched.
+    /// Old versions past `keep_versions` go.
+    ///
+    /// The work runs to its end in a task of its own that holds the
+    /// project's lock, so a client that hangs up or times out leaves
+    /// neither half a version nor a compile nobody waits for; file work
+    /// runs on the blocking pool, never on the serving threads.
     ///
     /// # Errors
     /// A [`DeployError`] with the exact reason.
-    pub async fn deploy(&self, deploying: &Deploying, bundle: Bundle<'_>) -> Result<Deployed, DeployError> {
-        let project = &deploying.project;
+    pub async fn deploy(
+        self: &Arc<Self>,
+        deploying: Deploying,
+        body: bytes::Bytes,
+    ) -> Result<Deployed, DeployError> {
+        let projects = self.clone();
+        let task = tokio::spawn(async move {
+            let project = deploying.project.clone();
+            let (version, dir) = blocking({
+                let (projects, project) = (projects.clone(), project.clone());
+                move || projects.write_upload(&project, &body)
+            })
+            .await?;
+            let result = projects.activate(&project, version).await;
+            let succeeded = result.is_ok();
+            let cleaned = blocking(move || {
+                if succeeded {
+                    projects.prune(&project);
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Ok(())
+            });
+            let _ = cleaned.await;
+            drop(deploying);
+            result
+        });
+        task.await.map_err(|e| DeployError::Internal(anyhow::anyhow!("the deploy task failed: {e}")))?
+    }
+
+    /// Checks the upload and writes it as the next version's folder.
+    /// Returns the version and its folder.
+    fn write_upload(&self, project: &ProjectName, body: &[u8]) -> Result<(u64, PathBuf), DeployError> {
+        let bundle: Bundle<'_> = serde_json::from_slice(body)
+            .map_err(|e| DeployError::Invalid(format!("the deployment is not a valid bundle: {e}")))?;
+        if bundle.files.len() > MAX_FILES {
+            return Err(DeployError::Invalid(format!(
+                "the deployment has {} files; this host takes at most {MAX_FILES}",
+                bundle.files.len()
+            )));
+        }
         let (max_wasm, quota) =
             self.tenants.as_ref().map_or((usize::MAX, u64::MAX), |t| (t.max_wasm_bytes, t.disk_bytes));
         let mut files = Vec::with_capacity(bundle.files.len());
-        let mut incoming = bundle.manifest.len() as u64;
+        let mut incoming = on_disk(bundle.manifest.len() as u64);
         for (path, data) in &bundle.files {
             let relative = safe_relative(path).ok_or_else(|| {
                 DeployError::Invalid(format!("file {path:?} must be a relative path inside the project"))
@@ -127,7 +178,7 @@ impl Projects {
             if len > max_wasm {
                 return Err(too_large(path, len, max_wasm));
             }
-            incoming += len as u64;
+            incoming += on_disk(len as u64);
             files.push((relative, path.as_str(), data.as_ref()));
         }
         // Parsed before anything is written, so a broken manifest costs nothing.
@@ -144,32 +195,32 @@ impl Projects {
                 mib(incoming)
             )));
         }
-
         let version = self.latest_version(project).map_err(DeployError::Internal)?.unwrap_or(0) + 1;
         let dir = self.version_dir(project, version);
-        let result = match write_version(&dir, &bundle.manifest, &files, max_wasm) {
-            Ok(()) => self.activate(project, version).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
+        if let Err(e) = write_version(&dir, &bundle.manifest, &files, max_wasm) {
             let _ = std::fs::remove_dir_all(&dir);
-        } else {
-            self.prune(project);
+            return Err(e);
         }
-        result
+        Ok((version, dir))
     }
 
-    /// Switches the project back to the version before the serving one.
+    /// Switches the project back to the version before the serving one, in
+    /// a task of its own like [`Projects::deploy`].
     ///
     /// # Errors
     /// [`DeployError::NoPrevious`] when there is none.
-    pub async fn rollback(&self, deploying: &Deploying) -> Result<Deployed, DeployError> {
-        let project = &deploying.project;
-        let current = self.current_version(project).map_err(DeployError::Internal)?;
-        let previous = current
-            .and_then(|current| self.versions(project).ok()?.into_iter().filter(|v| *v < current).max());
-        let previous = previous.ok_or_else(|| DeployError::NoPrevious(project.to_string()))?;
-        self.activate(project, previous).await
+    pub async fn rollback(self: &Arc<Self>, deploying: Deploying) -> Result<Deployed, DeployError> {
+        let projects = self.clone();
+        let task = tokio::spawn(async move {
+            let project = &deploying.project;
+            let current = projects.current_version(project).map_err(DeployError::Internal)?;
+            let previous = current.and_then(|current| {
+                projects.versions(project).ok()?.into_iter().filter(|v| *v < current).max()
+            });
+            let previous = previous.ok_or_else(|| DeployError::NoPrevious(project.to_string()))?;
+            projects.activate(project, previous).await
+        });
+        task.await.map_err(|e| DeployError::Internal(anyhow::anyhow!("the rollback task failed: {e}")))?
     }
 
     /// Removes versions past the newest `keep_versions`, never the serving
@@ -262,7 +313,8 @@ impl Projects {
         };
         // At start-up the version is already `current`: nothing to write.
         if self.current_version(project).ok().flatten() != Some(version) {
-            write_current(&self.root.join(project.as_str()), version).map_err(DeployError::Internal)?;
+            let project_dir = self.root.join(project.as_str());
+            blocking(move || write_current(&project_dir, version).map_err(DeployError::Internal)).await?;
         }
         match (existing, opened) {
             (Some(serving), _) => serving.rooms.switch(deployment, parties),
@@ -347,6 +399,20 @@ fn write_version(
     Ok(())
 }
 
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, DeployError> + Send + 'static,
+) -> Result<T, DeployError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DeployError::Internal(anyhow::anyhow!("a file task failed: {e}")))?
+}
+
+/// What `len` bytes take on disk at least: a block, even for an empty file.
+fn on_disk(len: u64) -> u64 {
+    len.max(BLOCK)
+}
+
 /// The length of padded base64 once decoded (checked again on decoding).
 fn decoded_len(data: &str) -> usize {
     let padding = data.bytes().rev().take(2).filter(|b| *b == b'=').count();
@@ -367,9 +433,12 @@ fn write_current(project_dir: &Path, version: u64) -> anyhow::Result<()> {
     file.write_all(version.to_string().as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
     file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     std::fs::rename(&tmp, &current).with_context(|| format!("renaming to {}", current.display()))?;
-    std::fs::File::open(project_dir)
-        .and_then(|dir| dir.sync_all())
-        .with_context(|| format!("syncing {}", project_dir.display()))
+    // The switch has happened: failing now would remove the version that
+    // `current` names. A folder that cannot be synced is only logged.
+    if let Err(e) = std::fs::File::open(project_dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(dir = %project_dir.display(), cause = %e, "could not sync the project folder");
+    }
+    Ok(())
 }
 
 /// What a project holds on disk, in bytes.
@@ -399,9 +468,8 @@ fn disk_size(path: &Path) -> anyhow::Result<u64> {
             let metadata = entry.metadata()?;
             if metadata.is_dir() {
                 pending.push(entry.path());
-            } else {
-                total += metadata.len();
             }
+            total += on_disk(metadata.len());
         }
     }
     Ok(total)

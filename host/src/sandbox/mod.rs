@@ -44,7 +44,7 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     ticker: Arc<Ticker>,
     /// One background compile at a time (see [`Sandbox::load_in_background`]).
-    compiling: tokio::sync::Semaphore,
+    compiling: Arc<tokio::sync::Semaphore>,
 }
 
 /// Keeps the epoch ticker thread running while held: by the sandbox and by
@@ -76,7 +76,7 @@ impl Sandbox {
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
             .context("starting the epoch ticker thread")?;
         priority::lower_compile_workers();
-        let compiling = tokio::sync::Semaphore::new(1);
+        let compiling = Arc::new(tokio::sync::Semaphore::new(1));
         Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker, compiling })
     }
 
@@ -128,12 +128,15 @@ impl Sandbox {
         wasm: &Path,
         limits: Limits,
     ) -> anyhow::Result<PartyCode<R>> {
-        let _turn = self.compiling.acquire().await.context("the compile worker has stopped")?;
+        // Held by the compile thread itself: a caller that stops waiting
+        // does not free the slot while Cranelift is still at work.
+        let turn = self.compiling.clone().acquire_owned().await.context("the compile worker has stopped")?;
         let (sandbox, party, wasm) = (self.clone(), party.to_owned(), wasm.to_owned());
         let (done, result) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("compile".into())
             .spawn(move || {
+                let _turn = turn;
                 priority::lower_this_thread();
                 let _ = done.send(sandbox.load(&party, &wasm, limits));
             })

@@ -384,6 +384,8 @@ impl Party for Hostile {
                     ("upgrade", "websocket"),
                     ("trailer", "x-late"),
                     ("set-cookie", "session=tenant; Path=/"),
+                    ("clear-site-data", "\"cookies\", \"storage\""),
+                    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
                     ("x-party", "ok"),
                 ] {
                     response.headers.push((name.into(), value.into()));
