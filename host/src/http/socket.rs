@@ -145,14 +145,19 @@ pub(super) async fn run(
                 },
                 incoming = stream.next() => {
                     last_heard = tokio::time::Instant::now();
+                    // Control frames count too: a flood of pings would cost a pong each.
+                    let counted = matches!(
+                        incoming,
+                        Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Ping(_) | WsMessage::Pong(_)))
+                    );
+                    if counted && !rate.admit() {
+                        rooms.limit_hits().count(Limit::MessageRate);
+                        let reason = format!("too many messages: at most {} per second", rate.per_second);
+                        send_close(&mut sink, CLOSE_POLICY, &reason).await;
+                        break Departure::Failed(reason);
+                    }
                     match incoming {
                         Some(Ok(frame @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                            if !rate.admit() {
-                                rooms.limit_hits().count(Limit::MessageRate);
-                                let reason = format!("too many messages: at most {} per second", rate.per_second);
-                                send_close(&mut sink, CLOSE_POLICY, &reason).await;
-                                break Departure::Failed(reason);
-                            }
                             let msg = match frame {
                                 WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
                                 other => Message::Binary(other.into_data().to_vec()),
@@ -171,16 +176,7 @@ pub(super) async fn run(
                             let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
                             break Departure::Closed { code, reason };
                         }
-                        // Control frames count against the rate too: a flood of
-                        // pings would cost a pong each.
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
-                            if !rate.admit() {
-                                rooms.limit_hits().count(Limit::MessageRate);
-                                let reason = format!("too many messages: at most {} per second", rate.per_second);
-                                send_close(&mut sink, CLOSE_POLICY, &reason).await;
-                                break Departure::Failed(reason);
-                            }
-                        }
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Err(e)) => match classify(e) {
                             SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
                             SocketError::TooBig(error) => {

@@ -54,6 +54,8 @@ pub struct Reloader {
     /// Digest of the `.wasm` each party now runs: an unchanged file (a
     /// no-op build, a touch) does not restart the party's rooms.
     digests: HashMap<PartyName, [u8; 32]>,
+    /// Digest of the manifest text last applied or refused.
+    manifest_digest: Option<[u8; 32]>,
     stats: Arc<ReloadStats>,
 }
 
@@ -65,7 +67,8 @@ impl Reloader {
             .iter()
             .filter_map(|(name, spec)| Some((name.clone(), digest(&spec.wasm).ok()?)))
             .collect();
-        Self { manifest, rooms, sandbox, digests, stats: Arc::default() }
+        let manifest_digest = digest(&manifest).ok();
+        Self { manifest, rooms, sandbox, digests, manifest_digest, stats: Arc::default() }
     }
 
     pub fn stats(&self) -> Arc<ReloadStats> {
@@ -94,8 +97,13 @@ impl Reloader {
             };
             let Some(changed) = changed else { return Ok(()) };
             if changed.contains(&watcher::normal(&self.manifest)) || watcher.overflowed() {
-                if self.apply_manifest().await {
+                while self.apply_manifest().await {
                     watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
+                    // A write between the load and the new watcher reached
+                    // neither watcher: look at the file itself once more.
+                    if digest(&self.manifest).ok() == self.manifest_digest {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -167,6 +175,7 @@ impl Reloader {
     /// Loads the manifest again and applies it whole, or not at all.
     /// Returns whether it was applied.
     async fn apply_manifest(&mut self) -> bool {
+        self.manifest_digest = digest(&self.manifest).ok();
         let new = match Deployment::load(&self.manifest) {
             Ok(new) => new,
             Err(e) => {
