@@ -14,6 +14,7 @@ mod fetch_cycles;
 mod hibernation;
 mod hostile;
 mod isolation;
+mod limits;
 mod link_counter;
 mod manifest;
 mod output_gate;
