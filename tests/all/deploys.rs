@@ -10,17 +10,8 @@ use serde_json::json;
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{Tenant, TestHost, manifest, temp_dir, within};
+use crate::common::{Tenant, TestHost, local_project, manifest, temp_dir, tenants_toml, within};
 use crate::guests::{HOSTILE, REACTIONS};
-
-fn local() -> String {
-    manifest(&[("reactions", REACTIONS)], "main = \"reactions\"")
-}
-
-fn tenants(projects: &[&Tenant], extra: &str) -> String {
-    let entries: String = projects.iter().map(|p| p.entry.clone()).collect();
-    format!("domain = \"partyhost.test\"\n{extra}\n{entries}")
-}
 
 /// A tenant serving the hostile party and `public/index.html` of `page_bytes`.
 fn with_page(root: &Path, name: &str, page_bytes: usize) -> Result<Tenant> {
@@ -50,8 +41,8 @@ async fn old_versions_are_pruned_and_the_disk_quota_refuses_with_507() -> Result
     let alice = with_page(dir.path(), "alice", 2 << 20)?;
     let host = TestHost::start_with_tenants(
         dir.path(),
-        &local(),
-        &tenants(&[&alice], "disk_mib = 3\nkeep_versions = 2"),
+        &local_project(),
+        &tenants_toml(&[&alice], "disk_mib = 3\nkeep_versions = 2"),
     )
     .await?;
     // Version 1 is about 2.3 MiB (the component and the page).
@@ -88,7 +79,8 @@ async fn a_project_is_locked_from_the_first_byte_of_its_upload_and_others_deploy
     let dir = temp_dir();
     let alice = with_page(dir.path(), "alice", 100)?;
     let bob = with_page(dir.path(), "bob", 100)?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice, &bob], "")).await?;
+    let host = TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice, &bob], ""))
+        .await?;
 
     // An upload of alice's that has sent its headers and a little body.
     let mut slow_upload = tokio::net::TcpStream::connect(host.addr).await?;
@@ -127,7 +119,8 @@ async fn a_failed_write_of_current_leaves_the_serving_version_serving() -> Resul
     let dir = temp_dir();
     let alice = with_page(dir.path(), "alice", 0)?;
     set_page(&alice, "version one ", 1)?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     assert_eq!(host.deploy(&alice).await?["version"], json!(1));
 
     // The write of the new `current` fails (its temporary name is taken by
@@ -147,7 +140,8 @@ async fn a_failed_write_of_current_leaves_the_serving_version_serving() -> Resul
     host.stop().await?;
 
     // And a restart serves version 1 too; with the blocker gone, 2 deploys.
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     assert_eq!(host.http("GET", &alice.path("/index.html"), "").await?.1, "version one ");
     std::fs::remove_dir_all(project.join("current.tmp"))?;
     assert_eq!(host.deploy(&alice).await?["version"], json!(2));
@@ -172,7 +166,8 @@ fn component_of_another_world() -> Result<Vec<u8>> {
 async fn a_component_that_does_not_fit_leaves_nothing_in_the_compile_cache() -> Result<()> {
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "")?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     let cache = dir.path().join("data/compiled");
     let entries = || std::fs::read_dir(&cache).map(Iterator::count).unwrap_or(0);
     let before = entries();
@@ -193,8 +188,12 @@ async fn a_component_that_does_not_fit_leaves_nothing_in_the_compile_cache() -> 
 async fn an_upload_over_the_limit_is_413_and_a_cut_off_one_400() -> Result<()> {
     let dir = temp_dir();
     let alice = with_page(dir.path(), "alice", 2 << 20)?;
-    let host =
-        TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "max_bundle_mib = 1")).await?;
+    let host = TestHost::start_with_tenants(
+        dir.path(),
+        &local_project(),
+        &tenants_toml(&[&alice], "max_bundle_mib = 1"),
+    )
+    .await?;
     // The client knows the limit before it uploads.
     let refused = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(refused.starts_with("the deployment is "), "{refused}");
@@ -238,7 +237,7 @@ async fn a_deployment_whose_request_times_out_still_finishes() -> Result<()> {
     // The admin API's timeout is shorter than a compile: the request is
     // answered 408 while the deployment goes on in its own task.
     let local = manifest(&[("reactions", REACTIONS)], "main = \"reactions\"\n[edge]\ndeploy_timeout_ms = 50");
-    let host = TestHost::start_with_tenants(dir.path(), &local, &tenants(&[&alice], "")).await?;
+    let host = TestHost::start_with_tenants(dir.path(), &local, &tenants_toml(&[&alice], "")).await?;
     let timed_out = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(timed_out.starts_with("the host refused (408 Request Timeout)"), "{timed_out}");
     crate::common::eventually("the deployment to finish on its own", async || {

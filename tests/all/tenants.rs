@@ -5,18 +5,8 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::common::{Client, Tenant, TestHost, manifest, temp_dir};
+use crate::common::{Client, Tenant, TestHost, local_project, temp_dir, tenants_toml};
 use crate::guests::{COMMAND, COUNTER, HOSTILE, REACTIONS};
-
-/// The host's own project, beside the tenants.
-fn local() -> String {
-    manifest(&[("reactions", REACTIONS)], "main = \"reactions\"")
-}
-
-fn tenants(projects: &[&Tenant], extra: &str) -> String {
-    let entries: String = projects.iter().map(|p| p.entry.clone()).collect();
-    format!("domain = \"partyhost.test\"\n{extra}\n{entries}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_switches_atomically_and_rolls_back() -> Result<()> {
@@ -24,7 +14,8 @@ async fn a_deployment_switches_atomically_and_rolls_back() -> Result<()> {
     // The example's limiter is off: this test reacts faster than a person.
     let extra = "main = \"reactions\"\n[vars]\nRATE_LIMIT_MS = \"0\"";
     let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     assert_eq!(host.project_status(&alice).await?["version"], json!(null), "nothing deployed yet");
 
     let v1 = host.deploy(&alice).await?;
@@ -61,7 +52,8 @@ async fn a_deployment_switches_atomically_and_rolls_back() -> Result<()> {
     host.stop().await?;
 
     // A restarted host serves the version that was serving, with its storage.
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     assert_eq!(host.project_status(&alice).await?["version"], json!(1));
     let (status, body) = host.http("GET", &alice.path("/parties/main/lobby"), "").await?;
     assert_eq!((status, body.as_str()), (200, r#"{"type":"update","reactions":{"clap":2,"heart":1}}"#));
@@ -88,7 +80,8 @@ async fn projects_are_separate_namespaces() -> Result<()> {
     std::fs::create_dir_all(alice.dir.join("public"))?;
     std::fs::write(alice.dir.join("public/index.html"), "alice's page")?;
     let bob = Tenant::new(dir.path(), "bob", &[("reactions", REACTIONS), ("vault", HOSTILE)], "")?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice, &bob], "")).await?;
+    let host = TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice, &bob], ""))
+        .await?;
     host.deploy(&alice).await?;
     host.deploy(&bob).await?;
 
@@ -156,7 +149,8 @@ async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], "")?;
     let caps = "max_wasm_mib = 1\n[caps]\ncpu_ms = 100\n";
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], caps)).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], caps)).await?;
     host.deploy(&alice).await?;
     let manifest = alice.dir.join("partykit.toml");
     let good = std::fs::read_to_string(&manifest)?;
@@ -261,7 +255,8 @@ async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() ->
     let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "serve = \"public\"")?;
     std::fs::create_dir_all(alice.dir.join("public"))?;
     std::fs::write(alice.dir.join("public/index.html"), "<script>document.cookie</script>")?;
-    let host = TestHost::start_with_tenants(dir.path(), &local(), &tenants(&[&alice], "")).await?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
     host.deploy(&alice).await?;
 
     // Under /p/alice/ the page shares the host's origin: it runs sandboxed

@@ -19,7 +19,6 @@ pub use tls::{client_config, server_config};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -172,11 +171,10 @@ impl Edge {
     /// begun, within [`SHUTDOWN_GRACE`] more.
     async fn answer(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> Response<Body> {
-        request.extensions_mut().insert(ConnectInfo(peer));
         let limit = if request.uri().path().starts_with(ADMIN_PREFIX) {
             self.limits.deploy_timeout
         } else {

@@ -337,6 +337,18 @@ pub async fn run_node(script: &str, args: &[String]) -> Result<serde_json::Value
     Ok(serde_json::from_str(stdout.trim())?)
 }
 
+/// The host's own project beside the tenants of a multi-tenant test host.
+pub fn local_project() -> String {
+    manifest(&[("reactions", crate::guests::REACTIONS)], "main = \"reactions\"")
+}
+
+/// `tenants.toml` for `projects` under the domain `partyhost.test`, with
+/// `extra` TOML (caps, quotas) before the project entries.
+pub fn tenants_toml(projects: &[&Tenant], extra: &str) -> String {
+    let entries: String = projects.iter().map(|p| p.entry.clone()).collect();
+    format!("domain = \"partyhost.test\"\n{extra}\n{entries}")
+}
+
 /// A tenant: a project folder with its manifest and components, and its
 /// deploy token.
 pub struct Tenant {
