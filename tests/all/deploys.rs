@@ -248,3 +248,25 @@ async fn a_deployment_whose_request_times_out_still_finishes() -> Result<()> {
     assert_eq!(versions_on_disk(dir.path(), "alice")?, vec![1]);
     host.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_of_more_than_10000_files_is_refused_unwritten() -> Result<()> {
+    let dir = temp_dir();
+    let alice = with_page(dir.path(), "alice", 100)?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
+    let mut bundle = partyhost::client::pack(&alice.dir.join("partykit.toml"))?;
+    for i in 0..10_000 - bundle.files.len() + 1 {
+        bundle.files.insert(format!("public/empty-{i}.txt"), "".into());
+    }
+    let auth = format!("Bearer {}", alice.token);
+    let body = serde_json::to_string(&bundle)?;
+    let refused =
+        host.http_with("PUT", "/_partyhost/projects/alice", &[("authorization", &auth)], &body).await?;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (400, "the deployment has 10001 files; this host takes at most 10000")
+    );
+    assert!(!dir.path().join("data/projects/alice/versions").exists(), "nothing was written");
+    host.stop().await
+}
