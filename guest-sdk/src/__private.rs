@@ -4,13 +4,17 @@ use std::any::Any;
 use std::cell::OnceCell;
 
 pub use crate::bindings;
-pub use crate::bindings::exports::partyhost::party::handlers::{Guest as Handlers, RequestOutcome};
+pub use crate::bindings::exports::partyhost::party::handlers::{
+    GateOutcome, GateSet, Guest as Handlers, RequestOutcome,
+};
 pub use crate::bindings::partyhost::party::types::{
-    Message as WitMessage, Request as WitRequest, Response as WitResponse,
+    Message as WitMessage, Request as WitRequest, Response as WitResponse, Verdict as WitVerdict,
 };
 
-use crate::executor::spawn;
-use crate::{Connection, ConnectionContext, Message, Party, Request, Response, Room};
+use crate::executor::{Done, spawn};
+use crate::{
+    AlarmInfo, Close, Connection, ConnectionContext, Lobby, Message, Party, Request, Response, Room,
+};
 
 thread_local! {
     static INSTANCE: OnceCell<&'static dyn Any> = const { OnceCell::new() };
@@ -37,7 +41,7 @@ fn run(task: u64, future: impl Future<Output = ()> + 'static) {
         task,
         Box::pin(async move {
             future.await;
-            None
+            Done::Nothing
         }),
     );
 }
@@ -55,24 +59,50 @@ pub fn on_message<P: Party>(task: u64, conn: String, msg: WitMessage) {
     run(task, party::<P>().on_message(Message::from_wit(msg), Connection::new(conn)));
 }
 
-pub fn on_close<P: Party>(task: u64, conn: String, _code: u16, _reason: String) {
-    run(task, party::<P>().on_close(Connection::new(conn)));
+pub fn on_close<P: Party>(task: u64, conn: String, code: u16, reason: String, was_clean: bool) {
+    run(task, party::<P>().on_close(Connection::new(conn), Close { code, reason, was_clean }));
 }
 
 pub fn on_error<P: Party>(task: u64, conn: String, error: String) {
     run(task, party::<P>().on_error(Connection::new(conn), error));
 }
 
-pub fn on_alarm<P: Party>(task: u64) {
-    run(task, party::<P>().on_alarm());
+pub fn on_alarm<P: Party>(task: u64, retry_count: u32) {
+    run(task, party::<P>().on_alarm(AlarmInfo { retry_count }));
 }
 
 pub fn on_request<P: Party>(task: u64, request: WitRequest) -> RequestOutcome {
     let future = party::<P>().on_request(Request::from_wit(request));
-    match spawn(task, Box::pin(async move { Some(future.await) })) {
-        Some(Some(response)) => RequestOutcome::Ready(response.to_wit()),
-        Some(None) => RequestOutcome::Ready(Response::text(500, "handler returned no response").to_wit()),
+    match spawn(task, Box::pin(async move { Done::Response(future.await) })) {
+        Some(Done::Response(response)) => RequestOutcome::Ready(response.to_wit()),
+        Some(_) => RequestOutcome::Ready(Response::text(500, "handler returned no response").to_wit()),
         None => RequestOutcome::Pending,
+    }
+}
+
+/// Runs a gate (a static method: the party is never created for it).
+fn gate(task: u64, future: impl Future<Output = Result<Request, Response>> + 'static) -> GateOutcome {
+    match spawn(task, Box::pin(async move { Done::Verdict(future.await) })) {
+        Some(Done::Verdict(verdict)) => GateOutcome::Ready(verdict_to_wit(verdict)),
+        Some(_) => {
+            GateOutcome::Ready(WitVerdict::Refuse(Response::text(500, "gate returned no verdict").to_wit()))
+        }
+        None => GateOutcome::Pending,
+    }
+}
+
+pub fn on_before_connect<P: Party>(task: u64, request: WitRequest) -> GateOutcome {
+    gate(task, P::on_before_connect(Request::from_wit(request), Lobby::new()))
+}
+
+pub fn on_before_request<P: Party>(task: u64, request: WitRequest) -> GateOutcome {
+    gate(task, P::on_before_request(Request::from_wit(request), Lobby::new()))
+}
+
+pub(crate) fn verdict_to_wit(verdict: Result<Request, Response>) -> WitVerdict {
+    match verdict {
+        Ok(request) => WitVerdict::Pass(request.to_wit()),
+        Err(response) => WitVerdict::Refuse(response.to_wit()),
     }
 }
 

@@ -43,6 +43,12 @@ impl Connection {
         let _ = wit::close(&self.id, code, reason);
     }
 
+    /// The URL the client connected with, query included (PartyKit's
+    /// `connection.uri`). Empty once the connection has left.
+    pub fn uri(&self) -> String {
+        wit::get_connection(&self.id).map(|c| c.uri).unwrap_or_default()
+    }
+
     /// The tags given to this connection when it connected (its id first).
     pub fn tags(&self) -> Vec<String> {
         wit::get_connection(&self.id).map(|c| c.tags).unwrap_or_default()

@@ -6,7 +6,8 @@
 //! here under the host's task id and the call returns; the host goes on
 //! with other events. When the fetch's response arrives, the host calls
 //! `resume`, which wakes exactly the task waiting on that fetch. A parked
-//! `on_request` reports its response with `tasks::complete-request`.
+//! `on_request` reports its response with `tasks::complete-request`, a
+//! parked gate its verdict with `tasks::complete-gate`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,10 +15,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::Response;
 use crate::bindings::partyhost::party::{tasks, types::Response as WitResponse};
+use crate::{Request, Response};
 
-type TaskFuture = Pin<Box<dyn Future<Output = Option<Response>>>>;
+/// What a finished task hands back to the host.
+pub(crate) enum Done {
+    /// An event handler: nothing.
+    Nothing,
+    /// `on_request`'s response.
+    Response(Response),
+    /// A gate's verdict: the request to pass on, or the response instead.
+    Verdict(Result<Request, Response>),
+}
+
+type TaskFuture = Pin<Box<dyn Future<Output = Done>>>;
 
 #[derive(Default)]
 struct Executor {
@@ -36,7 +47,7 @@ thread_local! {
 }
 
 /// Runs a new task. Returns its output if it finished without parking.
-pub(crate) fn spawn(task: u64, future: TaskFuture) -> Option<Option<Response>> {
+pub(crate) fn spawn(task: u64, future: TaskFuture) -> Option<Done> {
     poll_task(task, future)
 }
 
@@ -49,13 +60,17 @@ pub(crate) fn resume(fetch: u64, result: Result<WitResponse, String>) {
         Some((task, e.parked.remove(&task)?))
     });
     let Some((task, future)) = parked else { return };
-    if let Some(Some(response)) = poll_task(task, future) {
-        tasks::complete_request(task, &response.to_wit());
+    match poll_task(task, future) {
+        Some(Done::Response(response)) => tasks::complete_request(task, &response.to_wit()),
+        Some(Done::Verdict(verdict)) => {
+            tasks::complete_gate(task, &crate::__private::verdict_to_wit(verdict))
+        }
+        Some(Done::Nothing) | None => {}
     }
 }
 
 /// Polls once; parks the task if it is not done.
-fn poll_task(task: u64, mut future: TaskFuture) -> Option<Option<Response>> {
+fn poll_task(task: u64, mut future: TaskFuture) -> Option<Done> {
     EXECUTOR.with_borrow_mut(|e| e.current = Some(task));
     // Nothing wakes tasks but `resume`, so the waker does nothing.
     let poll = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));

@@ -64,7 +64,7 @@ pub use error::Error;
 pub use http::{Request, Response};
 pub use join::join_all;
 pub use message::Message;
-pub use room::Room;
+pub use room::{Lobby, Room};
 pub use storage::{ListOptions, Storage};
 
 /// What a client sent when it connected.
@@ -72,6 +72,25 @@ pub use storage::{ListOptions, Storage};
 pub struct ConnectionContext {
     /// The WebSocket upgrade request (URL with query, headers).
     pub request: Request,
+}
+
+/// How a connection closed, for [`Party::on_close`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The WebSocket close code (1006: the connection dropped).
+    pub code: u16,
+    /// The close reason, possibly empty.
+    pub reason: String,
+    /// Whether a close frame was exchanged (false for 1006).
+    pub was_clean: bool,
+}
+
+/// About an alarm that fired, for [`Party::on_alarm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmInfo {
+    /// 0 the first time; 1 to 6 when the host runs a failed `on_alarm`
+    /// again (after 2, 4, ... 64 seconds, as Durable Objects retry).
+    pub retry_count: u32,
 }
 
 /// A room's server, mirroring PartyKit's `Party.Server`. Every handler is
@@ -96,9 +115,10 @@ pub trait Party: Sized + 'static {
         let _ = (message, sender);
     }
 
-    /// A client's connection closed.
-    async fn on_close(&self, conn: Connection) {
-        let _ = conn;
+    /// A client's connection closed. During the call `conn`'s state and
+    /// tags can still be read.
+    async fn on_close(&self, conn: Connection, close: Close) {
+        let _ = (conn, close);
     }
 
     /// A client's connection failed.
@@ -112,8 +132,30 @@ pub trait Party: Sized + 'static {
         Response::not_found()
     }
 
-    /// The alarm set with `Storage::set_alarm` fired.
-    async fn on_alarm(&self) {}
+    /// The alarm set with `Storage::set_alarm` fired. If this panics (or
+    /// breaks a limit), the host runs it again later: see [`AlarmInfo`].
+    async fn on_alarm(&self, info: AlarmInfo) {
+        let _ = info;
+    }
+
+    /// PartyKit's static `onBeforeConnect`: runs before a WebSocket reaches
+    /// the room, in an instance of its own (no `self`, no storage): return
+    /// the request to pass on (perhaps with a header added, such as a
+    /// verified user id) or `Err(response)` to refuse, which the client
+    /// gets as an HTTP status before any upgrade. Runs only when named in
+    /// `export_party!(MyParty, on_before_connect)`.
+    async fn on_before_connect(request: Request, lobby: Lobby) -> Result<Request, Response> {
+        let _ = lobby;
+        Ok(request)
+    }
+
+    /// PartyKit's static `onBeforeRequest`: the same, before an HTTP
+    /// request reaches the room. Runs only when named in
+    /// `export_party!(MyParty, on_before_request)`.
+    async fn on_before_request(request: Request, lobby: Lobby) -> Result<Request, Response> {
+        let _ = lobby;
+        Ok(request)
+    }
 
     /// Tags for a connecting client, to find it later with
     /// `Room::connections_tagged`. Fixed for the connection's life.
@@ -155,10 +197,13 @@ pub fn random_bytes(len: u32) -> Vec<u8> {
     bindings::partyhost::party::runtime::random_bytes(len)
 }
 
-/// Exports a [`Party`] type as the component's handlers.
+/// Exports a [`Party`] type as the component's handlers, with the gates it
+/// implements named after it: `export_party!(Chat)`,
+/// `export_party!(Chat, on_before_connect, on_before_request)`. A gate not
+/// named is never called, and costs nothing.
 #[macro_export]
 macro_rules! export_party {
-    ($party:ty) => {
+    ($party:ty $(, $gate:ident)* $(,)?) => {
         #[doc(hidden)]
         pub struct __PartyhostExports;
 
@@ -172,8 +217,8 @@ macro_rules! export_party {
             fn on_message(task: u64, conn: String, msg: $crate::__private::WitMessage) {
                 $crate::__private::on_message::<$party>(task, conn, msg)
             }
-            fn on_close(task: u64, conn: String, code: u16, reason: String) {
-                $crate::__private::on_close::<$party>(task, conn, code, reason)
+            fn on_close(task: u64, conn: String, code: u16, reason: String, was_clean: bool) {
+                $crate::__private::on_close::<$party>(task, conn, code, reason, was_clean)
             }
             fn on_error(task: u64, conn: String, error: String) {
                 $crate::__private::on_error::<$party>(task, conn, error)
@@ -181,8 +226,17 @@ macro_rules! export_party {
             fn on_request(task: u64, request: $crate::__private::WitRequest) -> $crate::__private::RequestOutcome {
                 $crate::__private::on_request::<$party>(task, request)
             }
-            fn on_alarm(task: u64) {
-                $crate::__private::on_alarm::<$party>(task)
+            fn on_alarm(task: u64, retry_count: u32) {
+                $crate::__private::on_alarm::<$party>(task, retry_count)
+            }
+            fn gates() -> $crate::__private::GateSet {
+                $crate::__private::GateSet::empty() $(| $crate::__gate_flag!($gate))*
+            }
+            fn on_before_connect(task: u64, request: $crate::__private::WitRequest) -> $crate::__private::GateOutcome {
+                $crate::__private::on_before_connect::<$party>(task, request)
+            }
+            fn on_before_request(task: u64, request: $crate::__private::WitRequest) -> $crate::__private::GateOutcome {
+                $crate::__private::on_before_request::<$party>(task, request)
             }
             fn get_connection_tags(conn: String, request: $crate::__private::WitRequest) -> Vec<String> {
                 $crate::__private::get_connection_tags::<$party>(conn, request)
@@ -193,6 +247,25 @@ macro_rules! export_party {
         }
 
         $crate::bindings::__export_party_world!(__PartyhostExports with_types_in $crate::__private::bindings);
+    };
+}
+
+/// The flag of a gate named in `export_party!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __gate_flag {
+    (on_before_connect) => {
+        $crate::__private::GateSet::BEFORE_CONNECT
+    };
+    (on_before_request) => {
+        $crate::__private::GateSet::BEFORE_REQUEST
+    };
+    ($other:ident) => {
+        compile_error!(concat!(
+            "export_party!: `",
+            stringify!($other),
+            "` is not a gate; name on_before_connect or on_before_request"
+        ))
     };
 }
 

@@ -7,6 +7,43 @@ use crate::bindings::partyhost::party::{connections, outbound, room};
 use crate::executor::FetchFuture;
 use crate::{Connection, Error, Message, Request, Response, Storage};
 
+/// What a gate (`on_before_connect`, `on_before_request`) knows of the room
+/// a request is for, as PartyKit's `lobby`: its party, id and vars, and
+/// fetches to the project's rooms. Zero-sized.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lobby {
+    room: Room,
+}
+
+impl Lobby {
+    pub(crate) const fn new() -> Self {
+        Self { room: Room::new() }
+    }
+
+    /// The id of the room the request is for.
+    pub fn id(&self) -> String {
+        self.room.id()
+    }
+
+    /// The party's name from the manifest.
+    pub fn party(&self) -> String {
+        self.room.party()
+    }
+
+    /// A var from the manifest, or a secret set with `partyhost env set`.
+    pub fn env(&self, name: &str) -> Option<String> {
+        self.room.env(name)
+    }
+
+    /// Sends `request` to room `room` of party `party` of this project.
+    ///
+    /// # Errors
+    /// As [`Room::fetch`].
+    pub async fn fetch(&self, party: &str, room: &str, request: Request) -> Result<Response, Error> {
+        self.room.fetch(party, room, request).await
+    }
+}
+
 /// The room this instance serves. Zero-sized; copy it freely.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Room {
@@ -28,7 +65,8 @@ impl Room {
         room::party()
     }
 
-    /// A var from the manifest (`[vars]` or `[parties.<name>.vars]`).
+    /// A var from the manifest (`[vars]` or `[parties.<name>.vars]`), or a
+    /// secret set with `partyhost env set`.
     pub fn env(&self, name: &str) -> Option<String> {
         room::vars().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }

@@ -17,12 +17,21 @@ pub struct ListOptions {
     pub prefix: Option<String>,
     /// Only keys `>= start`.
     pub start: Option<String>,
+    /// Only keys `> start_after` (for paging: the last key of the previous
+    /// page); not together with `start`.
+    pub start_after: Option<String>,
     /// Only keys `< end`.
     pub end: Option<String>,
     /// At most this many entries.
     pub limit: Option<u32>,
     /// Descending key order.
     pub reverse: bool,
+}
+
+/// `(key, bytes)` entries with the values parsed as JSON; those that are
+/// not a `T` are skipped.
+fn parse_entries<T: DeserializeOwned>(entries: Vec<(String, Vec<u8>)>) -> Vec<(String, T)> {
+    entries.into_iter().filter_map(|(key, bytes)| Some((key, serde_json::from_slice(&bytes).ok()?))).collect()
 }
 
 /// The room's storage. Zero-sized: get it with `Room::storage`.
@@ -69,18 +78,51 @@ impl Storage {
 
     /// Entries matching `options`, parsed as JSON; entries that are not a
     /// `T` are skipped.
-    pub fn list<T: DeserializeOwned>(&self, options: &ListOptions) -> Vec<(String, T)> {
+    ///
+    /// # Errors
+    /// When both `start` and `start_after` are given.
+    pub fn list<T: DeserializeOwned>(&self, options: &ListOptions) -> Result<Vec<(String, T)>, Error> {
         let options = wit::ListOptions {
             prefix: options.prefix.clone(),
             start: options.start.clone(),
+            start_after: options.start_after.clone(),
             end: options.end.clone(),
             limit: options.limit,
             reverse: options.reverse,
         };
-        wit::list(&options)
-            .into_iter()
-            .filter_map(|(key, bytes)| Some((key, serde_json::from_slice(&bytes).ok()?)))
-            .collect()
+        Ok(parse_entries(wit::list(&options)?))
+    }
+
+    /// The values of up to 128 keys at once, parsed as JSON, in the order
+    /// asked; absent keys (and values that are not a `T`) are left out.
+    ///
+    /// # Errors
+    /// When more than 128 keys are asked for.
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<(String, T)>, Error> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        Ok(parse_entries(wit::get_many(&keys)?))
+    }
+
+    /// Stores up to 128 values as JSON at once: all of them or, when one is
+    /// refused (too large, over the quota), none.
+    ///
+    /// # Errors
+    /// As [`Storage::put`], or when more than 128 entries are given.
+    pub fn put_many<T: Serialize>(&self, entries: &[(&str, T)]) -> Result<(), Error> {
+        let entries = entries
+            .iter()
+            .map(|(key, value)| Ok(((*key).to_owned(), serde_json::to_vec(value)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(wit::put_many(&entries)?)
+    }
+
+    /// Deletes up to 128 keys at once; returns how many existed.
+    ///
+    /// # Errors
+    /// When more than 128 keys are given.
+    pub fn delete_many(&self, keys: &[&str]) -> Result<u32, Error> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        Ok(wit::delete_many(&keys)?)
     }
 
     /// Deletes every key of the room.

@@ -292,7 +292,7 @@ fn loaded(
 ) -> LoadedParty {
     info!(party = %name, wasm = %spec.wasm.display(), elapsed = ?started.elapsed(), "party loaded");
     let vars = spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    LoadedParty { code: Arc::new(code), vars, hibernate: spec.hibernate }
+    LoadedParty::new(code, vars, spec.hibernate)
 }
 
 /// The manifest's `[rooms]` and `[edge]` over the host defaults.
@@ -305,5 +305,6 @@ fn rooms_config(spec: &RoomsSpec, edge: &manifest::EdgeLimits) -> RoomsConfig {
             .max(1),
         ping_interval: edge.ping_interval,
         socket_idle_timeout: edge.socket_idle_timeout,
+        alarm_retry: Duration::from_millis(spec.alarm_retry_ms.unwrap_or(2000).max(1)),
     }
 }

@@ -18,6 +18,7 @@ mod limits;
 mod link_counter;
 mod manifest;
 mod output_gate;
+mod parity;
 mod partysocket;
 mod presence;
 mod reactions;

@@ -180,7 +180,7 @@ async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()
                 write(good.replace("reactions.wasm", "command.wasm"))(d)
             })
             .await,
-            "from command.wasm: it does not export the partyhost:party world: no exported instance named `partyhost:party/handlers@0.1.0`",
+            "from command.wasm: it does not export the partyhost:party world: no exported instance named `partyhost:party/handlers@0.2.0`",
         ),
         (
             refusal(&host, &alice, |d| {

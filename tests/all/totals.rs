@@ -91,11 +91,12 @@ async fn status_of(dir: &Path, wasm: &[u8]) -> Result<(u16, String, serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_memories_share_one_limit() -> Result<()> {
     // Control: with one small extra memory the component instantiates,
-    // and its dummy `on-start` traps (`unreachable`): the room cannot
-    // start, and that is counted as a trap, not as memory.
+    // and its dummy `gates` export traps (`unreachable`): whether it has a
+    // gate is unknown, so the request does not pass, and that is counted
+    // as a trap, not as memory.
     let dir = temp_dir();
     let (status, body, hits) = status_of(dir.path(), &component_with_memories(1, 1)?).await?;
-    assert_eq!((status, body.as_str()), (503, "the room could not start; see the host log"));
+    assert_eq!((status, body.as_str()), (500, "on-before-request failed (panic)"));
     assert_eq!((hits["trap"].as_u64(), hits["memory"].as_u64()), (Some(1), Some(0)), "{hits}");
 
     // Three memories of 40 MiB: each under the 64 MiB limit, together over,

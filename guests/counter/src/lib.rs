@@ -4,7 +4,7 @@
 //! to it with POSTs of `{"action":"subscribe",...}` and
 //! `{"action":"update",...}`.
 
-use partyhost_guest::{ListOptions, Party, Request, Response, Room, export_party, join_all, now};
+use partyhost_guest::{AlarmInfo, ListOptions, Party, Request, Response, Room, export_party, join_all, now};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
 
@@ -96,14 +96,14 @@ impl Party for Counter {
         }
     }
 
-    async fn on_alarm(&self) {
+    async fn on_alarm(&self, _info: AlarmInfo) {
         let storage = self.room.storage();
-        for (page_id, state) in storage.list::<PageState>(&ListOptions::default()) {
+        for (page_id, state) in storage.list::<PageState>(&ListOptions::default()).unwrap_or_default() {
             if state.connection_count == 0 {
                 storage.delete(&page_id);
             }
         }
-        if !storage.list::<PageState>(&ListOptions::default()).is_empty() {
+        if !storage.list::<PageState>(&ListOptions::default()).unwrap_or_default().is_empty() {
             storage.set_alarm(self.cleanup_at());
         }
     }

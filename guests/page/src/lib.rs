@@ -7,7 +7,8 @@
 //! whenever a linked page's count changes.
 
 use partyhost_guest::{
-    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, now,
+    AlarmInfo, Close, Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party,
+    now,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -95,7 +96,7 @@ impl Party for Page {
         self.send_count_to_counter().await;
     }
 
-    async fn on_close(&self, _conn: Connection) {
+    async fn on_close(&self, _conn: Connection, _close: Close) {
         self.send_count_to_counter().await;
     }
 
@@ -120,7 +121,7 @@ impl Party for Page {
         Response::text(400, "Bad request")
     }
 
-    async fn on_alarm(&self) {
+    async fn on_alarm(&self, _info: AlarmInfo) {
         if self.room.connections().is_empty() {
             self.room.storage().delete("connections");
         } else {

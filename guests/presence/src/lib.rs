@@ -4,7 +4,7 @@
 //! Users live in connection state, so presence survives the room's instance
 //! being restarted or evicted.
 
-use partyhost_guest::{Connection, Message, Party, Request, Response, Room, export_party};
+use partyhost_guest::{Close, Connection, Message, Party, Request, Response, Room, export_party};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A field that may be absent, `null`, or a value, kept apart so a user is
@@ -156,7 +156,7 @@ impl Party for Presence {
         }
     }
 
-    async fn on_close(&self, _conn: Connection) {
+    async fn on_close(&self, _conn: Connection, _close: Close) {
         self.broadcast_presence();
     }
 

@@ -13,8 +13,8 @@ use tracing::{Instrument, info_span};
 use super::{ApiError, AppState, assets, socket};
 use crate::ids::{ConnectionId, RoomId, RoomKey};
 use crate::manifest::MAIN_ALIAS;
-use crate::rooms::Limit;
-use crate::sandbox::{self, Header};
+use crate::rooms::{Gate, Limit};
+use crate::sandbox::{self, Header, Verdict};
 
 /// Initial read buffer per WebSocket. tungstenite's default (128 KiB) made
 /// an idle connection cost about 145 KiB, 4 KiB about 15 KiB, 1 KiB about
@@ -83,6 +83,11 @@ async fn serve(
             .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
         let conn = connection_id(&parts.uri)?;
         let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
+        // Refused before any upgrade: the client gets a real HTTP status.
+        let guest_request = match app.rooms.pass_gate(&key, Gate::BeforeConnect, guest_request).await {
+            Verdict::Pass(request) => request,
+            Verdict::Refuse(response) => return Ok(into_http_response(response)),
+        };
         let span = info_span!("connection", room = %key, conn = %conn);
         let joined = socket::join(&app.rooms, &key, conn, guest_request, &limits)
             .await
@@ -111,6 +116,10 @@ async fn serve(
         ApiError::TooLarge(format!("request body is over {} bytes", limits.message_bytes))
     })?;
     let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
+    let guest_request = match app.rooms.pass_gate(&key, Gate::BeforeRequest, guest_request).await {
+        Verdict::Pass(request) => request,
+        Verdict::Refuse(response) => return Ok(into_http_response(response)),
+    };
     let response = tokio::time::timeout(REQUEST_TIMEOUT, app.rooms.request(&key, guest_request))
         .await
         .map_err(|_| ApiError::Internal {

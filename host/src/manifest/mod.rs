@@ -111,6 +111,9 @@ pub struct RoomsSpec {
     /// KiB of client messages and requests that may wait in one room's
     /// mailbox; past it senders wait (TCP pushes back). Default 8192.
     pub mailbox_kib: Option<u64>,
+    /// Milliseconds before a failed `on-alarm` first runs again; doubled
+    /// for each of its six retries. Default 2000, as Durable Objects.
+    pub alarm_retry_ms: Option<u64>,
 }
 
 /// `[totals]`: what all rooms of a scope may hold at once. In the host's

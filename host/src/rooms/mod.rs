@@ -9,12 +9,14 @@
 //! - `instances.rs`: the live-instance cap's bookkeeping.
 //! - `state.rs`: [`RoomState`], what outlives a guest instance.
 //! - `limit_hits.rs`: [`LimitHits`], how often each limit stopped something.
+//! - `gate.rs`: `on-before-connect` / `on-before-request`, run before a room.
 //! - `api/`: the WIT imports, implemented on [`RoomState`].
 //!
 //! Rooms never see axum: the http module turns sockets into [`RoomMsg`]s and
 //! drains [`Outgoing`] frames.
 
 mod api;
+mod gate;
 mod handle;
 mod instances;
 mod limit_hits;
@@ -23,6 +25,7 @@ mod registry;
 mod room;
 mod state;
 
+pub use gate::Gate;
 pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 pub use limit_hits::{Limit, LimitHits};
 pub use queue::{QueueReceiver, QueueSender, queue};

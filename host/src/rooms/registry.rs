@@ -36,6 +36,14 @@ pub struct LoadedParty {
     pub vars: Arc<[(String, String)]>,
     /// Evict idle instances even while sockets are open.
     pub hibernate: bool,
+    /// Which gates the code has, once a first request asked (see `gate.rs`).
+    pub gates: tokio::sync::OnceCell<crate::sandbox::Gates>,
+}
+
+impl LoadedParty {
+    pub fn new(code: PartyCode<RoomState>, vars: Arc<[(String, String)]>, hibernate: bool) -> Self {
+        Self { code: Arc::new(code), vars, hibernate, gates: tokio::sync::OnceCell::new() }
+    }
 }
 
 /// A room's wake timer for its alarm.
@@ -60,6 +68,8 @@ pub struct RoomsConfig {
     pub ping_interval: Duration,
     /// How long a socket may be silent (no frame, no pong) before it is dropped.
     pub socket_idle_timeout: Duration,
+    /// The wait before a failed `on-alarm`'s first retry (doubled after).
+    pub alarm_retry: Duration,
 }
 
 /// How many rooms and instances are alive.

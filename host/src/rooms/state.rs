@@ -16,7 +16,7 @@ use super::queue::QueueSender;
 use super::{Limit, LimitHits, now_ms};
 use crate::budget::{CapReached, Lease, Resource, Totals};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{GuestOutput, Header, Limits, LogBudget, Message, Request, Response};
+use crate::sandbox::{GuestOutput, Header, Limits, LogBudget, Message, Request, Response, Verdict};
 use crate::storage::RoomStorage;
 
 /// Longest chain of room-to-room requests (a request to a room that
@@ -69,6 +69,8 @@ pub struct ConnectionEntry {
     pub socket: u64,
     pub tags: Vec<String>,
     pub state: Option<Vec<u8>>,
+    /// The URL the client connected with (after `on-before-connect`).
+    pub uri: String,
     /// To the socket task; bounded by `Limits::connection_queue_frames`.
     pub(super) sender: QueueSender,
     /// Cancelled by the room to drop a client whose queue is full; the
@@ -119,6 +121,12 @@ pub struct RoomState {
     pub(super) fetches: Vec<FetchStart>,
     /// Responses of parked `on-request` handlers that finished.
     pub(super) completed: Vec<(u64, Response)>,
+    /// Verdicts of parked gates that finished (a gate's instance only).
+    pub(super) verdicts: Vec<(u64, Verdict)>,
+    /// A gate's instance: no storage, alarms or connections of its own.
+    pub(super) stateless: bool,
+    /// Which retry of a failed `on-alarm` the pending alarm is (0: none).
+    pub(super) alarm_retry: u32,
     /// Fetches started by this room and not yet resumed.
     pub(super) fetches_in_flight: usize,
     next_fetch_id: u64,
@@ -170,6 +178,9 @@ impl RoomState {
             outbox: Vec::new(),
             fetches: Vec::new(),
             completed: Vec::new(),
+            verdicts: Vec::new(),
+            stateless: false,
+            alarm_retry: 0,
             fetches_in_flight: 0,
             next_fetch_id: 1,
         }
@@ -206,6 +217,7 @@ impl RoomState {
         self.outbox.clear();
         self.fetches.clear();
         self.completed.clear();
+        self.verdicts.clear();
     }
 
     /// Counts a refusal by a total's cap.

@@ -15,10 +15,12 @@ mod generated {
 }
 
 pub use generated::exports::partyhost::party::handlers::Guest as Handlers;
-pub use generated::exports::partyhost::party::handlers::RequestOutcome;
+pub use generated::exports::partyhost::party::handlers::{GateOutcome, GateSet as Gates, RequestOutcome};
 pub use generated::partyhost::party::runtime::LogLevel;
 pub use generated::partyhost::party::storage::ListOptions;
-pub use generated::partyhost::party::types::{ConnectionInfo, Header, Message, Refusal, Request, Response};
+pub use generated::partyhost::party::types::{
+    ConnectionInfo, Header, Message, Refusal, Request, Response, Verdict,
+};
 pub use generated::{Party, PartyPre};
 
 /// The host traits a room's state implements, one per imported interface.

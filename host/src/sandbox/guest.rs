@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::Store;
 
-use super::bindings::{Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
+use super::bindings::{GateOutcome, Gates, Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
 use super::error::GuestError;
 use super::limits::{INSTANTIATE_CALLS, Limits};
 use super::meter::CpuMeter;
@@ -119,9 +119,10 @@ impl<R: RoomApi> Guest<R> {
         conn: &str,
         code: u16,
         reason: &str,
+        was_clean: bool,
     ) -> Result<(), GuestError> {
         let (h, store, clock) = self.arm();
-        clock.run("on-close", h.call_on_close(store, task, &conn.to_owned(), code, reason)).await
+        clock.run("on-close", h.call_on_close(store, task, &conn.to_owned(), code, reason, was_clean)).await
     }
 
     pub async fn on_error(&mut self, task: u64, conn: &str, error: &str) -> Result<(), GuestError> {
@@ -134,9 +135,32 @@ impl<R: RoomApi> Guest<R> {
         clock.run("on-request", h.call_on_request(store, task, request)).await
     }
 
-    pub async fn on_alarm(&mut self, task: u64) -> Result<(), GuestError> {
+    pub async fn on_alarm(&mut self, task: u64, retry_count: u32) -> Result<(), GuestError> {
         let (h, store, clock) = self.arm();
-        clock.run("on-alarm", h.call_on_alarm(store, task)).await
+        clock.run("on-alarm", h.call_on_alarm(store, task, retry_count)).await
+    }
+
+    pub async fn gates(&mut self) -> Result<Gates, GuestError> {
+        let (h, store, clock) = self.arm();
+        clock.run("gates", h.call_gates(store)).await
+    }
+
+    pub async fn on_before_connect(
+        &mut self,
+        task: u64,
+        request: &Request,
+    ) -> Result<GateOutcome, GuestError> {
+        let (h, store, clock) = self.arm();
+        clock.run("on-before-connect", h.call_on_before_connect(store, task, request)).await
+    }
+
+    pub async fn on_before_request(
+        &mut self,
+        task: u64,
+        request: &Request,
+    ) -> Result<GateOutcome, GuestError> {
+        let (h, store, clock) = self.arm();
+        clock.run("on-before-request", h.call_on_before_request(store, task, request)).await
     }
 
     pub async fn get_connection_tags(

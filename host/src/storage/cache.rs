@@ -31,6 +31,8 @@ impl PendingWrites {
 pub struct ListQuery {
     pub prefix: Option<String>,
     pub start: Option<String>,
+    /// Only keys after this one (exclusive; `start` is inclusive).
+    pub start_after: Option<String>,
     pub end: Option<String>,
     pub limit: Option<u32>,
     pub reverse: bool,
@@ -84,14 +86,26 @@ impl RoomStorage {
 
     /// Entries matching `query`, in key order (or reversed).
     pub fn list(&self, query: &ListQuery) -> Vec<(String, Vec<u8>)> {
-        let lower = match (&query.start, &query.prefix) {
-            (Some(start), Some(prefix)) => Bound::Included(start.max(prefix).clone()),
-            (Some(start), None) => Bound::Included(start.clone()),
-            (None, Some(prefix)) => Bound::Included(prefix.clone()),
-            (None, None) => Bound::Unbounded,
-        };
+        // The tightest of the lower bounds given.
+        let lower = [
+            query.start.clone().map(Bound::Included),
+            query.start_after.clone().map(Bound::Excluded),
+            query.prefix.clone().map(Bound::Included),
+        ]
+        .into_iter()
+        .flatten()
+        .max_by(|a, b| match (a, b) {
+            (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) if x != y => {
+                x.cmp(y)
+            }
+            (Bound::Excluded(_), Bound::Included(_)) => std::cmp::Ordering::Greater,
+            (Bound::Included(_), Bound::Excluded(_)) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Equal,
+        })
+        .unwrap_or(Bound::Unbounded);
         let upper = query.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
-        if matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u) {
+        if matches!((&lower, &upper), (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) if l >= u)
+        {
             return Vec::new();
         }
         let prefix = query.prefix.as_deref().unwrap_or("");
@@ -145,6 +159,7 @@ mod tests {
         let q = |prefix: Option<&str>, start: Option<&str>, end: Option<&str>, limit, reverse| ListQuery {
             prefix: prefix.map(Into::into),
             start: start.map(Into::into),
+            start_after: None,
             end: end.map(Into::into),
             limit,
             reverse,
@@ -155,6 +170,24 @@ mod tests {
         assert_eq!(keys(s.list(&q(Some("b/"), Some("a"), None, None, false))), ["b/1", "b/2", "b/3"]);
         assert!(s.list(&q(None, Some("c"), Some("a"), None, false)).is_empty());
         assert_eq!(keys(s.list(&ListQuery::default())).len(), 5);
+    }
+
+    #[test]
+    fn start_after_is_exclusive_and_pages_through_a_prefix() {
+        let s = storage(&["a", "b/1", "b/2", "b/3", "c"]);
+        let after = |key: &str, prefix: Option<&str>, limit| ListQuery {
+            start_after: Some(key.into()),
+            prefix: prefix.map(Into::into),
+            limit,
+            ..ListQuery::default()
+        };
+        assert_eq!(keys(s.list(&after("b/1", Some("b/"), Some(1)))), ["b/2"]);
+        assert_eq!(keys(s.list(&after("b/2", Some("b/"), None))), ["b/3"]);
+        assert_eq!(keys(s.list(&after("a", Some("b/"), None))), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys(s.list(&after("b/3", None, None))), ["c"]);
+        assert!(s.list(&after("c", None, None)).is_empty());
+        let bounded = ListQuery { end: Some("b/2".into()), ..after("b/1", None, None) };
+        assert!(s.list(&bounded).is_empty());
     }
 
     #[test]

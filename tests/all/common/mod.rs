@@ -263,6 +263,19 @@ fn dechunk(body: &str) -> String {
     out
 }
 
+/// Connects a WebSocket the server is expected to refuse: the HTTP status
+/// and body it answered the upgrade with.
+pub async fn refused_upgrade(url: &str) -> Result<(u16, String)> {
+    match within("websocket connect", tokio_tungstenite::connect_async(url)).await {
+        Ok(_) => bail!("the upgrade to {url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            Ok((response.status().as_u16(), body.into_owned()))
+        }
+        Err(e) => bail!("the upgrade to {url} failed without an HTTP answer: {e}"),
+    }
+}
+
 /// A WebSocket client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -310,6 +323,14 @@ impl Client {
                 other => bail!("expected a close frame, got {other:?}"),
             }
         }
+    }
+
+    /// Closes with `code` and `reason`, and waits for the server's reply.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        let frame = CloseFrame { code: code.into(), reason: reason.into() };
+        within("close", self.ws.close(Some(frame))).await?;
+        while let Some(Ok(_)) = within("close reply", self.ws.next()).await {}
+        Ok(())
     }
 
     /// Sends a raw frame (binary, oversized, ...).

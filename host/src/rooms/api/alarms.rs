@@ -7,6 +7,11 @@ impl host::Alarms for RoomState {
     }
 
     fn set(&mut self, time_ms: u64) {
+        if self.stateless {
+            tracing::warn!(room = %self.key, "on-before-connect/on-before-request set an alarm; a gate has none");
+            return;
+        }
+        self.alarm_retry = 0;
         // `set` cannot return a refusal, so a cap fails the call, as a
         // broadcast past its fan-out budget does.
         // (Counted and logged when the room fails the call.)
@@ -17,6 +22,7 @@ impl host::Alarms for RoomState {
 
     fn delete(&mut self) {
         // Clearing an alarm only gives back; it cannot be refused.
+        self.alarm_retry = 0;
         let _ = self.set_alarm(None);
     }
 }

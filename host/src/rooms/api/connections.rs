@@ -113,5 +113,10 @@ impl host::Connections for RoomState {
 }
 
 fn info_of(id: &ConnectionId, entry: &ConnectionEntry) -> ConnectionInfo {
-    ConnectionInfo { id: id.to_string(), tags: entry.tags.clone(), state: entry.state.clone() }
+    ConnectionInfo {
+        id: id.to_string(),
+        tags: entry.tags.clone(),
+        state: entry.state.clone(),
+        uri: entry.uri.clone(),
+    }
 }

@@ -3,10 +3,13 @@
 //! client sees an effect whose writes a crash could still lose.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::{FetchDone, Room};
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::CLOSE_TRY_AGAIN;
+use crate::rooms::Rooms;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
 use crate::sandbox::{GuestError, Response, TrapKind};
 use crate::storage::CommitTicket;
@@ -134,26 +137,37 @@ impl Room {
 
     fn start_fetch(&mut self, fetch: FetchStart) {
         self.state_mut().fetches_in_flight += 1;
-        let FetchStart { id, party, room, request, hops, lease } = fetch;
-        // The handler parked on it resumes at the depth it started from.
-        let origin_hops = hops.saturating_sub(1);
-        let response = self.rooms.fetch(&self.key, &party, &room, request, hops);
         let timeout = self.party.code.limits().fetch_timeout;
-        self.fetches.spawn(async move {
-            // In flight until this task ends, however it ends.
-            let _lease = lease;
-            let result = match response {
-                Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
-                Ok(response) => match tokio::time::timeout(timeout, response).await {
-                    Ok(Ok(response)) => Ok(response),
-                    Ok(Err(_)) => Err(format!("fetch to {party}/{room} failed: the room stopped")),
-                    Err(_) => Err(format!(
-                        "fetch to {party}/{room} got no response within {timeout:?} (a request cycle that cannot finish?)"
-                    )),
-                },
-            };
-            FetchDone { id, hops: origin_hops, result }
-        });
+        self.fetches.spawn(run_fetch(&self.rooms, &self.key, fetch, timeout));
+    }
+}
+
+/// Sends a fetch a guest started to its room; resolves with the outcome
+/// for the handler parked on it, which resumes at the depth it started
+/// from.
+pub(in crate::rooms) fn run_fetch(
+    rooms: &Arc<Rooms>,
+    from: &RoomKey,
+    fetch: FetchStart,
+    timeout: Duration,
+) -> impl Future<Output = FetchDone> + Send + 'static {
+    let FetchStart { id, party, room, request, hops, lease } = fetch;
+    let origin_hops = hops.saturating_sub(1);
+    let response = rooms.fetch(from, &party, &room, request, hops);
+    async move {
+        // In flight until this future ends, however it ends.
+        let _lease = lease;
+        let result = match response {
+            Err(e) => Err(format!("fetch to {party}/{room} failed: {e:#}")),
+            Ok(response) => match tokio::time::timeout(timeout, response).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(_)) => Err(format!("fetch to {party}/{room} failed: the room stopped")),
+                Err(_) => Err(format!(
+                    "fetch to {party}/{room} got no response within {timeout:?} (a request cycle that cannot finish?)"
+                )),
+            },
+        };
+        FetchDone { id, hops: origin_hops, result }
     }
 }
 

@@ -81,10 +81,11 @@ impl Room {
     }
 
     /// What to do once the idle time is up, if anything. Nothing while a
-    /// handler is parked (its future lives in the instance) or a request
-    /// waits.
+    /// handler is parked (its future lives in the instance), a request
+    /// waits, or a failed alarm is to be retried (the count lives here).
     pub(super) fn idle_action(&self) -> Option<IdleAction> {
-        if !self.fetches.is_empty()
+        if self.state().alarm_retry > 0
+            || !self.fetches.is_empty()
             || !self.pending_requests.is_empty()
             || !self.gate.is_empty()
             || !self.rx.is_empty()
@@ -188,7 +189,7 @@ impl Room {
 }
 
 /// The limit a failed call counts against.
-fn limit_of(kind: TrapKind) -> Limit {
+pub(in crate::rooms) fn limit_of(kind: TrapKind) -> Limit {
     match kind {
         TrapKind::CpuLimit => Limit::Cpu,
         TrapKind::WallClock => Limit::Wall,

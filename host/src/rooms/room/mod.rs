@@ -14,6 +14,9 @@
 mod effects;
 mod lifecycle;
 
+pub(super) use effects::run_fetch;
+pub(super) use lifecycle::limit_of;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -32,12 +35,16 @@ use crate::sandbox::{Guest, Request, RequestOutcome, Response};
 
 /// A fetch's outcome, for the handler parked on it.
 pub(super) struct FetchDone {
-    id: u64,
+    pub(super) id: u64,
     /// Hops of the call that started the fetch: its handler resumes at
     /// that depth.
     hops: u32,
-    result: Result<Response, String>,
+    pub(super) result: Result<Response, String>,
 }
+
+/// How often a failed `on-alarm` runs again, as Durable Objects retry
+/// alarms; the first wait is `[rooms] alarm_retry_ms`, doubled each time.
+const MAX_ALARM_RETRIES: u32 = 6;
 
 /// Most tags a connection keeps (its id included), as in Durable Objects.
 const MAX_TAGS: usize = 10;
@@ -242,6 +249,7 @@ impl Room {
             socket: c.socket,
             tags: clean_tags(&c.conn, tags),
             state: None,
+            uri: c.request.url.clone(),
             sender: c.sender.clone(),
             too_slow: c.too_slow.clone(),
         };
@@ -261,7 +269,11 @@ impl Room {
         let Some(guest) = self.live_guest().await else { return };
         guest.room_mut().departing = Some((conn.clone(), entry));
         let result = match &how {
-            Departure::Closed { code, reason } => guest.on_close(task, conn.as_str(), *code, reason).await,
+            Departure::Closed { code, reason } => {
+                // 1006: the connection dropped without a closing handshake.
+                let was_clean = *code != 1006;
+                guest.on_close(task, conn.as_str(), *code, reason, was_clean).await
+            }
             Departure::Failed(error) => guest.on_error(task, conn.as_str(), error).await,
         };
         self.state_mut().departing = None;
@@ -317,6 +329,7 @@ impl Room {
         // Cleared and committed before the call: the handler may set the
         // next one, and a handler that traps does not fire again at once.
         let hops = self.state().alarm_hops;
+        let retry = std::mem::take(&mut self.state_mut().alarm_retry);
         let _ = self.state_mut().set_alarm(None);
         if !self.finish(Ok(())).await {
             return;
@@ -325,10 +338,38 @@ impl Room {
         // At the depth of the call that set it: an alarm does not start a
         // chain of room-to-room requests afresh.
         self.state_mut().hops = hops;
-        if let Some(guest) = self.live_guest().await {
-            let result = guest.on_alarm(task).await;
-            self.finish(result).await;
+        let ran = match self.live_guest().await {
+            Some(guest) => {
+                let result = guest.on_alarm(task, retry).await;
+                self.finish(result).await
+            }
+            None => false,
+        };
+        if !ran {
+            self.retry_alarm(retry, hops).await;
         }
+    }
+
+    /// After a failed `on-alarm`: runs it again after 2, 4, 8... seconds (by default),
+    /// [`MAX_ALARM_RETRIES`] times, as Durable Objects do, unless an alarm
+    /// is set again (the failed call's own writes are already undone).
+    async fn retry_alarm(&mut self, failed: u32, hops: u32) {
+        if failed >= MAX_ALARM_RETRIES || self.state().storage.alarm().is_some() {
+            if failed >= MAX_ALARM_RETRIES {
+                tracing::warn!(room = %self.key, retries = failed, "on-alarm failed on its last retry; the alarm is dropped");
+            }
+            return;
+        }
+        let first = u64::try_from(self.rooms.config().alarm_retry.as_millis()).unwrap_or(u64::MAX);
+        let delay_ms = first.saturating_mul(1 << failed);
+        let state = self.state_mut();
+        state.hops = hops;
+        if let Err(cap) = state.set_alarm(Some(now_ms() + delay_ms)) {
+            return state.cap_reached(&cap);
+        }
+        state.alarm_retry = failed + 1;
+        tracing::info!(room = %self.key, retry = failed + 1, delay_ms, "on-alarm failed; retrying");
+        self.finish(Ok(())).await;
     }
 
     fn state(&self) -> &RoomState {
@@ -406,7 +447,7 @@ fn cut_reason(mut reason: String) -> String {
     reason
 }
 
-fn error_response(status: u16, message: &str) -> Response {
+pub(super) fn error_response(status: u16, message: &str) -> Response {
     Response {
         status,
         headers: vec![crate::sandbox::Header {

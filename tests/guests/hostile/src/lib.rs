@@ -7,8 +7,8 @@
 #![allow(unsafe_code)]
 
 use partyhost_guest::{
-    Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party, join_all, now,
-    random_bytes,
+    AlarmInfo, Close, Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party,
+    join_all, now, random_bytes,
 };
 
 use std::cell::Cell;
@@ -321,7 +321,7 @@ impl Party for Hostile {
         }
     }
 
-    async fn on_close(&self, conn: Connection) {
+    async fn on_close(&self, conn: Connection, _close: Close) {
         if self.room.storage().get::<u64>("spin-close-until").is_some_and(|until| now() < until) {
             spin();
         }
@@ -337,7 +337,7 @@ impl Party for Hostile {
         query.split('&').filter_map(|pair| pair.strip_prefix("tag=")).map(str::to_owned).collect()
     }
 
-    async fn on_alarm(&self) {
+    async fn on_alarm(&self, _info: AlarmInfo) {
         if self.room.storage().get::<bool>("alarm-loop") == Some(true) {
             let fired: u64 = self.room.storage().get("loop-fired").unwrap_or(0) + 1;
             let _ = self.room.storage().put("loop-fired", &fired);

@@ -1,0 +1,142 @@
+//! Gates: PartyKit's static `onBeforeConnect` and `onBeforeRequest`. A gate
+//! runs before a request reaches its room, in a fresh instance of the party
+//! used for nothing else: no `on-start`, no storage, alarms or connections,
+//! only the room's identity and vars and fetches to the project's rooms,
+//! under the party's limits. It passes the request on (perhaps rewritten)
+//! or answers in the room's place. Which gates a party has is asked once
+//! per loaded party; a party without them costs no instance at all.
+
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+use super::registry::Rooms;
+use super::room::{error_response, limit_of, run_fetch};
+use super::state::RoomState;
+use crate::ids::RoomKey;
+use crate::sandbox::{GateOutcome, Gates, Guest, GuestError, Request, Verdict};
+use crate::storage::RoomStorage;
+
+/// Which gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Before a WebSocket upgrade.
+    BeforeConnect,
+    /// Before an HTTP request.
+    BeforeRequest,
+}
+
+impl Gate {
+    fn flag(self) -> Gates {
+        match self {
+            Self::BeforeConnect => Gates::BEFORE_CONNECT,
+            Self::BeforeRequest => Gates::BEFORE_REQUEST,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::BeforeConnect => "on-before-connect",
+            Self::BeforeRequest => "on-before-request",
+        }
+    }
+}
+
+/// The task id of the gate's one call (its instance runs nothing else).
+const GATE_TASK: u64 = 1;
+
+impl Rooms {
+    /// Runs the party's `gate` on `request` for room `key`: the request to
+    /// pass on, or the response to give instead. A party without the gate
+    /// passes the request as it is; a gate that fails answers 500.
+    pub async fn pass_gate(self: &Arc<Self>, key: &RoomKey, gate: Gate, request: Request) -> Verdict {
+        let Some(party) = self.party(&key.party) else { return Verdict::Pass(request) };
+        if party.gates.get().is_some_and(|gates| !gates.contains(gate.flag())) {
+            return Verdict::Pass(request);
+        }
+        let limits = party.code.limits().clone();
+        let mut state = RoomState::new(
+            key.clone(),
+            party.vars.clone(),
+            limits.clone(),
+            RoomStorage::default(),
+            self.limit_hits().clone(),
+            self.totals().clone(),
+        );
+        state.stateless = true;
+        let mut guest = match party.code.instantiate(state).await {
+            Ok(guest) => guest,
+            // As when a room cannot start: a cap or a broken component.
+            Err((_, e)) => return self.gate_failed(key, gate, &e, 503),
+        };
+        let gates = match party.gates.get() {
+            Some(gates) => *gates,
+            None => match guest.gates().await {
+                Ok(gates) => *party.gates.get_or_init(|| async { gates }).await,
+                // Whether it has a gate is unknown, so nothing passes.
+                Err(e) => return self.gate_failed(key, gate, &e, 500),
+            },
+        };
+        if !gates.contains(gate.flag()) {
+            return Verdict::Pass(request);
+        }
+        let outcome = match gate {
+            Gate::BeforeConnect => guest.on_before_connect(GATE_TASK, &request).await,
+            Gate::BeforeRequest => guest.on_before_request(GATE_TASK, &request).await,
+        };
+        match self.drive(key, &mut guest, outcome, limits.fetch_timeout).await {
+            Ok(Verdict::Pass(request)) if request.body.len() > limits.body_bytes => {
+                let message = format!("{} passed on a body over {} bytes", gate.name(), limits.body_bytes);
+                tracing::warn!(room = %key, "{message}");
+                Verdict::Refuse(error_response(500, &message))
+            }
+            Ok(Verdict::Refuse(response)) => Verdict::Refuse(guest.room().bounded(response)),
+            Ok(pass) => pass,
+            Err(e) => self.gate_failed(key, gate, &e, 500),
+        }
+    }
+
+    /// Carries a gate's call to its verdict: while it is parked on fetches,
+    /// sends them and resumes it with each response, as a room would.
+    async fn drive(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        guest: &mut Guest<RoomState>,
+        mut outcome: Result<GateOutcome, GuestError>,
+        fetch_timeout: std::time::Duration,
+    ) -> Result<Verdict, GuestError> {
+        let mut fetches = JoinSet::new();
+        loop {
+            if let GateOutcome::Ready(verdict) = outcome? {
+                return Ok(verdict);
+            }
+            let state = guest.room_mut();
+            if let Some((limit, detail)) = state.call.exceeded.take() {
+                return Err(GuestError { kind: crate::sandbox::TrapKind::HostLimit(limit.as_str()), detail });
+            }
+            if let Some(at) = state.verdicts.iter().position(|(task, _)| *task == GATE_TASK) {
+                return Ok(state.verdicts.swap_remove(at).1);
+            }
+            for fetch in std::mem::take(&mut state.fetches) {
+                fetches.spawn(run_fetch(self, key, fetch, fetch_timeout));
+            }
+            let Some(Ok(done)) = fetches.join_next().await else {
+                return Err(GuestError {
+                    kind: crate::sandbox::TrapKind::Other,
+                    detail: "the gate parked with no fetch to wait for".into(),
+                });
+            };
+            outcome = guest.resume(done.id, &done.result).await.map(|()| GateOutcome::Pending);
+        }
+    }
+
+    fn gate_failed(&self, key: &RoomKey, gate: Gate, e: &GuestError, status: u16) -> Verdict {
+        self.limit_hits().count(limit_of(e.kind));
+        tracing::warn!(room = %key, gate = gate.name(), error.type = e.kind.as_str(), cause = %e.detail, "gate failed");
+        // The tenant may see the kind of failure (it is their code's).
+        let message = match status {
+            503 => format!("{} could not start ({})", gate.name(), e.kind.as_str()),
+            _ => format!("{} failed ({})", gate.name(), e.kind.as_str()),
+        };
+        Verdict::Refuse(error_response(status, &message))
+    }
+}
