@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 scripts/build-guests.sh
+# The tests also run the `partyhost` command itself (tests/all/operate.rs).
+cargo build --release -p partyhost
 cargo test --release "$@"

@@ -25,6 +25,8 @@ pub struct Target<'a> {
     /// `https://host[:port]` (or `http://host:port`) of the host.
     pub url: &'a str,
     pub project: &'a str,
+    /// The project's token, or the operator's; empty: none (the operator
+    /// on loopback needs none).
     pub token: &'a str,
     /// Extra PEM roots to trust for an `https://` host.
     pub ca_cert: Option<&'a Path>,
@@ -59,6 +61,58 @@ pub async fn deploy(target: &Target<'_>, manifest: &Path) -> anyhow::Result<serd
         target.url
     );
     send(target, "PUT", &path, body).await
+}
+
+/// One admin call about the project: `rest` is the path after
+/// `/_partyhost/projects/<project>` (`/env`, `/rooms?party=chat`, ...).
+///
+/// # Errors
+/// When the host cannot be reached or refuses (its message is returned).
+pub async fn call(
+    target: &Target<'_>,
+    method: &str,
+    rest: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    send(target, method, &format!("/_partyhost/projects/{}{rest}", target.project), body).await
+}
+
+/// Follows the project's live log (`rest`: `/tail?party=...`), calling
+/// `on_event` with each event until the host ends the stream.
+///
+/// # Errors
+/// When the host cannot be reached, refuses, or sends something else than
+/// JSON lines.
+pub async fn tail(
+    target: &Target<'_>,
+    rest: &str,
+    mut on_event: impl FnMut(serde_json::Value),
+) -> anyhow::Result<()> {
+    let (authority, mut sender) = connect(target).await?;
+    let path = format!("/_partyhost/projects/{}{rest}", target.project);
+    let request = request(target, "GET", &path, &authority, 0)
+        .body(StreamBody::new(Box::pin(futures_util::stream::empty()) as BoxedFrames))
+        .context("building the request")?;
+    let response = sender.send_request(request).await.context("sending the request")?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let text = body.collect().await.context("reading the answer")?.to_bytes();
+        bail!("the host refused ({status}): {}", String::from_utf8_lossy(&text).trim());
+    }
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.context("reading the live log")?.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event = serde_json::from_slice(&line).with_context(|| {
+                format!("the host sent something else than JSON: {}", String::from_utf8_lossy(&line))
+            })?;
+            on_event(event);
+        }
+    }
+    Ok(())
 }
 
 /// Asks the host to serve the project's previous version.
@@ -145,7 +199,10 @@ async fn send(
     let mut sent = 0;
     let frames = futures_util::stream::iter(chunks).map(move |chunk| {
         sent += chunk.len();
-        if let Some(percent) = (sent * 100).checked_div(total) {
+        // Progress only for uploads big enough to wait for.
+        if total > CHUNK
+            && let Some(percent) = (sent * 100).checked_div(total)
+        {
             eprint!("\ruploading {percent:>3}%");
             if sent == total {
                 eprint!("\ruploaded; the host is validating and compiling...\n");
@@ -154,13 +211,7 @@ async fn send(
         }
         Ok::<_, std::convert::Infallible>(Frame::data(chunk))
     });
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, &authority)
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", target.token))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::CONTENT_LENGTH, total)
+    let request = request(target, method, path, &authority, total)
         .body(StreamBody::new(Box::pin(frames) as BoxedFrames))
         .context("building the request")?;
     let response = sender.send_request(request).await.context("sending the request")?;
@@ -172,6 +223,26 @@ async fn send(
     }
     serde_json::from_str(&text)
         .with_context(|| format!("the host answered with something else than JSON: {text}"))
+}
+
+/// A request's head: the host, the token if any, the body's length.
+fn request(
+    target: &Target<'_>,
+    method: &str,
+    path: &str,
+    authority: &str,
+    length: usize,
+) -> hyper::http::request::Builder {
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_LENGTH, length);
+    if !target.token.is_empty() {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {}", target.token));
+    }
+    builder
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<StreamBody<BoxedFrames>>;

@@ -13,6 +13,7 @@
 //! - [`storage`]: the SQLite file and the per-room cache.
 //! - [`ids`]: validated names passed between modules.
 //! - [`budget`]: what all rooms of a project, and of the host, may hold.
+//! - [`metrics`]: what `/_partyhost/metrics` reports.
 //!
 //! [`run`] is the whole server; the binary and the tests both call it.
 
@@ -22,6 +23,7 @@ pub mod edge;
 pub mod http;
 pub mod ids;
 pub mod manifest;
+pub mod metrics;
 pub mod projects;
 pub mod reload;
 pub mod rooms;
@@ -72,7 +74,7 @@ pub async fn run_dev(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let host = Host::start_dev(deployment, listener, shutdown.clone()).await?;
+    let host = Host::start_dev(&manifest, deployment, listener, shutdown.clone()).await?;
     host.reloader(manifest).spawn(shutdown)?;
     host.wait().await
 }
@@ -89,6 +91,11 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `partyhost dev`: compile without optimisation, so reloads serve sooner.
     pub dev: bool,
+    /// A `.env` file laid over the local project's secrets (`partyhost dev`).
+    pub dotenv: Option<PathBuf>,
+    /// The SHA-256 of the operator's token (`--operator-token-sha256`): it
+    /// opens metrics and every project's admin calls, as loopback does.
+    pub operator_token: Option<manifest::TokenHash>,
 }
 
 /// A running host: what [`run`] drives, and what tests inspect.
@@ -120,17 +127,22 @@ impl Host {
         Self::start_with(deployment, Options::default(), listener, shutdown).await
     }
 
-    /// [`Host::start`] for `partyhost dev`: components compile without
-    /// optimisation, so a reload serves sooner (the code runs slower).
+    /// [`Host::start`] for `partyhost dev` of the manifest at `manifest`:
+    /// components compile without optimisation, so a reload serves sooner
+    /// (the code runs slower), and a `.env` beside the manifest is read as
+    /// secrets.
     ///
     /// # Errors
-    /// As [`Host::start`].
+    /// As [`Host::start`], or when the `.env` file is malformed.
     pub async fn start_dev(
+        manifest: &std::path::Path,
         deployment: Deployment,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::start_with(deployment, Options { dev: true, ..Options::default() }, listener, shutdown).await
+        let dotenv = manifest.parent().map(|dir| dir.join(".env"));
+        let options = Options { dev: true, dotenv, ..Options::default() };
+        Self::start_with(deployment, options, listener, shutdown).await
     }
 
     /// [`Host::start`] for a multi-tenant host: the projects of `tenants`
@@ -158,14 +170,60 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let Options { tenants, tls, dev: fast_compile } = options;
+        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token } = options;
+        // Serving from the start: health and readiness answer while the
+        // parties compile; everything else is a 503 until they are ready.
+        let edge_limits = deployment.edge.resolve();
+        let readiness = Arc::new(http::Readiness::default());
+        let addr = listener.local_addr().context("reading the listening address")?;
+        let app = http::starting_router(readiness.clone());
+        let server =
+            tokio::spawn(edge::serve(listener, app, edge_limits.clone(), tls.clone(), shutdown.clone()));
+        info!(%addr, tls = tls.is_some(), "listening; compiling parties");
+        let started = Self::load(deployment, tenants, fast_compile, dotenv, operator_token, &shutdown).await;
+        let (projects, sandbox, tracker, shutdown_deadline) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+        };
+        readiness.serve(http::router(projects.clone()));
+        info!(%addr, "ready");
+        let rooms = projects.local().rooms.clone();
+        Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox })
+    }
+
+    /// Everything [`Host::start_with`] does before it is ready: compile the
+    /// parties (off the serving threads), open storage, load deployed
+    /// projects.
+    async fn load(
+        deployment: Deployment,
+        tenants: Option<Tenants>,
+        fast_compile: bool,
+        dotenv: Option<PathBuf>,
+        operator_token: Option<manifest::TokenHash>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(Arc<Projects>, Arc<Sandbox>, TaskTracker, Duration)> {
         let data_dir = deployment.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile)?);
-        let mut parties = HashMap::new();
-        for (name, spec) in &deployment.parties {
-            parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec)?));
+        let metrics = Arc::new(metrics::Metrics::default());
+        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile, metrics.clone())?);
+        let compiling = (sandbox.clone(), deployment.parties.clone());
+        let parties = tokio::task::spawn_blocking(move || {
+            let (sandbox, specs) = compiling;
+            let mut parties = HashMap::new();
+            for (name, spec) in &specs {
+                parties.insert(name.clone(), Arc::new(load_party(&sandbox, name, spec)?));
+            }
+            anyhow::Ok(parties)
+        })
+        .await
+        .context("the compile task panicked")??;
+        let mut secrets = projects::Secrets::open(data_dir.join(projects::SECRETS_FILE))?;
+        if let Some(dotenv) = &dotenv {
+            secrets = secrets.with_dotenv(dotenv)?;
         }
 
         let tracker = TaskTracker::new();
@@ -182,16 +240,20 @@ impl Host {
         };
         let local = Project::open(
             &data_dir.join("storage.sqlite"),
+            secrets,
+            metrics.project(&deployment.name),
             deployment,
             parties,
             config.clone(),
             local_totals,
-            &shutdown,
+            shutdown,
             &tracker,
         )?;
         let projects = Projects::new(
             local,
             tenants,
+            operator_token,
+            metrics,
             sandbox.clone(),
             &data_dir,
             config,
@@ -200,12 +262,7 @@ impl Host {
             tracker.clone(),
         );
         projects.load_deployed().await;
-        let rooms = projects.local().rooms.clone();
-        let app = http::router(projects.clone());
-        let addr = listener.local_addr().context("reading the listening address")?;
-        info!(%addr, tls = tls.is_some(), "serving");
-        let server = tokio::spawn(edge::serve(listener, app, edge_limits, tls, shutdown.clone()));
-        Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox })
+        Ok((projects, sandbox, tracker, shutdown_deadline))
     }
 
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`

@@ -18,6 +18,10 @@ use partyhost::manifest::Deployment;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How the host logs: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, env = "PARTYHOST_LOG", default_value = "text")]
+    log_format: LogFormat,
     /// With no command, `partyhost` serves: these are `serve`'s options.
     #[command(flatten)]
     serve: ServeArgs,
@@ -35,10 +39,44 @@ enum Command {
     Deploy(RemoteArgs),
     /// Switch a deployed project back to its previous version.
     Rollback(RemoteArgs),
-    /// Print a new deploy token and the line that grants it in tenants.toml.
+    /// A project's secrets, kept on the host and read by its parties as
+    /// vars (never in the manifest or the deploy bundle).
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
+    /// The running rooms of a project: party, id, connections, live or
+    /// hibernated, storage bytes.
+    Rooms {
+        /// Only this party's rooms.
+        #[arg(long)]
+        party: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Follow a project's guest logs, failed calls and limit hits live.
+    Tail {
+        /// Only this party.
+        #[arg(long)]
+        party: Option<String>,
+        /// Only this room id.
+        #[arg(long)]
+        room: Option<String>,
+        /// Print each event as a JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print a new deploy token and the line that grants it in tenants.toml
+    /// (`partyhost token --operator`: a token for the operator's calls).
     Token {
         /// The project the token is for.
-        project: String,
+        #[arg(required_unless_present = "operator")]
+        project: Option<String>,
+        /// A token for the operator: metrics and every project's calls.
+        #[arg(long, conflicts_with = "project")]
+        operator: bool,
     },
     /// Create a party crate under guests/ and add it to the manifest.
     New {
@@ -49,6 +87,34 @@ enum Command {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum EnvAction {
+    /// Set NAME; the value is read from standard input unless given.
+    Set {
+        name: String,
+        value: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The names of the project's secrets (values never come back).
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Remove NAME.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +136,11 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "PARTYHOST_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The SHA-256 of the operator's token (`partyhost token --operator`):
+    /// with it, metrics and every project's admin calls answer beyond
+    /// loopback.
+    #[arg(long, env = "PARTYHOST_OPERATOR_TOKEN_SHA256")]
+    operator_token_sha256: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -86,17 +157,19 @@ struct RemoteArgs {
     /// self-signed or private certificate).
     #[arg(long, env = "PARTYHOST_CA_CERT")]
     ca_cert: Option<PathBuf>,
-    /// The project to deploy as. Default: the manifest's `name`.
+    /// The project. Default: the manifest's `name`.
     #[arg(long, env = "PARTYHOST_PROJECT")]
     project: Option<String>,
-    /// The project's token (`partyhost token` makes one).
+    /// The project's token (`partyhost token` makes one), or the
+    /// operator's. None is needed on the host's own machine (loopback),
+    /// except to deploy.
     #[arg(long, env = "PARTYHOST_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // One line with the whole chain of causes; no backtrace for users.
@@ -114,7 +187,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => serve_until_stopped(runtime, args, true),
         Command::Deploy(args) => runtime.block_on(remote(args, true)),
         Command::Rollback(args) => runtime.block_on(remote(args, false)),
-        Command::Token { project } => {
+        Command::Env { action } => runtime.block_on(env(action)),
+        Command::Rooms { party, remote } => runtime.block_on(rooms(party, remote)),
+        Command::Tail { party, room, json, remote } => runtime.block_on(tail(party, room, json, remote)),
+        Command::Token { project: None, .. } => {
+            let (token, hash) = partyhost::manifest::new_token()?;
+            println!("operator token (keep it; it is not stored anywhere):\n  {token}");
+            println!("serve with:\n  partyhost serve --operator-token-sha256 {hash}");
+            Ok(())
+        }
+        Command::Token { project: Some(project), .. } => {
             partyhost::ids::ProjectName::try_from(project.as_str())
                 .map_err(|reason| anyhow::anyhow!("project name {project:?} {reason}"))?;
             let (token, hash) = partyhost::manifest::new_token()?;
@@ -156,9 +238,17 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let operator_token = match &args.operator_token_sha256 {
+        Some(hex) => Some(partyhost::manifest::TokenHash::parse(hex).context(
+            "--operator-token-sha256 is not 64 hex digits (`partyhost token --operator` prints one)",
+        )?),
+        None => None,
+    };
+    // `partyhost dev` reads secrets from a `.env` beside the manifest.
+    let dotenv = dev.then(|| manifest.parent().unwrap_or(Path::new(".")).join(".env"));
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let options = partyhost::Options { tenants, tls, dev };
+    let options = partyhost::Options { tenants, tls, dev, dotenv, operator_token };
     let host = partyhost::Host::start_with(deployment, options, listener, shutdown.clone()).await?;
     if dev {
         host.reloader(manifest).spawn(shutdown)?;
@@ -174,19 +264,148 @@ fn serve_until_stopped(runtime: tokio::runtime::Runtime, args: ServeArgs, dev: b
     served
 }
 
+/// The project `args` name (else the manifest's), and its manifest.
+fn project_of(args: &RemoteArgs) -> anyhow::Result<(String, PathBuf)> {
+    let manifest = args.manifest.clone().unwrap_or_else(default_manifest);
+    match &args.project {
+        Some(project) => Ok((project.clone(), manifest)),
+        None => Ok((Deployment::load(&manifest)?.name, manifest)),
+    }
+}
+
+fn target<'a>(args: &'a RemoteArgs, project: &'a str) -> partyhost::client::Target<'a> {
+    partyhost::client::Target {
+        url: &args.url,
+        project,
+        token: args.token.as_deref().unwrap_or_default(),
+        ca_cert: args.ca_cert.as_deref(),
+    }
+}
+
+/// `partyhost env set|list|remove`.
+async fn env(action: EnvAction) -> anyhow::Result<()> {
+    let (EnvAction::Set { remote: args, .. }
+    | EnvAction::List { remote: args }
+    | EnvAction::Remove { remote: args, .. }) = &action;
+    let (project, _) = project_of(args)?;
+    let target = target(args, &project);
+    match &action {
+        EnvAction::Set { name, value, .. } => {
+            let value = match value.clone() {
+                Some(value) => value,
+                None => {
+                    eprint!("value of {name} (one line; not echoed anywhere else): ");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("reading the value from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let path = format!(
+                "/env/{}",
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+            );
+            partyhost::client::call(&target, "PUT", &path, value.into_bytes()).await?;
+            println!("set {name} for project `{project}`; its rooms read it from their next event");
+        }
+        EnvAction::List { .. } => {
+            let answer = partyhost::client::call(&target, "GET", "/env", Vec::new()).await?;
+            for name in answer["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str()) {
+                println!("{name}");
+            }
+        }
+        EnvAction::Remove { name, .. } => {
+            let path = format!(
+                "/env/{}",
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+            );
+            let answer = partyhost::client::call(&target, "DELETE", &path, Vec::new()).await?;
+            if answer["removed"].as_bool() == Some(true) {
+                println!("removed {name} from project `{project}`");
+            } else {
+                println!("project `{project}` has no secret named {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `partyhost rooms`: one line per running room.
+async fn rooms(party: Option<String>, args: RemoteArgs) -> anyhow::Result<()> {
+    let (project, _) = project_of(&args)?;
+    let query = party
+        .map(|p| {
+            format!(
+                "?party={}",
+                percent_encoding::utf8_percent_encode(&p, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .unwrap_or_default();
+    let answer =
+        partyhost::client::call(&target(&args, &project), "GET", &format!("/rooms{query}"), Vec::new())
+            .await?;
+    let rooms = answer["rooms"].as_array().cloned().unwrap_or_default();
+    println!("{:<16} {:<32} {:>11} {:<10} {:>13}", "PARTY", "ROOM", "CONNECTIONS", "STATE", "STORAGE BYTES");
+    for room in &rooms {
+        println!(
+            "{:<16} {:<32} {:>11} {:<10} {:>13}",
+            room["party"].as_str().unwrap_or_default(),
+            room["id"].as_str().unwrap_or_default(),
+            room["connections"],
+            room["state"].as_str().unwrap_or_default(),
+            room["storage_bytes"],
+        );
+    }
+    eprintln!("{} running rooms", rooms.len());
+    Ok(())
+}
+
+/// `partyhost tail`: the live log until interrupted or the host stops.
+async fn tail(
+    party: Option<String>,
+    room: Option<String>,
+    json: bool,
+    args: RemoteArgs,
+) -> anyhow::Result<()> {
+    let (project, _) = project_of(&args)?;
+    let query: Vec<String> = [("party", party), ("room", room)]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some(format!(
+                "{name}={}",
+                percent_encoding::utf8_percent_encode(&value?, percent_encoding::NON_ALPHANUMERIC)
+            ))
+        })
+        .collect();
+    let rest = if query.is_empty() { "/tail".to_owned() } else { format!("/tail?{}", query.join("&")) };
+    partyhost::client::tail(&target(&args, &project), &rest, |event| {
+        if json {
+            println!("{event}");
+        } else if event["kind"] == "open" {
+            eprintln!("following project `{project}` (Ctrl-C to stop)");
+        } else if event["kind"] == "missed" {
+            eprintln!("... {} events missed (the tail fell behind)", event["events"]);
+        } else {
+            println!(
+                "{} {}/{} {} {}: {}",
+                event["time_ms"],
+                event["party"].as_str().unwrap_or_default(),
+                event["room"].as_str().unwrap_or_default(),
+                event["kind"].as_str().unwrap_or_default(),
+                event["level"].as_str().unwrap_or_default(),
+                event["message"].as_str().unwrap_or_default(),
+            );
+        }
+    })
+    .await?;
+    eprintln!("the host ended the live log");
+    Ok(())
+}
+
 /// `partyhost deploy` (`upload`) or `partyhost rollback`.
 async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
-    let manifest = args.manifest.unwrap_or_else(default_manifest);
-    let project = match args.project {
-        Some(project) => project,
-        None => Deployment::load(&manifest)?.name,
-    };
-    let target = partyhost::client::Target {
-        url: &args.url,
-        project: &project,
-        token: &args.token,
-        ca_cert: args.ca_cert.as_deref(),
-    };
+    let (project, manifest) = project_of(&args)?;
+    anyhow::ensure!(args.token.is_some(), "deploying needs the project's --token (or PARTYHOST_TOKEN)");
+    let target = target(&args, &project);
     let answer = if upload {
         partyhost::client::deploy(&target, &manifest).await?
     } else {
@@ -230,14 +449,13 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), and
-/// `PARTYHOST_LOG=json` switches to JSON lines.
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` filters (default `info`); `--log-format
+/// json` (or `PARTYHOST_LOG=json`) writes one JSON object per line.
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("PARTYHOST_LOG").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -17,6 +17,7 @@ mod isolation;
 mod limits;
 mod link_counter;
 mod manifest;
+mod operate;
 mod output_gate;
 mod parity;
 mod partysocket;

@@ -180,7 +180,10 @@ impl Edge {
         } else {
             self.limits.request_timeout
         };
-        let routed = self.app.clone().oneshot(request.map(Body::new));
+        let mut request = request.map(Body::new);
+        // Who is asking, for the operator's routes (loopback is trusted).
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        let routed = self.app.clone().oneshot(request);
         let stopping = async {
             shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

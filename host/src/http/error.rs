@@ -15,6 +15,8 @@ pub enum ApiError {
     TooLarge(String),
     /// 401: no token, or not this project's.
     Unauthorized(String),
+    /// 409: another change of the same thing is under way.
+    Conflict(String),
     /// 503 with a message: a total's cap refused the room (the tenant's to
     /// know, nothing of the host's internals).
     Refused(String),
@@ -44,6 +46,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(text) => (StatusCode::BAD_REQUEST, text),
             Self::TooLarge(text) => (StatusCode::PAYLOAD_TOO_LARGE, text),
             Self::Unauthorized(text) => (StatusCode::UNAUTHORIZED, text),
+            Self::Conflict(text) => (StatusCode::CONFLICT, text),
             Self::Refused(text) => (StatusCode::SERVICE_UNAVAILABLE, text),
             Self::Internal { status, cause } => {
                 let id = uuid::Uuid::new_v4();

@@ -7,22 +7,26 @@
 //!   legacy `/party/<room>[/...]` (the `main` party).
 //! - `socket.rs`: one task per WebSocket, between the client and its room.
 //! - `assets.rs`: the manifest's `serve` folder at `/` (the fallback route).
-//! - `admin.rs`: deploy, rollback and status of projects, by token.
+//! - `admin.rs`: per project, by token: deploy, rollback, status, secrets,
+//!   rooms, live logs.
+//! - `ops.rs`: health, readiness and metrics, for the operator.
 //! - `error.rs`: [`ApiError`], the one error type of every route.
 
 mod admin;
 mod assets;
 mod error;
+mod ops;
 mod routes;
 mod socket;
 
 pub use error::ApiError;
+pub use ops::{Readiness, starting_router};
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -42,8 +46,13 @@ pub struct AppState {
 /// The host's router.
 pub fn router(projects: Arc<Projects>) -> Router {
     Router::new()
+        .route("/_partyhost/metrics", get(ops::metrics))
         .route("/_partyhost/projects/{project}", get(admin::status).put(admin::deploy))
         .route("/_partyhost/projects/{project}/rollback", post(admin::rollback))
+        .route("/_partyhost/projects/{project}/env", get(admin::env_list))
+        .route("/_partyhost/projects/{project}/env/{name}", put(admin::env_set).delete(admin::env_remove))
+        .route("/_partyhost/projects/{project}/rooms", get(admin::rooms))
+        .route("/_partyhost/projects/{project}/tail", get(admin::tail))
         .fallback(to_project)
         .with_state(projects)
 }

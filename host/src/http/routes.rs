@@ -112,7 +112,7 @@ async fn serve(
 
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, limits.message_bytes).await.map_err(|_| {
-        app.rooms.limit_hits().count(Limit::MessageSize);
+        app.rooms.limit_hit(&key, Limit::MessageSize, || "an HTTP request body over the limit".into());
         ApiError::TooLarge(format!("request body is over {} bytes", limits.message_bytes))
     })?;
     let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());

@@ -56,11 +56,13 @@ pub(super) async fn join(
     // messages go straight to the handle that took the connect.
     let room = rooms.send(key, RoomMsg::Connect(Box::new(connect))).await?;
     let rate = RateLimit::new(limits.messages_per_second);
+    rooms.metrics().connections.inc();
     Ok(Joined { rooms: rooms.clone(), room, conn, socket, outgoing, too_slow, rate, ending: None })
 }
 
 impl Drop for Joined {
     fn drop(&mut self) {
+        self.rooms.metrics().connections.dec();
         let how = self.ending.take().unwrap_or_else(|| {
             Departure::Failed(
                 "the socket task ended without a close (a failed upgrade, or the task stopped)".into(),
@@ -131,7 +133,7 @@ pub(super) async fn run(
         loop {
             tokio::select! {
                 frame = outgoing.recv() => match frame {
-                    Some(frame) => match guarded!(write_batch(&mut sink, frame, outgoing)) {
+                    Some(frame) => match guarded!(write_batch(&mut sink, frame, outgoing, &rooms.metrics().messages_out)) {
                         Ok(None) => {}
                         Ok(Some(ending)) => break ending,
                         Err(why) => break Box::pin(interrupted(&mut sink, why)).await,
@@ -151,8 +153,8 @@ pub(super) async fn run(
                         Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Ping(_) | WsMessage::Pong(_)))
                     );
                     if counted && !rate.admit() {
-                        rooms.limit_hits().count(Limit::MessageRate);
                         let reason = format!("too many messages: at most {} per second", rate.per_second);
+                        rooms.limit_hit(room.key(), Limit::MessageRate, || format!("{conn}: {reason}"));
                         send_close(&mut sink, CLOSE_POLICY, &reason).await;
                         break Departure::Failed(reason);
                     }
@@ -164,6 +166,7 @@ pub(super) async fn run(
                             };
                             // Waits while the room's mailbox is full of bytes:
                             // meanwhile this client is not read (TCP pushes back).
+                            rooms.metrics().messages_in.inc();
                             let weight = Box::pin(room.weigh(msg.len())).await;
                             let msg = RoomMsg::Message { conn: conn.clone(), socket: *socket, msg, weight };
                             if rooms.send_via(room, msg).await.is_err() {
@@ -180,7 +183,7 @@ pub(super) async fn run(
                         Some(Err(e)) => match classify(e) {
                             SocketError::Gone => break Departure::Closed { code: 1006, reason: String::new() },
                             SocketError::TooBig(error) => {
-                                rooms.limit_hits().count(Limit::MessageSize);
+                                rooms.limit_hit(room.key(), Limit::MessageSize, || format!("{conn}: {error}"));
                                 send_close(&mut sink, CLOSE_TOO_BIG, "message too big").await;
                                 break Departure::Failed(error);
                             }
@@ -296,9 +299,10 @@ async fn write_batch(
     sink: &mut WsSink,
     first: Outgoing,
     queued: &mut QueueReceiver,
+    frames_out: &prometheus_client::metrics::counter::Counter,
 ) -> Result<Option<Departure>, axum::Error> {
     let mut next = Some(first);
-    let mut written = 0;
+    let mut written: usize = 0;
     while let Some(frame) = next.take() {
         if let Outgoing::Close { code, reason } = frame {
             sink.send(close_frame(code, &reason)).await?;
@@ -311,6 +315,7 @@ async fn write_batch(
         }
     }
     sink.flush().await?;
+    frames_out.inc_by(written as u64);
     Ok(None)
 }
 

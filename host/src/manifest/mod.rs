@@ -14,7 +14,7 @@ mod tenants;
 pub use edge::{EdgeLimits, EdgeSpec};
 pub use error::ManifestError;
 pub use serve::{ServeManifest, ServeSpec, is_served_name};
-pub use tenants::{Tenants, new_token};
+pub use tenants::{Tenants, TokenHash, new_token};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -64,7 +64,7 @@ pub struct Tenants {
     pub caps: LimitsSpec,
     /// What all rooms of each deployed project may hold at once.
     pub totals: TotalsSpec,
-    projects: BTreeMap<ProjectName, [u8; 32]>,
+    projects: BTreeMap<ProjectName, TokenHash>,
 }
 
 impl Tenants {
@@ -89,7 +89,8 @@ impl Tenants {
         for (name, entry) in file.projects {
             let project = ProjectName::try_from(name.as_str())
                 .map_err(|reason| ManifestError::ProjectName { name: name.clone(), reason })?;
-            let hash = decode_hex(&entry.token_sha256).ok_or(ManifestError::TokenHash { project: name })?;
+            let hash =
+                TokenHash::parse(&entry.token_sha256).ok_or(ManifestError::TokenHash { project: name })?;
             projects.insert(project, hash);
         }
         let mib =
@@ -113,11 +114,7 @@ impl Tenants {
 
     /// Whether `token` is `project`'s. Compares digests in constant time.
     pub fn token_is_valid(&self, project: &str, token: &str) -> bool {
-        let Some(expected) = self.projects.get(project) else {
-            return false;
-        };
-        let actual: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        expected.iter().zip(actual).fold(0, |diff, (a, b)| diff | (a ^ b)) == 0
+        self.projects.get(project).is_some_and(|expected| expected.matches(token))
     }
 
     /// Holds every party of `deployment` to the caps: a limit set above
@@ -147,6 +144,23 @@ impl Tenants {
             }
         }
         Ok(())
+    }
+}
+
+/// A token's SHA-256: only digests are configured, never tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// From 64 hex digits, or `None`.
+    pub fn parse(hex: &str) -> Option<Self> {
+        decode_hex(hex).map(Self)
+    }
+
+    /// Whether `token` hashes to this. Compares in constant time.
+    pub fn matches(&self, token: &str) -> bool {
+        let actual: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.0.iter().zip(actual).fold(0, |diff, (a, b)| diff | (a ^ b)) == 0
     }
 }
 

@@ -297,9 +297,13 @@ impl Projects {
         let opened = match existing {
             Some(_) => None,
             None => {
-                let storage = self.root.join(project.as_str()).join("storage.sqlite");
+                let dir = self.root.join(project.as_str());
+                let secrets =
+                    super::Secrets::open(dir.join(super::SECRETS_FILE)).map_err(DeployError::Internal)?;
                 let opened = Project::open(
-                    &storage,
+                    &dir.join("storage.sqlite"),
+                    secrets,
+                    self.metrics.project(project.as_str()),
                     deployment.clone(),
                     parties.clone(),
                     self.config.clone(),
@@ -423,22 +427,10 @@ fn too_large(path: &str, len: usize, max: usize) -> DeployError {
     DeployError::TooLarge(format!("file {path:?} is {len} bytes; this host accepts files up to {max} bytes"))
 }
 
-/// Replaces the project's `current` file atomically: a temporary file,
-/// synced, renamed over it, and the folder synced, so a crash or a failed
-/// write leaves the old version or the new one, never neither.
+/// Replaces the project's `current` file atomically (see [`replace_file`]).
 fn write_current(project_dir: &Path, version: u64) -> anyhow::Result<()> {
-    use std::io::Write as _;
     let (tmp, current) = (project_dir.join(CURRENT_TMP), project_dir.join("current"));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(version.to_string().as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &current).with_context(|| format!("renaming to {}", current.display()))?;
-    // The switch has happened: failing now would remove the version that
-    // `current` names. A folder that cannot be synced is only logged.
-    if let Err(e) = std::fs::File::open(project_dir).and_then(|dir| dir.sync_all()) {
-        tracing::warn!(dir = %project_dir.display(), cause = %e, "could not sync the project folder");
-    }
-    Ok(())
+    super::replace_file(&current, &tmp, version.to_string().as_bytes(), 0o644)
 }
 
 /// What a project holds on disk, in bytes.

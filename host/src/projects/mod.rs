@@ -9,10 +9,13 @@
 //!
 //! - `deploy.rs`: uploads, versions on disk, validation, the atomic switch
 //!   and rollback.
+//! - `secrets.rs`: each project's secrets, read by its guests as vars.
 
 mod deploy;
+mod secrets;
 
 pub use deploy::{Bundle, DeployError, Deployed, Deploying};
+pub use secrets::{MAX_VALUE_BYTES as MAX_SECRET_BYTES, SecretError, Secrets, parse_dotenv};
 
 use axum::Router;
 use std::collections::HashMap;
@@ -23,10 +26,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget::{Resource, Scope, Totals};
 use crate::ids::ProjectName;
-use crate::manifest::{Deployment, Tenants, TotalsSpec};
+use crate::manifest::{Deployment, Tenants, TokenHash, TotalsSpec};
+use crate::metrics::{Metrics, ProjectMetrics};
 use crate::rooms::{LoadedParty, Rooms, RoomsConfig};
 use crate::sandbox::Sandbox;
 use crate::storage::Storage;
+
+/// A project's secrets file, in its folder (the data dir for the local one).
+pub const SECRETS_FILE: &str = "secrets.json";
 
 /// The path prefix that reaches a deployed project without its host name.
 pub const PATH_PREFIX: &str = "/p/";
@@ -36,15 +43,21 @@ pub struct Project {
     pub rooms: Arc<Rooms>,
     /// The party routes and static files, bound to `rooms`.
     pub app: Router,
+    /// Laid over the parties' vars (see [`Project::set_secret`]).
+    pub secrets: Secrets,
 }
 
 impl Project {
-    /// Opens the project's storage file and starts serving `deployment`.
+    /// Opens the project's storage file and starts serving `deployment`,
+    /// with `secrets` over its vars.
     ///
     /// # Errors
     /// When the storage file cannot be opened.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         storage_file: &Path,
+        secrets: Secrets,
+        metrics: ProjectMetrics,
         deployment: Deployment,
         parties: HashMap<crate::ids::PartyName, Arc<LoadedParty>>,
         config: RoomsConfig,
@@ -52,18 +65,41 @@ impl Project {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let (storage, alarms, stored_bytes) = Storage::open(storage_file)?;
+        let (storage, alarms, stored_bytes) = Storage::open(storage_file, metrics.commit.clone())?;
         // What is on disk counts, whatever the caps say now.
         totals.charge(Resource::Storage, stored_bytes);
         totals.charge(Resource::Alarms, alarms.len() as u64);
-        let rooms =
-            Rooms::new(deployment, parties, storage, config, shutdown.clone(), tracker.clone(), totals);
+        let rooms = Rooms::new(
+            deployment,
+            parties,
+            storage,
+            config,
+            shutdown.clone(),
+            tracker.clone(),
+            totals,
+            metrics,
+        );
         if !alarms.is_empty() {
             tracing::info!(alarms = alarms.len(), file = %storage_file.display(), "scheduling stored alarms");
         }
         rooms.schedule_alarms(alarms);
+        rooms.set_secrets(secrets.values());
         let app = crate::http::project_router(rooms.clone(), shutdown.clone());
-        Ok(Self { rooms, app })
+        Ok(Self { rooms, app, secrets })
+    }
+
+    /// Sets (or with `None` removes) a secret; rooms read the new value
+    /// from their next event. Returns whether it existed (for removal).
+    ///
+    /// # Errors
+    /// As [`Secrets::set`].
+    pub fn set_secret(&self, name: &str, value: Option<&str>) -> Result<bool, SecretError> {
+        let existed = match value {
+            Some(value) => self.secrets.set(name, value).map(|()| true)?,
+            None => self.secrets.remove(name)?,
+        };
+        self.rooms.set_secrets(self.secrets.values());
+        Ok(existed)
     }
 }
 
@@ -84,6 +120,10 @@ pub struct Projects {
     deployed: RwLock<HashMap<ProjectName, Arc<Project>>>,
     /// `None`: multi-tenant hosting is off.
     tenants: Option<Tenants>,
+    /// The operator's token, which may act on every project.
+    operator_token: Option<TokenHash>,
+    /// The host's metrics; each project resolves its handles here.
+    metrics: Arc<Metrics>,
     sandbox: Arc<Sandbox>,
     /// `<data_dir>/projects`: versions and storage of deployed projects.
     root: PathBuf,
@@ -100,6 +140,8 @@ impl Projects {
     pub(crate) fn new(
         local: Project,
         tenants: Option<Tenants>,
+        operator_token: Option<TokenHash>,
+        metrics: Arc<Metrics>,
         sandbox: Arc<Sandbox>,
         data_dir: &Path,
         config: RoomsConfig,
@@ -112,6 +154,8 @@ impl Projects {
             local: Arc::new(local),
             deployed: RwLock::default(),
             tenants,
+            operator_token,
+            metrics,
             sandbox,
             root: data_dir.join("projects"),
             config,
@@ -134,6 +178,64 @@ impl Projects {
         &self.local
     }
 
+    /// Cancelled when the host shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// The secret names of a deployed project, serving or not.
+    ///
+    /// # Errors
+    /// When its secrets file cannot be read.
+    pub fn secret_names(&self, project: &ProjectName) -> anyhow::Result<Vec<String>> {
+        match self.deployed(project.as_str()) {
+            Some(serving) => Ok(serving.secrets.names()),
+            None => Ok(Secrets::open(self.secrets_file(project))?.names()),
+        }
+    }
+
+    /// Sets (or with `None` removes) a deployed project's secret. One not
+    /// serving yet keeps it for its first deploy. Returns whether it
+    /// existed (for removal).
+    ///
+    /// # Errors
+    /// As [`Secrets::set`]; `Busy` while the project is being deployed.
+    pub fn set_secret(
+        &self,
+        project: &ProjectName,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<bool, SecretError> {
+        if let Some(serving) = self.deployed(project.as_str()) {
+            return serving.set_secret(name, value);
+        }
+        // The deploy lock: a first deploy opening the project now would read
+        // the file before this change.
+        let _deploying = self.begin(project).map_err(|e| SecretError::Busy(e.to_string()))?;
+        if let Some(serving) = self.deployed(project.as_str()) {
+            return serving.set_secret(name, value);
+        }
+        let secrets = Secrets::open(self.secrets_file(project)).map_err(SecretError::Internal)?;
+        match value {
+            Some(value) => secrets.set(name, value).map(|()| true),
+            None => secrets.remove(name),
+        }
+    }
+
+    fn secrets_file(&self, project: &ProjectName) -> PathBuf {
+        self.root.join(project.as_str()).join(SECRETS_FILE)
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The operator's token digest, if one was given.
+    pub fn operator_token(&self) -> Option<&TokenHash> {
+        self.operator_token.as_ref()
+    }
+
     /// `tenants.toml`, when multi-tenant hosting is on.
     pub fn tenants(&self) -> Option<&Tenants> {
         self.tenants.as_ref()
@@ -142,6 +244,14 @@ impl Projects {
     /// A deployed project that is serving.
     pub fn deployed(&self, name: &str) -> Option<Arc<Project>> {
         self.deployed.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Every serving project by name, the local one first.
+    pub fn serving(&self) -> Vec<(String, Arc<Project>)> {
+        let mut all = vec![(self.local.rooms.deployment().name, self.local.clone())];
+        let deployed = self.deployed.read().unwrap_or_else(|p| p.into_inner());
+        all.extend(deployed.iter().map(|(name, project)| (name.to_string(), project.clone())));
+        all
     }
 
     /// The version a deployed project serves, if any.
@@ -194,4 +304,34 @@ impl Projects {
             }
         }
     }
+}
+
+/// Replaces `target` atomically: `tmp` is written with `bytes` (and
+/// `mode`), synced, renamed over it, and the folder synced, so a crash or a
+/// failed write leaves the old content or the new, never neither.
+///
+/// # Errors
+/// When the temporary file cannot be written or renamed.
+pub(crate) fn replace_file(target: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    // A stale temporary file would keep its own permissions.
+    let _ = std::fs::remove_file(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(tmp, target).with_context(|| format!("renaming to {}", target.display()))?;
+    // The switch has happened: failing now would undo nothing. A folder
+    // that cannot be synced is only logged.
+    let dir = target.parent().unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(dir = %dir.display(), cause = %e, "could not sync the folder");
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::registry::Rooms;
-use super::room::{error_response, limit_of, run_fetch};
+use super::room::{error_response, run_fetch};
 use super::state::RoomState;
 use crate::ids::RoomKey;
 use crate::sandbox::{GateOutcome, Gates, Guest, GuestError, Request, Verdict};
@@ -56,13 +56,15 @@ impl Rooms {
         let limits = party.code.limits().clone();
         let mut state = RoomState::new(
             key.clone(),
-            party.vars.clone(),
+            self.vars_of(&party),
             limits.clone(),
             RoomStorage::default(),
             self.limit_hits().clone(),
+            self.tail().clone(),
             self.totals().clone(),
         );
         state.stateless = true;
+        state.calls = Some(self.metrics().calls(key.party.as_str()));
         let mut guest = match party.code.instantiate(state).await {
             Ok(guest) => guest,
             // As when a room cannot start: a cap or a broken component.
@@ -130,7 +132,7 @@ impl Rooms {
     }
 
     fn gate_failed(&self, key: &RoomKey, gate: Gate, e: &GuestError, status: u16) -> Verdict {
-        self.limit_hits().count(limit_of(e.kind));
+        self.guest_failed(key, gate.name(), e);
         tracing::warn!(room = %key, gate = gate.name(), error.type = e.kind.as_str(), cause = %e.detail, "gate failed");
         // The tenant may see the kind of failure (it is their code's).
         let message = match status {

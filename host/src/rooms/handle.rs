@@ -79,9 +79,24 @@ pub struct RoomHandle {
     /// mailbox (`[rooms] mailbox_kib`).
     pub(super) bytes: Arc<Semaphore>,
     pub(super) bytes_capacity: usize,
+    /// What the room last reported of itself, for listings.
+    pub(super) gauges: Arc<RoomGauges>,
+}
+
+/// A running room's figures, written by the room after each event and read
+/// by listings without asking the room.
+#[derive(Debug, Default)]
+pub struct RoomGauges {
+    pub(super) connections: std::sync::atomic::AtomicUsize,
+    pub(super) storage_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl RoomHandle {
+    /// The room this handle reaches.
+    pub fn key(&self) -> &RoomKey {
+        &self.key
+    }
+
     /// Waits until `len` more bytes fit in the mailbox (a message larger
     /// than the whole mailbox waits for it to be empty), and reserves them
     /// until the room has handled the message carrying the [`Weight`].

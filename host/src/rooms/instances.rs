@@ -34,6 +34,10 @@ pub(super) struct LiveInstances {
 }
 
 impl LiveInstances {
+    pub(super) fn contains(&self, key: &RoomKey) -> bool {
+        self.rooms.contains_key(key)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.rooms.len()
     }

@@ -8,6 +8,7 @@
 //! - `room.rs`: the actor loop: event -> guest call -> commit -> release.
 //! - `instances.rs`: the live-instance cap's bookkeeping.
 //! - `state.rs`: [`RoomState`], what outlives a guest instance.
+//! - `tail.rs`: [`Tail`], a project's live log for `partyhost tail`.
 //! - `limit_hits.rs`: [`LimitHits`], how often each limit stopped something.
 //! - `gate.rs`: `on-before-connect` / `on-before-request`, run before a room.
 //! - `api/`: the WIT imports, implemented on [`RoomState`].
@@ -24,13 +25,15 @@ mod queue;
 mod registry;
 mod room;
 mod state;
+mod tail;
 
 pub use gate::Gate;
 pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 pub use limit_hits::{Limit, LimitHits};
 pub use queue::{QueueReceiver, QueueSender, queue};
-pub use registry::{LoadedParty, RoomStats, Rooms, RoomsConfig};
+pub use registry::{LoadedParty, RoomInfo, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
+pub use tail::{Tail, TailEvent};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

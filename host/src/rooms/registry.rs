@@ -18,6 +18,7 @@ use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 use super::instances::LiveInstances;
 use super::room::Room;
 use super::state::RoomState;
+use super::tail::Tail;
 use crate::budget::{Resource, Totals};
 use crate::ids::{PartyName, RoomId, RoomKey};
 use crate::manifest::{Deployment, ServeSpec};
@@ -29,10 +30,13 @@ use crate::storage::{CommitHooks, Storage, StoredAlarm};
 const WAKE_RETRY_MS: u64 = 1000;
 
 /// A party as the registry runs it. Replaced whole when its code or
-/// settings change; rooms notice at their next event.
+/// settings change (or the project's secrets do); rooms notice at their
+/// next event.
+#[derive(Clone)]
 pub struct LoadedParty {
     pub code: Arc<PartyCode<RoomState>>,
-    /// Shared by every room of the party.
+    /// The manifest's vars, shared by every room of the party (the
+    /// project's secrets are laid over them: [`Rooms::vars_of`]).
     pub vars: Arc<[(String, String)]>,
     /// Evict idle instances even while sockets are open.
     pub hibernate: bool,
@@ -110,6 +114,25 @@ pub struct Rooms {
     wakes: Mutex<HashMap<RoomKey, Wake>>,
     /// Bytes in every socket's outgoing queue together.
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The project's live log (`partyhost tail`).
+    tail: Arc<Tail>,
+    /// The project's metric handles.
+    metrics: crate::metrics::ProjectMetrics,
+    /// The project's secrets, read by guests as vars over the manifest's.
+    secrets: RwLock<Arc<[(String, String)]>>,
+}
+
+/// A running room, as [`Rooms::list`] reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub party: String,
+    pub id: String,
+    pub connections: usize,
+    /// `live` (an instance runs) or `hibernated` (sockets kept by the host,
+    /// no instance).
+    pub state: &'static str,
+    /// Bytes of keys and values in the room's storage.
+    pub storage_bytes: usize,
 }
 
 impl Rooms {
@@ -121,8 +144,10 @@ impl Rooms {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         totals: Totals,
+        metrics: crate::metrics::ProjectMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             totals,
             wakes: Mutex::default(),
             deployment: RwLock::new(deployment),
@@ -137,7 +162,79 @@ impl Rooms {
             tracker,
             hits: Arc::default(),
             queued_bytes: Arc::default(),
+            secrets: RwLock::new(Arc::from([])),
+            tail: Arc::default(),
         })
+    }
+
+    /// The project's metric handles.
+    pub fn metrics(&self) -> &crate::metrics::ProjectMetrics {
+        &self.metrics
+    }
+
+    /// The project's live log.
+    pub fn tail(&self) -> &Arc<Tail> {
+        &self.tail
+    }
+
+    /// Counts a limit hit in `room`, and tells the live tail.
+    pub fn limit_hit(&self, room: &RoomKey, limit: super::Limit, detail: impl FnOnce() -> String) {
+        self.hits.count(limit);
+        self.tail.emit(room, "limit", || (limit.as_str().to_owned(), detail()));
+    }
+
+    /// Counts a failed guest call (`what`: start, call or a gate) against
+    /// its limit, and tells the live tail.
+    pub(super) fn guest_failed(&self, room: &RoomKey, what: &str, e: &crate::sandbox::GuestError) {
+        self.hits.count(super::room::limit_of(e.kind));
+        self.tail.emit(room, "trap", || (e.kind.as_str().to_owned(), format!("{what} failed: {}", e.detail)));
+    }
+
+    /// Lays `secrets` over every party's vars from now on. Running rooms
+    /// start a fresh instance with them at their next event.
+    pub fn set_secrets(&self, secrets: Vec<(String, String)>) {
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = secrets.into();
+        let mut parties = self.parties.write().unwrap_or_else(|p| p.into_inner());
+        for party in parties.values_mut() {
+            // A new `Arc` is how rooms learn that something changed.
+            *party = Arc::new(LoadedParty::clone(party));
+        }
+    }
+
+    /// What a room of `party` reads as vars: the manifest's, then the
+    /// project's secrets over them.
+    pub fn vars_of(&self, party: &LoadedParty) -> Arc<[(String, String)]> {
+        let secrets = read(&self.secrets).clone();
+        if secrets.is_empty() {
+            return party.vars.clone();
+        }
+        let mut vars: Vec<(String, String)> =
+            party.vars.iter().filter(|(name, _)| !secrets.iter().any(|(s, _)| s == name)).cloned().collect();
+        vars.extend(secrets.iter().cloned());
+        vars.into()
+    }
+
+    /// The running rooms (of `party`, if given), by party and id.
+    pub fn list(&self, party: Option<&PartyName>) -> Vec<RoomInfo> {
+        let handles: Vec<RoomHandle> = lock(&self.live)
+            .values()
+            .filter(|h| !h.tx.is_closed() && party.is_none_or(|p| &h.key.party == p))
+            .cloned()
+            .collect();
+        let instances = lock(&self.instances);
+        let mut rooms: Vec<RoomInfo> = handles
+            .into_iter()
+            .map(|h| RoomInfo {
+                party: h.key.party.to_string(),
+                id: h.key.room.to_string(),
+                connections: h.gauges.connections.load(Ordering::Relaxed),
+                state: if instances.contains(&h.key) { "live" } else { "hibernated" },
+                storage_bytes: h.gauges.storage_bytes.load(Ordering::Relaxed),
+            })
+            .collect();
+        drop(instances);
+        rooms.sort_by(|a, b| (&a.party, &a.id).cmp(&(&b.party, &b.id)));
+        rooms
     }
 
     /// The counter every socket queue of these rooms adds its bytes to.
@@ -235,7 +332,7 @@ impl Rooms {
             Ok(lease)
         });
         let running = running.map_err(|cap| {
-            self.hits.count(super::Limit::Totals);
+            self.limit_hit(key, super::Limit::Totals, || cap.to_string());
             anyhow::Error::new(cap).context(format!("room {key} cannot start"))
         })?;
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
@@ -243,7 +340,9 @@ impl Rooms {
         // The semaphore's permits are u32-counted per acquire; its total may be larger.
         let bytes_capacity = self.config.mailbox_bytes.min(u32::MAX as usize);
         let bytes = Arc::new(tokio::sync::Semaphore::new(bytes_capacity));
-        let handle = RoomHandle { key: key.clone(), tx, generation, bytes, bytes_capacity };
+        let gauges = Arc::<super::handle::RoomGauges>::default();
+        let handle =
+            RoomHandle { key: key.clone(), tx, generation, bytes, bytes_capacity, gauges: gauges.clone() };
         live.insert(key.clone(), handle.clone());
         drop(live);
 
@@ -262,8 +361,10 @@ impl Rooms {
                 };
                 let limits = party.code.limits().clone();
                 let (hits, totals) = (rooms.hits.clone(), rooms.totals.clone());
-                let state = RoomState::new(key, party.vars.clone(), limits, storage, hits, totals);
-                Room::new(rooms, party, generation, state, rx, running).run().await;
+                let vars = rooms.vars_of(&party);
+                let mut state = RoomState::new(key, vars, limits, storage, hits, rooms.tail.clone(), totals);
+                state.calls = Some(rooms.metrics.calls(state.key.party.as_str()));
+                Room::new(rooms, party, generation, state, rx, running, gauges).run().await;
             }
             .instrument(span),
         );

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::QueueSender;
+use super::tail::Tail;
 use super::{Limit, LimitHits, now_ms};
 use crate::budget::{CapReached, Lease, Resource, Totals};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{GuestOutput, Header, Limits, LogBudget, Message, Request, Response, Verdict};
+use crate::sandbox::{GuestOutput, Header, Limits, LogSink, Message, Refusal, Request, Response, Verdict};
 use crate::storage::RoomStorage;
 
 /// Longest chain of room-to-room requests (a request to a room that
@@ -135,11 +136,16 @@ pub struct RoomState {
     pub(super) departing: Option<(ConnectionId, ConnectionEntry)>,
     /// What the current call may still do; refilled as each call begins.
     pub(super) call: CallBudget,
-    /// Log bytes the current call may still write (the log import and
-    /// WASI stdout/stderr share it).
-    pub(super) log: Arc<LogBudget>,
+    /// Where the guest's log lines go: the host's log and the project's
+    /// live tail, within a byte budget per call that the log import and
+    /// WASI stdout/stderr share.
+    pub(super) output: GuestOutput,
     /// The project's limit counters.
     pub(super) hits: Arc<LimitHits>,
+    /// The project's live log.
+    pub(super) tail: Arc<Tail>,
+    /// Where the party's guest call times go (metrics).
+    pub(super) calls: Option<Arc<crate::metrics::CallTimes>>,
 }
 
 /// The per-call limits' remainders.
@@ -159,16 +165,20 @@ impl RoomState {
         limits: Limits,
         storage: RoomStorage,
         hits: Arc<LimitHits>,
+        tail: Arc<Tail>,
         totals: Totals,
     ) -> Self {
-        let log = Arc::new(LogBudget::default());
+        let sink = Arc::new(TailSink { tail: tail.clone(), room: key.clone() });
+        let output = GuestOutput { room: key.to_string().into(), budget: Arc::default(), sink: Some(sink) };
         Self {
+            output,
+            tail,
+            calls: None,
             totals,
             hops: 0,
             alarm_hops: 0,
             departing: None,
             call: CallBudget::default(),
-            log,
             hits,
             key,
             vars,
@@ -199,16 +209,22 @@ impl RoomState {
             fanout_left: self.limits.fanout_bytes_per_event,
             exceeded: None,
         };
-        let dropped = self.log.refill(self.limits.log_bytes_per_event);
+        let dropped = self.output.budget.refill(self.limits.log_bytes_per_event);
         if dropped > 0 {
-            self.hits.count(Limit::Log);
+            self.limit_hit(Limit::Log, || format!("{dropped} bytes of a call's log output were dropped"));
             tracing::warn!(target: "guest", room = %self.key, dropped, "log limit reached; the rest of a call's output was dropped");
         }
     }
 
     /// Where the guest's stdout and stderr go.
     pub(super) fn output(&self) -> GuestOutput {
-        GuestOutput { room: self.key.to_string().into(), budget: self.log.clone() }
+        self.output.clone()
+    }
+
+    /// Counts a limit this room hit, and tells the live tail.
+    pub(super) fn limit_hit(&self, limit: Limit, detail: impl FnOnce() -> String) {
+        self.hits.count(limit);
+        self.tail.emit(&self.key, "limit", || (limit.as_str().to_owned(), detail()));
     }
 
     /// Forgets every effect of the current call (it trapped or its commit
@@ -220,9 +236,15 @@ impl RoomState {
         self.verdicts.clear();
     }
 
+    /// Counts a limit that refused a call, and gives the guest the refusal.
+    pub(super) fn refuse(&self, limit: Limit, refusal: fn(String) -> Refusal, why: String) -> Refusal {
+        self.limit_hit(limit, || why.clone());
+        refusal(why)
+    }
+
     /// Counts a refusal by a total's cap.
     pub(super) fn cap_reached(&self, cap: &CapReached) {
-        self.hits.count(Limit::Totals);
+        self.limit_hit(Limit::Totals, || cap.to_string());
         tracing::warn!(room = %self.key, cause = %cap, "refused by a total's cap");
     }
 
@@ -256,13 +278,25 @@ impl RoomState {
         if response.body.len() <= limit {
             return response;
         }
-        self.hits.count(Limit::Body);
         let message = format!("the room's response body is over {limit} bytes");
+        self.limit_hit(Limit::Body, || message.clone());
         tracing::warn!(room = %self.key, size = response.body.len(), "{message}");
         Response {
             status: 500,
             headers: vec![Header { name: "content-type".into(), value: "text/plain; charset=utf-8".into() }],
             body: message.into_bytes(),
         }
+    }
+}
+
+/// Sends a room's guest log lines to its project's live tail.
+struct TailSink {
+    tail: Arc<Tail>,
+    room: RoomKey,
+}
+
+impl LogSink for TailSink {
+    fn line(&self, level: tracing::Level, line: &str) {
+        self.tail.emit(&self.room, "log", || (level.as_str().to_ascii_lowercase(), line.to_owned()));
     }
 }

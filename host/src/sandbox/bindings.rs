@@ -53,6 +53,9 @@ pub trait RoomApi:
 
     /// Where the guest's WASI stdout and stderr go.
     fn output(&self) -> super::GuestOutput;
+
+    /// Where the time of each call goes, if anywhere.
+    fn call_times(&self) -> Option<std::sync::Arc<crate::metrics::CallTimes>>;
 }
 
 impl Message {

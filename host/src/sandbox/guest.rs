@@ -13,6 +13,7 @@ use super::error::GuestError;
 use super::limits::{INSTANTIATE_CALLS, Limits};
 use super::meter::CpuMeter;
 use super::store::{StoreData, on_epoch_tick};
+use crate::metrics::CallTimes;
 
 /// A room's running instance. After any call returns an error the instance
 /// is broken (wasmtime forbids re-entering a trapped component): take the
@@ -28,6 +29,8 @@ pub struct Guest<R: RoomApi> {
 struct CallClock {
     meter: Arc<CpuMeter>,
     deadline: Duration,
+    /// Told each call's CPU time (metrics).
+    times: Option<Arc<CallTimes>>,
 }
 
 impl CallClock {
@@ -39,10 +42,14 @@ impl CallClock {
         what: &str,
         call: impl Future<Output = wasmtime::Result<T>>,
     ) -> Result<T, GuestError> {
-        match tokio::time::timeout(self.deadline, self.meter.measure(call)).await {
+        let result = match tokio::time::timeout(self.deadline, self.meter.measure(call)).await {
             Ok(result) => result.map_err(GuestError::classify),
             Err(_) => Err(GuestError::deadline(what, self.deadline)),
+        };
+        if let Some(times) = &self.times {
+            times.observe(what, self.meter.spent());
         }
+        result
     }
 }
 
@@ -60,7 +67,11 @@ impl<R: RoomApi> Guest<R> {
         let scale = |d: Duration| d.checked_mul(INSTANTIATE_CALLS).unwrap_or(Duration::MAX);
         store.data_mut().cpu_budget = scale(limits.cpu_per_event);
         store.set_epoch_deadline(1);
-        let clock = CallClock { meter: store.data().meter.clone(), deadline: scale(limits.wall_per_event) };
+        let clock = CallClock {
+            meter: store.data().meter.clone(),
+            deadline: scale(limits.wall_per_event),
+            times: store.data().room.call_times(),
+        };
         match clock.run("instantiation", pre.instantiate_async(&mut store)).await {
             Ok(party) => Ok(Self {
                 store,
@@ -93,7 +104,11 @@ impl<R: RoomApi> Guest<R> {
         data.meter.reset();
         data.cpu_budget = self.cpu_per_event;
         data.room.begin_call();
-        let clock = CallClock { meter: data.meter.clone(), deadline: self.wall_per_event };
+        let clock = CallClock {
+            meter: data.meter.clone(),
+            deadline: self.wall_per_event,
+            times: data.room.call_times(),
+        };
         self.store.set_epoch_deadline(1);
         (self.party.partyhost_party_handlers(), &mut self.store, clock)
     }

@@ -27,7 +27,7 @@ pub use bindings::{
 pub use error::{GuestError, TrapKind};
 pub use guest::Guest;
 pub use limits::{EPOCH_TICK, Limits};
-pub use output::{GuestOutput, LogBudget, log_line};
+pub use output::{GuestOutput, LogBudget, LogSink};
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,8 @@ pub struct Sandbox {
     ticker: Arc<Ticker>,
     /// One background compile at a time (see [`Sandbox::load_in_background`]).
     compiling: Arc<tokio::sync::Semaphore>,
+    /// Where compile times go.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Keeps the epoch ticker thread running while held: by the sandbox and by
@@ -61,7 +63,11 @@ impl Sandbox {
     ///
     /// # Errors
     /// When the engine configuration is rejected by this CPU.
-    pub fn new(cache_dir: &Path, fast_compile: bool) -> anyhow::Result<Self> {
+    pub fn new(
+        cache_dir: &Path,
+        fast_compile: bool,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         if fast_compile {
             config.cranelift_opt_level(wasmtime::OptLevel::None);
@@ -77,7 +83,7 @@ impl Sandbox {
             .context("starting the epoch ticker thread")?;
         priority::lower_compile_workers();
         let compiling = Arc::new(tokio::sync::Semaphore::new(1));
-        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker, compiling })
+        Ok(Self { engine, cache_dir: cache_dir.to_path_buf(), ticker, compiling, metrics })
     }
 
     /// Compiles (or loads from cache) the component at `wasm` and links it
@@ -89,6 +95,7 @@ impl Sandbox {
     /// `partyhost:party` world; the message names the party and the file.
     pub fn load<R: RoomApi>(&self, party: &str, wasm: &Path, limits: Limits) -> anyhow::Result<PartyCode<R>> {
         let context = || format!("loading party `{party}` from {}", wasm.display());
+        let started = std::time::Instant::now();
         let bytes = std::fs::read(wasm).with_context(context)?;
         if !wasmparser_is_component(&bytes) {
             bail!(
@@ -112,6 +119,7 @@ impl Sandbox {
         if let Some(uncached) = uncached {
             uncached.store(&component);
         }
+        self.metrics.compiled(started.elapsed());
         Ok(PartyCode { pre, limits, engine: self.engine.clone(), _ticker: self.ticker.clone() })
     }
 

@@ -38,15 +38,21 @@ impl LogBudget {
     }
 }
 
-/// Writes one guest log line if the budget allows, cut at a char boundary.
-pub fn log_line(room: &str, level: tracing::Level, line: &str, budget: &LogBudget) {
+/// Where a guest's log lines go besides the host's log (a live tail).
+pub trait LogSink: Send + Sync {
+    fn line(&self, level: tracing::Level, line: &str);
+}
+
+/// Writes one guest log line if the budget allows, cut at a char boundary;
+/// returns the line as written.
+fn log_line<'a>(room: &str, level: tracing::Level, line: &'a str, budget: &LogBudget) -> Option<&'a str> {
     let mut end = line.len().min(MAX_LINE_BYTES);
     while !line.is_char_boundary(end) {
         end -= 1;
     }
     let line = &line[..end];
     if !budget.take(line.len()) {
-        return;
+        return None;
     }
     match level {
         tracing::Level::ERROR => tracing::error!(target: "guest", %room, "{line}"),
@@ -55,6 +61,7 @@ pub fn log_line(room: &str, level: tracing::Level, line: &str, budget: &LogBudge
         tracing::Level::DEBUG => tracing::debug!(target: "guest", %room, "{line}"),
         tracing::Level::TRACE => tracing::trace!(target: "guest", %room, "{line}"),
     }
+    Some(line)
 }
 
 /// WASI stdout and stderr of one room's guest: each write is logged at
@@ -63,6 +70,18 @@ pub fn log_line(room: &str, level: tracing::Level, line: &str, budget: &LogBudge
 pub struct GuestOutput {
     pub room: Arc<str>,
     pub budget: Arc<LogBudget>,
+    pub sink: Option<Arc<dyn LogSink>>,
+}
+
+impl GuestOutput {
+    /// Logs one line of the guest's, within the call's budget.
+    pub fn line(&self, level: tracing::Level, line: &str) {
+        if let Some(written) = log_line(&self.room, level, line, &self.budget)
+            && let Some(sink) = &self.sink
+        {
+            sink.line(level, written);
+        }
+    }
 }
 
 impl IsTerminal for GuestOutput {
@@ -81,7 +100,7 @@ impl AsyncWrite for GuestOutput {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let text = String::from_utf8_lossy(buf);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            log_line(&self.room, tracing::Level::INFO, line, &self.budget);
+            self.line(tracing::Level::INFO, line);
         }
         // Accepted even when dropped: a guest's print must not fail (Rust's
         // `println!` panics on a write error).

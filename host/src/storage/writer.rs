@@ -6,6 +6,7 @@
 //! (after an eviction, say) always sees it.
 
 use anyhow::{Context, anyhow};
+use prometheus_client::metrics::histogram::Histogram;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -84,7 +85,11 @@ impl Storage {
     ///
     /// # Errors
     /// When the file cannot be opened or read.
-    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<StoredAlarm>, u64)> {
+    /// Each commit's time is observed in `commit_seconds`.
+    pub fn open(
+        path: &Path,
+        commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    ) -> anyhow::Result<(Self, Vec<StoredAlarm>, u64)> {
         let mut db = Db::open(path)?;
         let alarms = db.alarms()?;
         let stored_bytes = db.stored_bytes()?;
@@ -93,7 +98,7 @@ impl Storage {
         let thread_hooks = hooks.clone();
         std::thread::Builder::new()
             .name("storage".into())
-            .spawn(move || run(&mut db, queue, &thread_hooks))
+            .spawn(move || run(&mut db, queue, &thread_hooks, &commit_seconds))
             .context("starting the storage thread")?;
         Ok((Self { jobs, hooks }, alarms, stored_bytes))
     }
@@ -145,7 +150,7 @@ impl CommitTicket {
     }
 }
 
-fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
+fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks, commit_seconds: &Histogram) {
     let mut group = Vec::new();
     while let Some(job) = queue.blocking_recv() {
         let mut next = Some(job);
@@ -154,7 +159,7 @@ fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
                 Job::Commit { key, writes, reply } => group.push((key, writes, reply)),
                 Job::Load { key, reply } => {
                     // Commits queued before this load must land first.
-                    commit_group(db, &mut group, hooks);
+                    commit_group(db, &mut group, hooks, commit_seconds);
                     let _ = reply.send(db.load(&key));
                 }
             }
@@ -162,7 +167,7 @@ fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
                 next = queue.try_recv().ok();
             }
         }
-        commit_group(db, &mut group, hooks);
+        commit_group(db, &mut group, hooks, commit_seconds);
     }
 }
 
@@ -172,10 +177,12 @@ fn commit_group(
     db: &mut Db,
     group: &mut Vec<(RoomKey, PendingWrites, oneshot::Sender<anyhow::Result<()>>)>,
     hooks: &CommitHooks,
+    commit_seconds: &Histogram,
 ) {
     if group.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     if hooks.before_commit() {
         for (_, _, reply) in group.drain(..) {
             let _ = reply.send(Err(anyhow!("commit failed (CommitHooks::fail_next)")));
@@ -183,7 +190,9 @@ fn commit_group(
         return;
     }
     let batch: Vec<(&RoomKey, &PendingWrites)> = group.iter().map(|(k, w, _)| (k, w)).collect();
-    match db.commit_many(&batch) {
+    let committed = db.commit_many(&batch);
+    commit_seconds.observe(started.elapsed().as_secs_f64());
+    match committed {
         Ok(()) => group.drain(..).for_each(|(_, _, reply)| drop(reply.send(Ok(())))),
         Err(e) => {
             tracing::warn!(rooms = group.len(), cause = %format!("{e:#}"), "group commit failed; committing rooms one by one");

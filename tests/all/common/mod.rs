@@ -117,7 +117,7 @@ impl TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let host = Host::start_dev(deployment, listener, shutdown.clone()).await?;
+        let host = Host::start_dev(&manifest, deployment, listener, shutdown.clone()).await?;
         let reloader = host.reloader(manifest);
         let reloads = Some(reloader.stats());
         reloader.spawn(shutdown.clone())?;
@@ -338,6 +338,43 @@ impl Client {
         within("send", self.ws.send(message)).await?;
         Ok(())
     }
+}
+
+/// What a run of the `partyhost` command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The real `partyhost` binary (scripts/test.sh builds it first).
+pub fn partyhost_binary() -> PathBuf {
+    let binary = repo_root().join("target/release/partyhost");
+    assert!(
+        binary.exists(),
+        "{} is missing: run scripts/test.sh, or `cargo build --release -p partyhost` first",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs the real `partyhost` command with `args` to its end.
+pub async fn cli(args: &[&str]) -> Result<CliOutput> {
+    let output = within(
+        "the partyhost command",
+        tokio::process::Command::new(partyhost_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await?;
+    Ok(CliOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
 }
 
 /// Runs a script of tests/node and parses the JSON report it prints.

@@ -21,6 +21,10 @@ impl RoomApi for RoomState {
         RoomState::begin_call(self);
     }
 
+    fn call_times(&self) -> Option<std::sync::Arc<crate::metrics::CallTimes>> {
+        self.calls.clone()
+    }
+
     fn output(&self) -> GuestOutput {
         RoomState::output(self)
     }

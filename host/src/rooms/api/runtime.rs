@@ -1,5 +1,5 @@
 use super::{RoomState, host};
-use crate::sandbox::{LogLevel, log_line};
+use crate::sandbox::LogLevel;
 
 impl host::Runtime for RoomState {
     fn log(&mut self, level: LogLevel, message: String) {
@@ -10,7 +10,7 @@ impl host::Runtime for RoomState {
             LogLevel::Warn => tracing::Level::WARN,
             LogLevel::Error => tracing::Level::ERROR,
         };
-        log_line(&self.key.to_string(), level, &message, &self.log);
+        self.output.line(level, &message);
     }
 
     fn now_ms(&mut self) -> u64 {

@@ -51,8 +51,8 @@ impl RoomState {
         });
         let quota = self.limits.storage_room_bytes;
         if after > quota {
-            self.hits.count(Limit::Storage);
-            return Err(Refusal::QuotaExceeded(format!("room storage would exceed {quota} bytes")));
+            let why = format!("room storage would exceed {quota} bytes");
+            return Err(self.refuse(Limit::Storage, Refusal::QuotaExceeded, why));
         }
         if after > before {
             self.totals.try_take(Resource::Storage, (after - before) as u64).map_err(|cap| {

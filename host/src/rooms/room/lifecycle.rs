@@ -46,7 +46,7 @@ impl Room {
                     if e.kind == TrapKind::HostLimit(Limit::Totals.as_str()) {
                         self.start_refusal = Some(e.detail.clone());
                     }
-                    self.rooms.limit_hits().count(limit_of(e.kind));
+                    self.rooms.guest_failed(&self.key, "start", &e);
                     warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "instance failed to start");
                     self.slot = Slot::Idle(state);
                     return None;
@@ -72,8 +72,9 @@ impl Room {
             return true;
         }
         self.drop_instance();
+        let vars = self.rooms.vars_of(&current);
         let state = self.state_mut();
-        state.vars = current.vars.clone();
+        state.vars = vars;
         state.limits = current.code.limits().clone();
         self.party = current;
         info!(room = %self.key, "party updated; the next event runs the new code");
@@ -135,7 +136,7 @@ impl Room {
 
     /// Logs a failed call and resets the room.
     pub(super) async fn reset(&mut self, e: &GuestError) {
-        self.rooms.limit_hits().count(limit_of(e.kind));
+        self.rooms.guest_failed(&self.key, "call", &e);
         warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
         self.reset_state().await;
     }

@@ -19,13 +19,13 @@ pub(super) use lifecycle::limit_of;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::handle::{Connect, Departure, RoomMsg};
+use super::handle::{Connect, Departure, RoomGauges, RoomMsg};
 use super::registry::{LoadedParty, Rooms};
 use super::state::{ConnectionEntry, Outgoing, RoomState};
 use super::{CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, Limit, now_ms};
@@ -100,6 +100,8 @@ pub(super) struct Room {
     /// Why the instance could not start, when a total's cap refused it: the
     /// client is told (it is the tenant's to know).
     start_refusal: Option<String>,
+    /// Read by room listings; written after each event.
+    gauges: Arc<RoomGauges>,
 }
 
 impl Room {
@@ -110,8 +112,10 @@ impl Room {
         state: RoomState,
         rx: mpsc::Receiver<RoomMsg>,
         running: Lease,
+        gauges: Arc<RoomGauges>,
     ) -> Self {
         Self {
+            gauges,
             running: Some(running),
             start_refusal: None,
             key: state.key.clone(),
@@ -217,8 +221,8 @@ impl Room {
         }
         let max = self.state_mut().limits.connections_per_room;
         if self.state_mut().connections.len() >= max {
-            self.rooms.limit_hits().count(Limit::Connections);
             let reason = format!("room is full ({max} connections)");
+            self.rooms.limit_hit(&self.key, Limit::Connections, || reason.clone());
             let _ = c.sender.try_send(Outgoing::Close { code: CLOSE_TRY_AGAIN, reason });
             return;
         }
@@ -408,6 +412,9 @@ impl Room {
 
     /// Marks the room active now (for idleness and the instance LRU).
     fn touch(&mut self) {
+        let state = self.state();
+        self.gauges.connections.store(state.connections.len(), Ordering::Relaxed);
+        self.gauges.storage_bytes.store(state.storage.total_bytes(), Ordering::Relaxed);
         self.last_event = tokio::time::Instant::now();
         self.last_active.store(self.rooms.clock_ms(), std::sync::atomic::Ordering::Relaxed);
     }

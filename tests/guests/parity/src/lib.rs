@@ -1,7 +1,8 @@
 //! A test party for PartyKit's API as partyhost offers it: static gates
 //! (`on_before_connect`, `on_before_request`) with the lobby's vars and
 //! fetch, multi-key storage, paging with `start_after`, alarm retries,
-//! `connection.uri`, close details and secrets read as vars.
+//! `connection.uri`, close details and secrets read as vars; `log` and
+//! `panic` commands feed the live tail.
 //!
 //! Gates: a WebSocket needs `?token=<TOKEN var>`; the gate adds `x-user`
 //! (from `?user=`, or looked up with a fetch to room `directory` when
@@ -95,6 +96,11 @@ impl Parity {
                     Err(e) => format!("refused: {e}"),
                 }
             }
+            "log" => {
+                partyhost_guest::log::warn(rest);
+                "logged".into()
+            }
+            "panic" => panic!("asked to panic"),
             // `alarm-fail N`: the alarm's first N runs panic.
             "alarm-fail" => {
                 let _ = storage.put("fail-runs", &rest.parse::<u32>().unwrap_or(0));
