@@ -7,6 +7,7 @@
 mod deploy;
 mod host;
 mod load;
+mod metrics_cost;
 mod native;
 mod reload;
 mod revive;
@@ -98,10 +99,23 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         source_rounds: usize,
     },
+    /// What metrics cost: a saturated fan-out through partyhost with
+    /// metrics on and with --no-metrics, alternating rounds.
+    MetricsCost {
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Internal: serve a manifest (the benchmarks' child process).
     #[command(hide = true)]
     Host {
         manifest: PathBuf,
+        /// Count nothing, as `partyhost serve --no-metrics`.
+        #[arg(long)]
+        no_metrics: bool,
         /// Watch and reload, as `partyhost dev`.
         #[arg(long)]
         dev: bool,
@@ -147,7 +161,12 @@ fn main() -> ExitCode {
             Command::Native { port, no_limiter } => native::serve(port, !no_limiter).await,
             Command::Revive { rooms } => revive::run(rooms).await,
             Command::Reload { rounds, source_rounds } => reload::run(rounds, source_rounds).await,
-            Command::Host { manifest, dev, tenants } => host::serve(&manifest, dev, tenants).await,
+            Command::Host { manifest, dev, tenants, no_metrics } => {
+                host::serve(&manifest, dev, tenants, no_metrics).await
+            }
+            Command::MetricsCost { clients, seconds, rounds } => {
+                metrics_cost::run(clients, seconds, rounds).await
+            }
             Command::DeployImpact { seconds, rounds } => deploy::impact(seconds, rounds).await,
         }
     });

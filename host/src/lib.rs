@@ -96,6 +96,8 @@ pub struct Options {
     /// The SHA-256 of the operator's token (`--operator-token-sha256`): it
     /// opens metrics and every project's admin calls, as loopback does.
     pub operator_token: Option<manifest::TokenHash>,
+    /// Count nothing and serve no metrics (`--no-metrics`).
+    pub no_metrics: bool,
 }
 
 /// A running host: what [`run`] drives, and what tests inspect.
@@ -170,7 +172,7 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token } = options;
+        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token, no_metrics } = options;
         // Serving from the start: health and readiness answer while the
         // parties compile; everything else is a 503 until they are ready.
         let edge_limits = deployment.edge.resolve();
@@ -180,7 +182,10 @@ impl Host {
         let server =
             tokio::spawn(edge::serve(listener, app, edge_limits.clone(), tls.clone(), shutdown.clone()));
         info!(%addr, tls = tls.is_some(), "listening; compiling parties");
-        let started = Self::load(deployment, tenants, fast_compile, dotenv, operator_token, &shutdown).await;
+        let metrics =
+            Arc::new(if no_metrics { metrics::Metrics::off() } else { metrics::Metrics::default() });
+        let loading = Loading { tenants, fast_compile, dotenv, operator_token, metrics };
+        let started = Self::load(deployment, loading, &shutdown).await;
         let (projects, sandbox, tracker, shutdown_deadline) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -199,16 +204,13 @@ impl Host {
     /// projects.
     async fn load(
         deployment: Deployment,
-        tenants: Option<Tenants>,
-        fast_compile: bool,
-        dotenv: Option<PathBuf>,
-        operator_token: Option<manifest::TokenHash>,
+        loading: Loading,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(Arc<Projects>, Arc<Sandbox>, TaskTracker, Duration)> {
+        let Loading { tenants, fast_compile, dotenv, operator_token, metrics } = loading;
         let data_dir = deployment.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let metrics = Arc::new(metrics::Metrics::default());
         let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile, metrics.clone())?);
         let compiling = (sandbox.clone(), deployment.parties.clone());
         let parties = tokio::task::spawn_blocking(move || {
@@ -315,6 +317,15 @@ impl Host {
             }
         }
     }
+}
+
+/// What [`Host::load`] needs besides the manifest.
+struct Loading {
+    tenants: Option<Tenants>,
+    fast_compile: bool,
+    dotenv: Option<PathBuf>,
+    operator_token: Option<manifest::TokenHash>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Compiles (or loads from the cache) one party's component, at start-up.

@@ -141,6 +141,9 @@ struct ServeArgs {
     /// loopback.
     #[arg(long, env = "PARTYHOST_OPERATOR_TOKEN_SHA256")]
     operator_token_sha256: Option<String>,
+    /// Count nothing and serve no /_partyhost/metrics.
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 #[derive(clap::Args)]
@@ -248,7 +251,8 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let dotenv = dev.then(|| manifest.parent().unwrap_or(Path::new(".")).join(".env"));
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let options = partyhost::Options { tenants, tls, dev, dotenv, operator_token };
+    let options =
+        partyhost::Options { tenants, tls, dev, dotenv, operator_token, no_metrics: args.no_metrics };
     let host = partyhost::Host::start_with(deployment, options, listener, shutdown.clone()).await?;
     if dev {
         host.reloader(manifest).spawn(shutdown)?;
@@ -385,14 +389,21 @@ async fn tail(
         } else if event["kind"] == "missed" {
             eprintln!("... {} events missed (the tail fell behind)", event["events"]);
         } else {
+            // A guest's text may hold terminal escapes: shown, not obeyed.
+            let text = |field: &str| -> String {
+                let raw = event[field].as_str().unwrap_or_default();
+                raw.chars()
+                    .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+                    .collect()
+            };
             println!(
                 "{} {}/{} {} {}: {}",
                 event["time_ms"],
-                event["party"].as_str().unwrap_or_default(),
-                event["room"].as_str().unwrap_or_default(),
-                event["kind"].as_str().unwrap_or_default(),
-                event["level"].as_str().unwrap_or_default(),
-                event["message"].as_str().unwrap_or_default(),
+                text("party"),
+                text("room"),
+                text("kind"),
+                text("level"),
+                text("message"),
             );
         }
     })

@@ -36,6 +36,8 @@ fn compile_histogram() -> Histogram {
 
 /// The host's metrics.
 pub struct Metrics {
+    /// Off (`--no-metrics`): nothing is counted, the endpoint is gone.
+    enabled: bool,
     registry: Registry,
     messages_in: Family<Labels, Counter>,
     messages_out: Family<Labels, Counter>,
@@ -81,15 +83,36 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             compiles.clone(),
         );
-        Self { registry, messages_in, messages_out, connections, guest_calls, commits, compiles }
+        Self {
+            enabled: true,
+            registry,
+            messages_in,
+            messages_out,
+            connections,
+            guest_calls,
+            commits,
+            compiles,
+        }
     }
 }
 
 impl Metrics {
+    /// Metrics that count nothing (`--no-metrics`; the benchmark's
+    /// baseline).
+    pub fn off() -> Self {
+        Self { enabled: false, ..Self::default() }
+    }
+
+    /// Whether anything is counted.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The handles of one project's rooms.
     pub fn project(&self, project: &str) -> ProjectMetrics {
         let labels = vec![("project", project.to_owned())];
         ProjectMetrics {
+            enabled: self.enabled,
             messages_in: self.messages_in.get_or_create_owned(&labels),
             messages_out: self.messages_out.get_or_create_owned(&labels),
             connections: self.connections.get_or_create_owned(&labels),
@@ -102,7 +125,9 @@ impl Metrics {
 
     /// Records how long a party's compile (or cache load) took.
     pub fn compiled(&self, took: Duration) {
-        self.compiles.observe(took.as_secs_f64());
+        if self.enabled {
+            self.compiles.observe(took.as_secs_f64());
+        }
     }
 
     /// The text exposition: the registry, then `projects`' figures.
@@ -123,10 +148,11 @@ impl Metrics {
 /// One project's metric handles, resolved once.
 #[derive(Clone, Debug)]
 pub struct ProjectMetrics {
-    pub messages_in: Counter,
-    pub messages_out: Counter,
-    pub connections: Gauge,
-    pub commit: Histogram,
+    enabled: bool,
+    messages_in: Counter,
+    messages_out: Counter,
+    connections: Gauge,
+    commit: Histogram,
     project: String,
     guest_calls: Histograms,
     /// Each party's call histograms, resolved at its first room.
@@ -134,13 +160,61 @@ pub struct ProjectMetrics {
 }
 
 impl ProjectMetrics {
-    /// Handles not registered anywhere: for storage opened outside a host.
-    pub fn detached() -> Self {
-        Metrics::default().project("-")
+    /// A client sent a message.
+    pub fn message_in(&self) {
+        if self.enabled {
+            self.messages_in.inc();
+        }
+    }
+
+    /// `frames` were written to a client.
+    pub fn frames_out(&self, frames: usize) {
+        if self.enabled {
+            self.messages_out.inc_by(frames as u64);
+        }
+    }
+
+    /// A WebSocket joined a room (`true`) or left it.
+    pub fn connection(&self, opened: bool) {
+        if self.enabled {
+            if opened {
+                self.connections.inc();
+            } else {
+                self.connections.dec();
+            }
+        }
+    }
+
+    /// Where the storage thread records each commit's time.
+    pub fn commits(&self) -> Option<Histogram> {
+        self.enabled.then(|| self.commit.clone())
+    }
+
+    /// Forgets the call histograms of parties not in `parties` (after a
+    /// deploy removed them), so redeploys do not grow the series forever.
+    pub fn keep_parties(&self, parties: &[&str]) {
+        let mut known = self.parties.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.retain(|party, _| {
+            let keep = parties.contains(&party.as_str());
+            if !keep {
+                for handler in HANDLERS {
+                    let labels = vec![
+                        ("project", self.project.clone()),
+                        ("party", party.clone()),
+                        ("handler", handler.to_owned()),
+                    ];
+                    self.guest_calls.remove(&labels);
+                }
+            }
+            keep
+        });
     }
 
     /// The call histograms of `party`.
-    pub fn calls(&self, party: &str) -> Arc<CallTimes> {
+    pub fn calls(&self, party: &str) -> Option<Arc<CallTimes>> {
+        if !self.enabled {
+            return None;
+        }
         let mut parties = self.parties.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         parties
             .entry(party.to_owned())
@@ -156,6 +230,7 @@ impl ProjectMetrics {
                 Arc::new(CallTimes { by_handler: HANDLERS.map(histogram) })
             })
             .clone()
+            .into()
     }
 }
 

@@ -294,13 +294,19 @@ async fn metrics_count_messages_calls_commits_rooms_and_limit_hits() -> Result<(
     }
     assert!(ask(&mut client, "put-big 11").await?.starts_with("refused"));
 
+    let series = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0)
+    };
+    // A frame is counted once written, a moment after the client has it.
+    let out = "partyhost_messages_out_total{project=\"test\"}";
+    eventually("hello and four answers counted", async || {
+        Ok(series(&host.http("GET", "/_partyhost/metrics", "").await?.1, out) == 5.0)
+    })
+    .await?;
     let metrics = host.http("GET", "/_partyhost/metrics", "").await?;
     assert_eq!(metrics.0, 200);
-    let value = |series: &str| -> f64 {
-        metrics.1.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(-1.0)
-    };
+    let value = |name: &str| series(&metrics.1, name);
     assert_eq!(value("partyhost_messages_in_total{project=\"test\"}"), 4.0, "{}", metrics.1);
-    assert_eq!(value("partyhost_messages_out_total{project=\"test\"}"), 5.0, "hello and four answers");
     assert_eq!(value("partyhost_connections{project=\"test\"}"), 1.0);
     assert_eq!(
         value("partyhost_guest_call_seconds_count{project=\"test\",party=\"parity\",handler=\"on-message\"}"),
@@ -318,6 +324,15 @@ async fn metrics_count_messages_calls_commits_rooms_and_limit_hits() -> Result<(
     assert_eq!(value("partyhost_limit_hits_total{project=\"test\",limit=\"storage\"}"), 1.0);
     assert_eq!(value("partyhost_compile_seconds_count"), 1.0);
     assert!(metrics.1.ends_with("# EOF\n"));
+
+    // Not for a page that rebound its own name to 127.0.0.1, nor for
+    // clients a reverse proxy forwards (they all come from loopback).
+    let rebound = host.http_with("GET", "/_partyhost/metrics", &[("host", "evil.example")], "").await?;
+    assert_eq!(rebound.status, 401);
+    let origin = [("origin", "http://evil.example")];
+    assert_eq!(host.http_with("GET", "/_partyhost/metrics", &origin, "").await?.status, 401);
+    let proxied = [("x-forwarded-for", "203.0.113.9")];
+    assert_eq!(host.http_with("GET", "/_partyhost/metrics", &proxied, "").await?.status, 401);
     host.stop().await
 }
 

@@ -57,6 +57,28 @@ async fn on_before_connect_refuses_with_a_status_or_passes_a_rewritten_request()
     host.stop().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_parked_gates_is_refused_past_64_at_once() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &parity_manifest("[limits]\nfetch_timeout_ms = 1500")).await?;
+    // Seventy clients whose gate parks on a fetch that never answers.
+    let url = host.ws_url("/parties/parity/flooded?token=good&hang=1");
+    let attempts: Vec<_> = (0..70).map(|_| tokio::spawn(refused_upgrade_owned(url.clone()))).collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for attempt in attempts {
+        let (status, _) = attempt.await??;
+        *statuses.entry(status).or_default() += 1;
+    }
+    // 64 held an instance each until their fetch timed out; the rest were
+    // turned away at once instead of taking more of the project's.
+    assert_eq!(statuses, [(502, 64), (503, 6)].into_iter().collect(), "{statuses:?}");
+    host.stop().await
+}
+
+async fn refused_upgrade_owned(url: String) -> Result<(u16, String)> {
+    refused_upgrade(&url).await
+}
+
 #[tokio::test]
 async fn on_before_request_guards_http_and_parties_without_gates_pass_untouched() -> Result<()> {
     let dir = temp_dir();

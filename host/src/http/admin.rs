@@ -264,7 +264,12 @@ pub(super) async fn tail(
 ) -> Result<Response, ApiError> {
     let addressed = authorize(&projects, &project, &request)?;
     let rooms = rooms_of(&projects, &addressed, &project)?;
-    let events = rooms.tail().subscribe();
+    let events = rooms.tail().subscribe().ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "project `{project}` already has {} live tails open; close one",
+            crate::rooms::MAX_TAIL_LISTENERS
+        ))
+    })?;
     let shutdown = projects.shutdown().clone();
     let wanted = move |event: &TailEvent| {
         filter.party.as_ref().is_none_or(|p| *p == event.party)

@@ -65,15 +65,36 @@ fn starting() -> Response {
     response
 }
 
-/// Whether the caller is the host's own machine (a loopback peer): the
-/// operator, for metrics and the local project. Not for tenants' projects:
-/// behind a reverse proxy on the same machine every client is loopback.
+/// Whether the caller is the operator, for metrics and the local project:
+/// one showing the operator's token, or on a single-project host (no
+/// `--tenants`) someone on the host's own machine (see [`is_loopback`]).
 pub(super) fn is_local_operator(projects: &Projects, request: &Request) -> bool {
-    let loopback = request
+    has_operator_token(projects, request) || (projects.tenants().is_none() && is_loopback(request))
+}
+
+/// A request from this machine that no proxy forwarded and no web page
+/// sent: a loopback peer, a loopback `Host` (a DNS-rebound page has its own
+/// name there), no foreign `Origin`, no forwarding headers (a reverse proxy
+/// on the same machine makes every client loopback; HAProxy's
+/// `option forwardfor` and nginx's `X-Forwarded-For` tell them apart).
+fn is_loopback(request: &Request) -> bool {
+    let peer_is_loopback = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
-    loopback || has_operator_token(projects, request)
+    let headers = request.headers();
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    let loopback_name = |authority: &str| {
+        let host = authority.rsplit_once(':').map_or(authority, |(host, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) { host } else { authority }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    };
+    let host_is_loopback = headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(loopback_name);
+    let origin_is_local = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).is_none_or(|origin| {
+        origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).is_some_and(loopback_name)
+    });
+    peer_is_loopback && host_is_loopback && origin_is_local && !forwarded
 }
 
 /// Whether the caller shows the operator's token.
@@ -94,6 +115,9 @@ pub(super) async fn metrics(
     State(projects): State<Arc<Projects>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if !projects.metrics().enabled() {
+        return Err(ApiError::NotFound("metrics are off on this host (--no-metrics)".into()));
+    }
     if !is_local_operator(&projects, &request) {
         return Err(ApiError::Unauthorized(
             "metrics are for loopback clients or the operator's token".into(),

@@ -56,13 +56,13 @@ pub(super) async fn join(
     // messages go straight to the handle that took the connect.
     let room = rooms.send(key, RoomMsg::Connect(Box::new(connect))).await?;
     let rate = RateLimit::new(limits.messages_per_second);
-    rooms.metrics().connections.inc();
+    rooms.metrics().connection(true);
     Ok(Joined { rooms: rooms.clone(), room, conn, socket, outgoing, too_slow, rate, ending: None })
 }
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        self.rooms.metrics().connections.dec();
+        self.rooms.metrics().connection(false);
         let how = self.ending.take().unwrap_or_else(|| {
             Departure::Failed(
                 "the socket task ended without a close (a failed upgrade, or the task stopped)".into(),
@@ -133,7 +133,7 @@ pub(super) async fn run(
         loop {
             tokio::select! {
                 frame = outgoing.recv() => match frame {
-                    Some(frame) => match guarded!(write_batch(&mut sink, frame, outgoing, &rooms.metrics().messages_out)) {
+                    Some(frame) => match guarded!(write_batch(&mut sink, frame, outgoing, rooms.metrics())) {
                         Ok(None) => {}
                         Ok(Some(ending)) => break ending,
                         Err(why) => break Box::pin(interrupted(&mut sink, why)).await,
@@ -166,7 +166,7 @@ pub(super) async fn run(
                             };
                             // Waits while the room's mailbox is full of bytes:
                             // meanwhile this client is not read (TCP pushes back).
-                            rooms.metrics().messages_in.inc();
+                            rooms.metrics().message_in();
                             let weight = Box::pin(room.weigh(msg.len())).await;
                             let msg = RoomMsg::Message { conn: conn.clone(), socket: *socket, msg, weight };
                             if rooms.send_via(room, msg).await.is_err() {
@@ -299,7 +299,7 @@ async fn write_batch(
     sink: &mut WsSink,
     first: Outgoing,
     queued: &mut QueueReceiver,
-    frames_out: &prometheus_client::metrics::counter::Counter,
+    metrics: &crate::metrics::ProjectMetrics,
 ) -> Result<Option<Departure>, axum::Error> {
     let mut next = Some(first);
     let mut written: usize = 0;
@@ -315,7 +315,7 @@ async fn write_batch(
         }
     }
     sink.flush().await?;
-    frames_out.inc_by(written as u64);
+    metrics.frames_out(written);
     Ok(None)
 }
 

@@ -45,6 +45,9 @@ pub struct Project {
     pub app: Router,
     /// Laid over the parties' vars (see [`Project::set_secret`]).
     pub secrets: Secrets,
+    /// Held while a secret changes and reaches the rooms, so two changes
+    /// at once cannot leave the rooms with the older set.
+    changing: std::sync::Mutex<()>,
 }
 
 impl Project {
@@ -65,7 +68,7 @@ impl Project {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let (storage, alarms, stored_bytes) = Storage::open(storage_file, metrics.commit.clone())?;
+        let (storage, alarms, stored_bytes) = Storage::open(storage_file, metrics.commits())?;
         // What is on disk counts, whatever the caps say now.
         totals.charge(Resource::Storage, stored_bytes);
         totals.charge(Resource::Alarms, alarms.len() as u64);
@@ -85,7 +88,7 @@ impl Project {
         rooms.schedule_alarms(alarms);
         rooms.set_secrets(secrets.values());
         let app = crate::http::project_router(rooms.clone(), shutdown.clone());
-        Ok(Self { rooms, app, secrets })
+        Ok(Self { rooms, app, secrets, changing: std::sync::Mutex::default() })
     }
 
     /// Sets (or with `None` removes) a secret; rooms read the new value
@@ -94,6 +97,7 @@ impl Project {
     /// # Errors
     /// As [`Secrets::set`].
     pub fn set_secret(&self, name: &str, value: Option<&str>) -> Result<bool, SecretError> {
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let existed = match value {
             Some(value) => self.secrets.set(name, value).map(|()| true)?,
             None => self.secrets.remove(name)?,

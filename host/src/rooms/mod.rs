@@ -33,7 +33,7 @@ pub use limit_hits::{Limit, LimitHits};
 pub use queue::{QueueReceiver, QueueSender, queue};
 pub use registry::{LoadedParty, RoomInfo, RoomStats, Rooms, RoomsConfig};
 pub use state::{Outgoing, RoomState};
-pub use tail::{Tail, TailEvent};
+pub use tail::{MAX_LISTENERS as MAX_TAIL_LISTENERS, Tail, TailEvent};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

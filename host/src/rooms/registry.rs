@@ -42,11 +42,19 @@ pub struct LoadedParty {
     pub hibernate: bool,
     /// Which gates the code has, once a first request asked (see `gate.rs`).
     pub gates: tokio::sync::OnceCell<crate::sandbox::Gates>,
+    /// Gates of this party running at once (see `gate.rs`).
+    pub gate_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl LoadedParty {
     pub fn new(code: PartyCode<RoomState>, vars: Arc<[(String, String)]>, hibernate: bool) -> Self {
-        Self { code: Arc::new(code), vars, hibernate, gates: tokio::sync::OnceCell::new() }
+        Self {
+            code: Arc::new(code),
+            vars,
+            hibernate,
+            gates: tokio::sync::OnceCell::new(),
+            gate_slots: Arc::new(tokio::sync::Semaphore::new(super::gate::MAX_GATES_PER_PARTY)),
+        }
     }
 }
 
@@ -290,6 +298,8 @@ impl Rooms {
     /// Running rooms switch at their next event; rooms of removed parties
     /// find no party and stop.
     pub fn switch(&self, deployment: Deployment, parties: HashMap<PartyName, Arc<LoadedParty>>) {
+        let names: Vec<&str> = parties.keys().map(PartyName::as_str).collect();
+        self.metrics.keep_parties(&names);
         let mut current_parties = self.parties.write().unwrap_or_else(|p| p.into_inner());
         let mut current_deployment = self.deployment.write().unwrap_or_else(|p| p.into_inner());
         *current_parties = parties;
@@ -363,7 +373,7 @@ impl Rooms {
                 let (hits, totals) = (rooms.hits.clone(), rooms.totals.clone());
                 let vars = rooms.vars_of(&party);
                 let mut state = RoomState::new(key, vars, limits, storage, hits, rooms.tail.clone(), totals);
-                state.calls = Some(rooms.metrics.calls(state.key.party.as_str()));
+                state.calls = rooms.metrics.calls(state.key.party.as_str());
                 Room::new(rooms, party, generation, state, rx, running, gauges).run().await;
             }
             .instrument(span),

@@ -13,6 +13,10 @@ use crate::ids::RoomKey;
 /// Events a slow listener may fall behind by before it misses some.
 const BACKLOG: usize = 1024;
 
+/// Listeners of one project at once: each costs the host an encoding of
+/// every event.
+pub const MAX_LISTENERS: usize = 16;
+
 /// One thing that happened in a room.
 #[derive(Debug, Clone, Serialize)]
 pub struct TailEvent {
@@ -58,8 +62,8 @@ impl Tail {
         let _ = self.sender.send(Arc::new(event));
     }
 
-    /// A new listener, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TailEvent>> {
-        self.sender.subscribe()
+    /// A new listener, from now on; `None` when [`MAX_LISTENERS`] listen.
+    pub fn subscribe(&self) -> Option<broadcast::Receiver<Arc<TailEvent>>> {
+        (self.sender.receiver_count() < MAX_LISTENERS).then(|| self.sender.subscribe())
     }
 }

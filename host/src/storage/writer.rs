@@ -88,7 +88,7 @@ impl Storage {
     /// Each commit's time is observed in `commit_seconds`.
     pub fn open(
         path: &Path,
-        commit_seconds: prometheus_client::metrics::histogram::Histogram,
+        commit_seconds: Option<Histogram>,
     ) -> anyhow::Result<(Self, Vec<StoredAlarm>, u64)> {
         let mut db = Db::open(path)?;
         let alarms = db.alarms()?;
@@ -150,7 +150,7 @@ impl CommitTicket {
     }
 }
 
-fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks, commit_seconds: &Histogram) {
+fn run(db: &mut Db, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks, commit_seconds: &Option<Histogram>) {
     let mut group = Vec::new();
     while let Some(job) = queue.blocking_recv() {
         let mut next = Some(job);
@@ -177,7 +177,7 @@ fn commit_group(
     db: &mut Db,
     group: &mut Vec<(RoomKey, PendingWrites, oneshot::Sender<anyhow::Result<()>>)>,
     hooks: &CommitHooks,
-    commit_seconds: &Histogram,
+    commit_seconds: &Option<Histogram>,
 ) {
     if group.is_empty() {
         return;
@@ -191,7 +191,9 @@ fn commit_group(
     }
     let batch: Vec<(&RoomKey, &PendingWrites)> = group.iter().map(|(k, w, _)| (k, w)).collect();
     let committed = db.commit_many(&batch);
-    commit_seconds.observe(started.elapsed().as_secs_f64());
+    if let Some(histogram) = commit_seconds {
+        histogram.observe(started.elapsed().as_secs_f64());
+    }
     match committed {
         Ok(()) => group.drain(..).for_each(|(_, _, reply)| drop(reply.send(Ok(())))),
         Err(e) => {

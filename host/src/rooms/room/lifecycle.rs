@@ -163,6 +163,10 @@ impl Room {
                 let (old_bytes, old_alarm) = (state.storage.total_bytes(), state.storage.alarm().is_some());
                 state.storage = storage;
                 state.settle_storage(old_bytes, old_alarm);
+                // A retry whose alarm did not reach the disk is no retry.
+                if state.storage.alarm().is_none() {
+                    state.alarm_retry = 0;
+                }
             }
             Err(e) => {
                 tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")

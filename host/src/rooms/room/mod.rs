@@ -368,7 +368,7 @@ impl Room {
         let delay_ms = first.saturating_mul(1 << failed);
         let state = self.state_mut();
         state.hops = hops;
-        if let Err(cap) = state.set_alarm(Some(now_ms() + delay_ms)) {
+        if let Err(cap) = state.set_alarm(Some(now_ms().saturating_add(delay_ms))) {
             return state.cap_reached(&cap);
         }
         state.alarm_retry = failed + 1;

@@ -130,6 +130,11 @@ impl Party for Parity {
         if query(&request.url, "token") != Some(expected.as_str()) {
             return Err(Response::text(401, format!("bad token for room {}", lobby.id())));
         }
+        if query(&request.url, "hang").is_some() {
+            // Parks on a room that never answers, until the fetch times out.
+            let waited = lobby.fetch(&lobby.party(), "sink", Request::get("/never")).await;
+            return Err(Response::text(502, format!("{waited:?}")));
+        }
         let user = match query(&request.url, "lookup") {
             Some(_) => {
                 let token = query(&request.url, "token").unwrap_or_default();
@@ -200,6 +205,7 @@ impl Party for Parity {
                 _ => Response::text(404, "no such user"),
             },
             "secret" => Response::text(200, "the secret room"),
+            "never" => std::future::pending().await,
             "closes" => {
                 let options = ListOptions { prefix: Some("close/".into()), ..ListOptions::default() };
                 let closes: Vec<String> = storage
