@@ -3,6 +3,11 @@
 //! rounds. Every client keeps reactions in flight (limiter off) and every
 //! reaction is broadcast to the whole room, so the host runs flat out and
 //! the measure is frames delivered per second.
+//!
+//! On these 2-core machines the rounds spread by tens of percent, far more
+//! than metrics can cost, so the same run also times the metric
+//! operations a frame pays for (on two threads at once, contended as in
+//! the host) and sets them against the host's CPU time per frame.
 
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -34,11 +39,14 @@ pub async fn run(clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<
             if metrics { on.push(run) } else { off.push(run) }
         }
     }
-    let median = |runs: &mut Vec<(f64, f64)>| {
+    // Median, and the spread of the rounds (max / min - 1): a difference
+    // inside the spread is noise.
+    let summary = |runs: &mut Vec<(f64, f64)>| {
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        runs[runs.len() / 2]
+        let spread = runs[runs.len() - 1].0 / runs[0].0 - 1.0;
+        (runs[runs.len() / 2], spread)
     };
-    let (on, off) = (median(&mut on), median(&mut off));
+    let ((on, on_spread), (off, off_spread)) = (summary(&mut on), summary(&mut off));
     println!(
         "\n### Metrics cost: 1 room x {clients} clients, limiter off, {WINDOW} reactions in flight each, {seconds} s x {rounds} rounds (medians)\n"
     );
@@ -46,7 +54,41 @@ pub async fn run(clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<
     println!("|---|---|---|---|");
     println!("| frames delivered/s | {:.0} | {:.0} | {:.3} |", on.0, off.0, on.0 / off.0);
     println!("| host CPU µs per frame | {:.2} | {:.2} | {:.3} |", on.1, off.1, on.1 / off.1);
+    println!(
+        "| spread of the rounds' frames/s | {:.1} % | {:.1} % | |",
+        on_spread * 100.0,
+        off_spread * 100.0
+    );
+    let per_frame = metric_ns_per_frame(clients);
+    println!(
+        "\nMetric operations per frame delivered: {per_frame:.1} ns (a frame counted, plus a message \
+         counted and a call timed per {clients} frames, two threads at once), {:.2} % of the \
+         {:.2} µs of host CPU a frame costs without metrics.",
+        per_frame / (off.1 * 1000.0) * 100.0,
+        off.1
+    );
     Ok(())
+}
+
+/// Nanoseconds of metric work per frame delivered, timed on two threads.
+fn metric_ns_per_frame(clients: usize) -> f64 {
+    const OPS: u32 = 5_000_000;
+    let metrics = partyhost::metrics::Metrics::default();
+    let project = metrics.project("bench");
+    let Some(calls) = project.calls("reactions") else { return f64::NAN };
+    let time = |work: &(dyn Fn() + Sync)| {
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| (0..OPS).for_each(|_| work()));
+            }
+        });
+        started.elapsed().as_secs_f64() * 1e9 / f64::from(OPS)
+    };
+    let frame = time(&|| project.frames_out(1));
+    let message = time(&|| project.message_in());
+    let call = time(&|| calls.observe("on-message", Duration::from_micros(3)));
+    frame + (message + call) / clients as f64
 }
 
 /// One timed run: frames delivered per second, and the host's CPU time per
