@@ -6,6 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 scripts/build-guests.sh
-# The tests also run the `partyhost` command itself (tests/all/operate.rs).
-cargo build --release -p partyhost
+# Also builds target/release/partyhost, which host/tests and tests/all/operate.rs run.
 cargo test --release "$@"

@@ -223,9 +223,9 @@ impl Host {
         })
         .await
         .context("the compile task panicked")??;
-        let mut secrets = projects::Secrets::open(data_dir.join(projects::SECRETS_FILE))?;
+        let secrets = projects::Secrets::open(data_dir.join(projects::SECRETS_FILE))?;
         if let Some(dotenv) = &dotenv {
-            secrets = secrets.with_dotenv(dotenv)?;
+            secrets.read_dotenv(dotenv)?;
         }
 
         let tracker = TaskTracker::new();
@@ -270,7 +270,7 @@ impl Host {
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`
     /// (the one this host was started from, by an absolute path).
     pub fn reloader(&self, manifest: PathBuf) -> reload::Reloader {
-        reload::Reloader::new(manifest, self.rooms.clone(), self.sandbox.clone())
+        reload::Reloader::new(manifest, self.projects.local().clone(), self.sandbox.clone())
     }
 
     /// Every project of this host.

@@ -14,6 +14,11 @@ use crate::guests;
 /// The parity party, whose gate checks `?token=` against the TOKEN var.
 const PARITY_VARS: &str = "[parties.parity.vars]\nTOKEN = \"good\"\n";
 
+/// A manifest serving the parity party in rooms of 1 MiB.
+fn small_parity() -> String {
+    manifest(&[("parity", guests::PARITY)], "") + PARITY_VARS + "[parties.parity.limits]\nstorage_mib = 1\n"
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_on_the_host_and_parties_read_them_as_vars() -> Result<()> {
     let dir = temp_dir();
@@ -102,6 +107,15 @@ async fn dev_reads_a_dotenv_beside_the_manifest_and_loopback_manages_the_local_p
     assert_eq!(value, "x");
     let listed = cli(&["env", "list", "--url", &url, "--project", "test"]).await?;
     assert_eq!(listed.stdout, "API_KEY\nOTHER\n");
+
+    // An edited `.env` applies while serving; a malformed one is refused
+    // and the values before it stay.
+    std::fs::write(dir.path().join(".env"), "API_KEY=edited\n")?;
+    host.wait_for_reloads(1, 0).await;
+    assert_eq!(host.http("GET", "/parties/parity/r/env?name=API_KEY", "").await?.1, "edited");
+    std::fs::write(dir.path().join(".env"), "API_KEY=x\nnot a line\n")?;
+    host.wait_for_reloads(1, 1).await;
+    assert_eq!(host.http("GET", "/parties/parity/r/env?name=API_KEY", "").await?.1, "edited");
     let deploy = cli(&["deploy", "--url", &url, "--project", "test", "--token", "t"]).await?;
     assert!(!deploy.success);
     host.stop().await
@@ -161,10 +175,7 @@ async fn rooms_are_listed_with_connections_state_and_storage() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_streams_a_rooms_logs_traps_and_limit_hits_as_they_happen() -> Result<()> {
     let dir = temp_dir();
-    let toml = manifest(&[("parity", guests::PARITY)], "")
-        + PARITY_VARS
-        + "[parties.parity.limits]\nstorage_mib = 1\n";
-    let host = TestHost::start(dir.path(), &toml).await?;
+    let host = TestHost::start(dir.path(), &small_parity()).await?;
     let url = format!("http://{}", host.addr);
 
     // The real command, following room t1 only, as JSON lines.
@@ -283,10 +294,7 @@ async fn health_is_up_at_once_and_ready_only_once_every_party_serves() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_messages_calls_commits_rooms_and_limit_hits() -> Result<()> {
     let dir = temp_dir();
-    let toml = manifest(&[("parity", guests::PARITY)], "")
-        + PARITY_VARS
-        + "[parties.parity.limits]\nstorage_mib = 1\n";
-    let host = TestHost::start(dir.path(), &toml).await?;
+    let host = TestHost::start(dir.path(), &small_parity()).await?;
     let mut client = Client::connect(&host.ws_url("/parties/parity/m?token=good")).await?;
     client.recv_text().await?;
     for _ in 0..3 {
@@ -377,4 +385,35 @@ fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() -> Result<()> {
+    let dir = temp_dir();
+    let manifest_file = dir.path().join("partykit.toml");
+    std::fs::write(&manifest_file, small_parity())?;
+    let mut host = tokio::process::Command::new(partyhost_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--manifest"])
+        .arg(&manifest_file)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = host.stderr.take().context("no stderr")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let ready = within("the host's `ready` line", async {
+        loop {
+            let line = lines.next_line().await?.context("the host ended")?;
+            let entry: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("not a JSON line: {line}"))?;
+            if entry["fields"]["message"] == "ready" {
+                return anyhow::Ok(entry);
+            }
+        }
+    })
+    .await?;
+    assert_eq!(ready["level"], "INFO", "{ready}");
+    assert!(ready["fields"]["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");
+    host.kill().await?;
+    Ok(())
 }

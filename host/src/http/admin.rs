@@ -86,9 +86,11 @@ fn serving(projects: &Projects, addressed: &Addressed) -> Option<Arc<Project>> {
     }
 }
 
-/// The serving project's rooms, or a 404 saying nothing serves yet.
-fn rooms_of(projects: &Projects, addressed: &Addressed, project: &str) -> Result<Arc<Rooms>, ApiError> {
-    serving(projects, addressed)
+/// The rooms of the project the path names, once the caller may see them,
+/// or a 404 saying nothing serves yet.
+fn rooms_of(projects: &Projects, project: &str, request: &Request) -> Result<Arc<Rooms>, ApiError> {
+    let addressed = authorize(projects, project, request)?;
+    serving(projects, &addressed)
         .map(|p| p.rooms.clone())
         .ok_or_else(|| ApiError::NotFound(format!("project `{project}` has no version serving yet")))
 }
@@ -244,8 +246,7 @@ pub(super) async fn rooms(
     Query(filter): Query<Filter>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let addressed = authorize(&projects, &project, &request)?;
-    let rooms = rooms_of(&projects, &addressed, &project)?;
+    let rooms = rooms_of(&projects, &project, &request)?;
     let party =
         match &filter.party {
             Some(name) => Some(rooms.resolve_party(name).ok_or_else(|| {
@@ -262,8 +263,7 @@ pub(super) async fn tail(
     Query(filter): Query<Filter>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let addressed = authorize(&projects, &project, &request)?;
-    let rooms = rooms_of(&projects, &addressed, &project)?;
+    let rooms = rooms_of(&projects, &project, &request)?;
     let events = rooms.tail().subscribe().ok_or_else(|| {
         ApiError::Conflict(format!(
             "project `{project}` already has {} live tails open; close one",

@@ -91,6 +91,18 @@ impl Project {
         Ok(Self { rooms, app, secrets, changing: std::sync::Mutex::default() })
     }
 
+    /// Reads the `.env` at `path` over the stored secrets again
+    /// (`partyhost dev`); rooms read the values from their next event.
+    ///
+    /// # Errors
+    /// As [`Secrets::read_dotenv`]; then nothing changed.
+    pub fn read_dotenv(&self, path: &Path) -> anyhow::Result<()> {
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.secrets.read_dotenv(path)?;
+        self.rooms.set_secrets(self.secrets.values());
+        Ok(())
+    }
+
     /// Sets (or with `None` removes) a secret; rooms read the new value
     /// from their next event. Returns whether it existed (for removal).
     ///

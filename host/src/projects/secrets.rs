@@ -21,7 +21,7 @@ pub struct Secrets {
     values: Mutex<BTreeMap<String, String>>,
     /// From `.env` in `partyhost dev`: laid over the stored values, not
     /// stored.
-    overlay: BTreeMap<String, String>,
+    overlay: Mutex<BTreeMap<String, String>>,
 }
 
 impl Secrets {
@@ -37,36 +37,41 @@ impl Secrets {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        Ok(Self { file, values: Mutex::new(values), overlay: BTreeMap::new() })
+        Ok(Self { file, values: Mutex::new(values), overlay: Mutex::default() })
     }
 
-    /// Lays the `.env` file at `path` over the stored values, if it exists.
+    /// Lays the `.env` file at `path` over the stored values (none when
+    /// it does not exist), in place of what an earlier one laid.
     ///
     /// # Errors
-    /// When it exists and cannot be read or has a malformed line.
-    pub fn with_dotenv(mut self, path: &Path) -> anyhow::Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                self.overlay = parse_dotenv(&text).with_context(|| format!("reading {}", path.display()))?;
-                tracing::info!(file = %path.display(), vars = self.overlay.len(), "read .env");
-                Ok(self)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+    /// When it exists and cannot be read or has a malformed line; then
+    /// nothing changed.
+    pub fn read_dotenv(&self, path: &Path) -> anyhow::Result<()> {
+        let overlay = match std::fs::read_to_string(path) {
+            Ok(text) => parse_dotenv(&text).with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        tracing::info!(file = %path.display(), vars = overlay.len(), "read .env");
+        *self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = overlay;
+        Ok(())
+    }
+
+    fn overlay(&self) -> BTreeMap<String, String> {
+        self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Every secret as guests see it (stored, then `.env` over it).
     pub fn values(&self) -> Vec<(String, String)> {
         let mut all = self.lock().clone();
-        all.extend(self.overlay.clone());
+        all.extend(self.overlay());
         all.into_iter().collect()
     }
 
     /// The names, without values (they are never sent back).
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();
-        names.extend(self.overlay.keys().cloned());
+        names.extend(self.overlay().into_keys());
         names.sort();
         names.dedup();
         names

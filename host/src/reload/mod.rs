@@ -1,7 +1,7 @@
 //! `partyhost dev`: live reload while sockets stay open.
 //!
-//! A [`Reloader`] watches the manifest, each party's `.wasm`, and each
-//! party's `build.watch` paths (notify). Bursts of file events are
+//! A [`Reloader`] watches the manifest, the `.env` beside it, each party's
+//! `.wasm`, and each party's `build.watch` paths (notify). Bursts of file events are
 //! debounced. A change to a party's sources runs its `build.command`, with
 //! the compiler's output shown as it comes; a changed `.wasm` is validated
 //! and compiled on a blocking thread, off the serving path, then swapped into
@@ -11,7 +11,8 @@
 //! leaves the previous version serving and prints one error; fixing the
 //! file recovers.
 //!
-//! Reload reaches rooms only through the registry (`Rooms::replace_party` and `Rooms::switch`).
+//! Reload reaches rooms only through the registry (`Rooms::replace_party`,
+//! `Rooms::switch`, and the project's secrets for `.env`).
 
 mod watcher;
 
@@ -27,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::ids::PartyName;
 use crate::manifest::{Deployment, PartySpec};
+use crate::projects::Project;
 use crate::rooms::{LoadedParty, Rooms};
 use crate::sandbox::Sandbox;
 use watcher::Watcher;
@@ -49,6 +51,9 @@ pub struct ReloadStats {
 /// Watches a served manifest and swaps in what changes.
 pub struct Reloader {
     manifest: PathBuf,
+    /// The `.env` beside the manifest: secrets for the local project.
+    dotenv: PathBuf,
+    project: Arc<Project>,
     rooms: Arc<Rooms>,
     sandbox: Arc<Sandbox>,
     /// Digest of the `.wasm` each party now runs: an unchanged file (a
@@ -60,7 +65,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(manifest: PathBuf, rooms: Arc<Rooms>, sandbox: Arc<Sandbox>) -> Self {
+    pub(crate) fn new(manifest: PathBuf, project: Arc<Project>, sandbox: Arc<Sandbox>) -> Self {
+        let rooms = project.rooms.clone();
+        let dotenv = manifest.parent().unwrap_or(Path::new(".")).join(".env");
         let digests = rooms
             .deployment()
             .parties
@@ -68,7 +75,7 @@ impl Reloader {
             .filter_map(|(name, spec)| Some((name.clone(), digest(&spec.wasm).ok()?)))
             .collect();
         let manifest_digest = digest(&manifest).ok();
-        Self { manifest, rooms, sandbox, digests, manifest_digest, stats: Arc::default() }
+        Self { manifest, dotenv, project, rooms, sandbox, digests, manifest_digest, stats: Arc::default() }
     }
 
     pub fn stats(&self) -> Arc<ReloadStats> {
@@ -96,6 +103,9 @@ impl Reloader {
                 changed = watcher.next_burst(DEBOUNCE, MAX_BURST) => changed,
             };
             let Some(changed) = changed else { return Ok(()) };
+            if changed.contains(&watcher::normal(&self.dotenv)) {
+                self.apply_dotenv();
+            }
             if changed.contains(&watcher::normal(&self.manifest)) || watcher.overflowed() {
                 while self.apply_manifest().await {
                     watcher = Watcher::new(&self.manifest, &self.rooms.deployment())?;
@@ -108,6 +118,19 @@ impl Reloader {
                 continue;
             }
             self.apply_changes(&changed).await;
+        }
+    }
+
+    /// Reads `.env` again; a malformed one leaves the previous values.
+    fn apply_dotenv(&self) {
+        match self.project.read_dotenv(&self.dotenv) {
+            Ok(()) => {
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                eprintln!("partyhost dev: .env applied; rooms read it at their next event");
+            }
+            Err(e) => {
+                self.refused(&format!("{e:#}; the previous values stay"));
+            }
         }
     }
 
