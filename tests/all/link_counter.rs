@@ -105,7 +105,9 @@ fn stored(db: &Path) -> Result<(Vec<String>, Vec<String>)> {
 async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
     let dir = temp_dir();
     let db = dir.path().join("data/storage.sqlite");
-    let delay_ms = 1500;
+    // Long enough that the host surely stops before the alarms are due,
+    // even on loaded cores; the restarted host then waits for them.
+    let delay_ms = 4000;
     let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
     let (client, _) = visit(&host, "a").await?;
     drop(client);
@@ -136,5 +138,31 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
     // connections, so the counter forgets them all and the page its summary.
     let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
     eventually("the alarms to clean up", async || Ok(stored(&db)? == (vec![], vec![]))).await?;
+    host.stop().await
+}
+
+/// Each end against the original's wire shapes on its own, so a rename on
+/// both sides of ours cannot pass: the counter's answers byte for byte, and
+/// the page applying a counter's update POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_and_page_speak_the_originals_bodies() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &link_manifest(3_600_000)).await?;
+    let counter = "/parties/counter/all-pages";
+
+    let update = r#"{"action":"update","id":"b","connectionCount":2}"#;
+    assert_eq!(host.http("POST", counter, update).await?, (200, r#"{"success":true}"#.to_owned()));
+    let subscribe = r#"{"action":"subscribe","subscriberId":"a","subscribeToRoomIds":["b","c"]}"#;
+    assert_eq!(host.http("POST", counter, subscribe).await?, (200, r#"{"b":2,"c":0}"#.to_owned()));
+    let (status, body) = host.http("POST", counter, r#"{"action":"subscribe","subscriber":"a"}"#).await?;
+    assert_eq!((status, body.as_str()), (400, "Bad request"), "a wrong field name is refused");
+
+    // A page with a subscribed client applies the counter's update POST,
+    // and answers it as the original does (400, whatever it applied).
+    let (mut client, first) = visit(&host, "d").await?;
+    assert_eq!(first, json!({ "type": "update", "connections": { "a": 0 } }));
+    let update = r#"{"action":"update","id":"a","connectionCount":7}"#;
+    assert_eq!(host.http("POST", "/parties/page/d", update).await?, (400, "Bad request".to_owned()));
+    assert_eq!(client.recv_json().await?, json!({ "type": "update", "connections": { "a": 7 } }));
     host.stop().await
 }

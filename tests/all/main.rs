@@ -7,6 +7,7 @@ mod assets;
 mod browser;
 mod common;
 
+mod compile_cache;
 mod deploys;
 mod dev;
 mod edge;

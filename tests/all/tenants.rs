@@ -250,6 +250,44 @@ async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_project_looks_like_a_wrong_token_and_host_settings_of_a_tenant_are_ignored() -> Result<()>
+{
+    let dir = temp_dir();
+    // A tenant's manifest naming the host's own settings: where data lives,
+    // where to listen, how rooms idle, what to build.
+    let extra = "data_dir = \"../escaped\"\nlisten = \"0.0.0.0:1\"\n[rooms]\nidle_timeout_ms = 1";
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
+    host.deploy(&alice).await?;
+    let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/reactions/r"))).await?;
+    socket.recv_json().await?;
+    socket.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(socket.recv_json().await?["reactions"], json!({ "clap": 1 }));
+    // Storage is where the host keeps the project's, nowhere the manifest said.
+    assert!(dir.path().join("data/projects/alice/storage.sqlite").exists());
+    let escaped = [dir.path().join("escaped"), dir.path().join("data/projects/alice/versions/escaped")];
+    assert!(escaped.iter().all(|p| !p.exists()), "storage followed the tenant's data_dir");
+    // The host's idle timeout (10 s), not the tenant's 1 ms: a room left
+    // empty is still running a moment later.
+    drop(socket);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let status = host.project_status(&alice).await?;
+    assert_eq!(status["rooms"], json!(1), "{status}");
+
+    // No project of that name and a wrong token for a real one: the same
+    // answer, so a token cannot probe for names.
+    let token = format!("Bearer {}", alice.token);
+    let unknown =
+        host.http_with("GET", "/_partyhost/projects/nobody", &[("authorization", &token)], "").await?;
+    let wrong =
+        host.http_with("GET", "/_partyhost/projects/alice", &[("authorization", "Bearer x")], "").await?;
+    assert_eq!((unknown.status, wrong.status), (401, 401));
+    assert_eq!(unknown.body.replace("nobody", "NAME"), wrong.body.replace("alice", "NAME"));
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() -> Result<()> {
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "serve = \"public\"")?;

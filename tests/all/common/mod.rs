@@ -313,13 +313,21 @@ impl Client {
     }
 
     /// Waits for the server's close frame and returns its code and reason.
+    /// Any message before it fails the test: nothing may leak out first.
     pub async fn recv_close(&mut self) -> Result<(u16, String)> {
+        self.recv_close_after(|_| false).await
+    }
+
+    /// [`Client::recv_close`], letting through the text messages `expected`
+    /// accepts (answers the test provoked and does not count).
+    pub async fn recv_close_after(&mut self, expected: impl Fn(&str) -> bool) -> Result<(u16, String)> {
         loop {
             match within("close", self.ws.next()).await {
                 Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
                     return Ok((code.into(), reason.to_string()));
                 }
-                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(text))) if expected(&text) => {}
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 other => bail!("expected a close frame, got {other:?}"),
             }
         }
