@@ -82,7 +82,7 @@ async fn serve(
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid WebSocket upgrade: {}", e.body_text())))?;
         let conn = connection_id(&parts.uri)?;
-        let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, Vec::new());
+        let guest_request = guest_request(&parts.method, client_uri(&parts), &parts.headers, Vec::new());
         // Refused before any upgrade: the client gets a real HTTP status.
         let guest_request = match app.rooms.pass_gate(&key, Gate::BeforeConnect, guest_request).await {
             Verdict::Pass(request) => request,
@@ -115,7 +115,7 @@ async fn serve(
         app.rooms.limit_hit(&key, Limit::MessageSize, || "an HTTP request body over the limit".into());
         ApiError::TooLarge(format!("request body is over {} bytes", limits.message_bytes))
     })?;
-    let guest_request = guest_request(&parts.method, &parts.uri, &parts.headers, body.to_vec());
+    let guest_request = guest_request(&parts.method, client_uri(&parts), &parts.headers, body.to_vec());
     let guest_request = match app.rooms.pass_gate(&key, Gate::BeforeRequest, guest_request).await {
         Verdict::Pass(request) => request,
         Verdict::Refuse(response) => return Ok(into_http_response(response)),
@@ -146,6 +146,13 @@ fn connection_id(uri: &Uri) -> Result<ConnectionId, ApiError> {
             .map_err(|reason| ApiError::BadRequest(format!("connection id `_pk` {reason}"))),
         None => Ok(ConnectionId::random()),
     }
+}
+
+/// The URI the client sent: a tenant's `/p/<project>` prefix is taken off
+/// for routing, but the room sees (and `connection.uri` keeps) the URL as
+/// the client used it.
+fn client_uri(parts: &axum::http::request::Parts) -> &Uri {
+    parts.extensions.get::<axum::extract::OriginalUri>().map_or(&parts.uri, |original| &original.0)
 }
 
 /// The request as a guest sees it: full URL, lower-case header names.

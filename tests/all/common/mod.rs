@@ -79,8 +79,19 @@ impl TestHost {
 
     /// Starts a host with every option (TLS, tenants).
     pub async fn start_with(dir: &Path, manifest_toml: &str, options: partyhost::Options) -> Result<Self> {
+        Self::start_at("127.0.0.1:0".parse()?, dir, manifest_toml, options).await
+    }
+
+    /// [`TestHost::start_with`] on `addr` (a restarted host on the port its
+    /// clients reconnect to).
+    pub async fn start_at(
+        addr: SocketAddr,
+        dir: &Path,
+        manifest_toml: &str,
+        options: partyhost::Options,
+    ) -> Result<Self> {
         let deployment = Deployment::parse(manifest_toml, dir)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let host = Host::start_with(deployment, options, listener, shutdown.clone()).await?;

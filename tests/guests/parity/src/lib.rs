@@ -173,7 +173,12 @@ impl Party for Parity {
         let reply = match message.as_text() {
             Some("close-me") => return sender.close_with(4000, "asked"),
             Some(text) => self.command(text),
-            None => "binary".into(),
+            // Binary comes back binary, reversed.
+            None => {
+                let Message::Binary(mut bytes) = message else { return };
+                bytes.reverse();
+                return sender.send(Message::Binary(bytes));
+            }
         };
         sender.send(reply);
     }
