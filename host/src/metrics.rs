@@ -279,9 +279,12 @@ pub struct ProjectSnapshot {
 #[derive(Debug)]
 struct Snapshots(Vec<ProjectSnapshot>);
 
+/// A gauge read from each project's snapshot: name, help, value.
+type SnapshotGauge = (&'static str, &'static str, fn(&ProjectSnapshot) -> usize);
+
 impl prometheus_client::collector::Collector for Snapshots {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauges: [(&str, &str, fn(&ProjectSnapshot) -> usize); 4] = [
+        let gauges: [SnapshotGauge; 4] = [
             ("rooms", "Running rooms (live or hibernated)", |p| p.rooms),
             ("rooms_live", "Rooms with a live guest instance", |p| p.live_instances),
             ("rooms_hibernated", "Running rooms whose instance is evicted", |p| {

@@ -153,6 +153,8 @@ pub struct Projects {
 }
 
 impl Projects {
+    // Called once, by `Host::start_with`: each argument is a part it owns.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         local: Project,
         tenants: Option<Tenants>,

@@ -144,6 +144,8 @@ pub struct RoomInfo {
 }
 
 impl Rooms {
+    // Called once per project, by `Project::open`: each argument is a part it owns.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         deployment: Deployment,
         parties: HashMap<PartyName, Arc<LoadedParty>>,

@@ -136,7 +136,7 @@ impl Room {
 
     /// Logs a failed call and resets the room.
     pub(super) async fn reset(&mut self, e: &GuestError) {
-        self.rooms.guest_failed(&self.key, "call", &e);
+        self.rooms.guest_failed(&self.key, "call", e);
         warn!(room = %self.key, error.type = e.kind.as_str(), cause = %e.detail, "guest call failed; restarting the instance");
         self.reset_state().await;
     }
