@@ -250,12 +250,12 @@ async fn a_bad_deployment_gets_an_exact_error_and_changes_nothing() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_project_looks_like_a_wrong_token_and_host_settings_of_a_tenant_are_ignored() -> Result<()>
-{
+async fn an_unknown_project_looks_like_a_wrong_token_and_a_tenants_host_settings_are_ignored() -> Result<()> {
     let dir = temp_dir();
     // A tenant's manifest naming the host's own settings: where data lives,
     // where to listen, how rooms idle, what to build.
-    let extra = "data_dir = \"../escaped\"\nlisten = \"0.0.0.0:1\"\n[rooms]\nidle_timeout_ms = 1";
+    let extra = "data_dir = \"../escaped\"\nlisten = \"0.0.0.0:1\"\n[rooms]\nidle_timeout_ms = 1\n\
+                 [parties.reactions.build]\ncommand = \"touch built-on-the-host\"\nwatch = [\"src\"]\n";
     let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
     let host =
         TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
@@ -268,6 +268,12 @@ async fn an_unknown_project_looks_like_a_wrong_token_and_host_settings_of_a_tena
     assert!(dir.path().join("data/projects/alice/storage.sqlite").exists());
     let escaped = [dir.path().join("escaped"), dir.path().join("data/projects/alice/versions/escaped")];
     assert!(escaped.iter().all(|p| !p.exists()), "storage followed the tenant's data_dir");
+    // `build` is for `partyhost dev` on one's own machine: never run here.
+    let built = [
+        dir.path().join("built-on-the-host"),
+        dir.path().join("data/projects/alice/versions/1/built-on-the-host"),
+    ];
+    assert!(built.iter().all(|p| !p.exists()), "the host ran a tenant's build command");
     // The host's idle timeout (10 s), not the tenant's 1 ms: a room left
     // empty is still running a moment later.
     drop(socket);
