@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::common::{Client, Tenant, TestHost, local_project, temp_dir, tenants_toml};
+use crate::common::{Client, Tenant, TestHost, eventually, local_project, temp_dir, tenants_toml};
 use crate::guests::{COMMAND, COUNTER, HOSTILE, REACTIONS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,6 +290,49 @@ async fn an_unknown_project_looks_like_a_wrong_token_and_a_tenants_host_settings
         host.http_with("GET", "/_partyhost/projects/alice", &[("authorization", "Bearer x")], "").await?;
     assert_eq!((unknown.status, wrong.status), (401, 401));
     assert_eq!(unknown.body.replace("nobody", "NAME"), wrong.body.replace("alice", "NAME"));
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_wakes_its_own_projects_room_and_no_other() -> Result<()> {
+    let dir = temp_dir();
+    let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "")?;
+    let bob = Tenant::new(dir.path(), "bob", &[("hostile", HOSTILE)], "")?;
+    let host = TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice, &bob], ""))
+        .await?;
+    host.deploy(&alice).await?;
+    host.deploy(&bob).await?;
+    // The same party and room id in both projects; only alice's sets an alarm.
+    let fired = async |project: &Tenant| -> Result<String> {
+        Ok(host.http("GET", &project.path("/parties/hostile/same/alarms-fired"), "").await?.1)
+    };
+    assert_eq!(fired(&bob).await?, "alarms fired 0");
+    let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/hostile/same"))).await?;
+    socket.send_text("alarm:200").await?;
+    assert!(socket.recv_text().await?.starts_with("alarm set"));
+    assert!(socket.recv_text().await?.starts_with("alarm fired"), "alice's room woke");
+    assert_eq!(fired(&alice).await?, "alarms fired 1");
+    assert_eq!(fired(&bob).await?, "alarms fired 0", "bob's room of the same name did not");
+    drop(socket);
+    host.stop().await?;
+
+    // Nor after a restart, when alarms come back from each project's file.
+    let host = TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice, &bob], ""))
+        .await?;
+    let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/hostile/later"))).await?;
+    socket.send_text("alarm:300").await?;
+    assert!(socket.recv_text().await?.starts_with("alarm set"));
+    drop(socket);
+    host.stop().await?;
+    let host = TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice, &bob], ""))
+        .await?;
+    eventually("alice's stored alarm to fire after the restart", async || {
+        Ok(host.http("GET", &alice.path("/parties/hostile/later/alarms-fired"), "").await?.1
+            == "alarms fired 1")
+    })
+    .await?;
+    let (_, bobs) = host.http("GET", &bob.path("/parties/hostile/later/alarms-fired"), "").await?;
+    assert_eq!(bobs, "alarms fired 0");
     host.stop().await
 }
 
