@@ -337,6 +337,54 @@ async fn an_alarm_wakes_its_own_projects_room_and_no_other() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_to_a_new_version_drops_nothing_in_flight() -> Result<()> {
+    let dir = temp_dir();
+    let extra = "[vars]\nRATE_LIMIT_MS = \"0\"";
+    let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
+    let host =
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
+    host.deploy(&alice).await?;
+    let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/reactions/busy"))).await?;
+    socket.recv_json().await?;
+
+    // Version 2 deploys while a socket reacts and HTTP requests arrive
+    // without pause: each reaction is counted once, each request answered.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, path, http_done) = (host.addr, alice.path("/parties/reactions/busy"), done.clone());
+    let requests = tokio::spawn(async move {
+        let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+        while !http_done.load(std::sync::atomic::Ordering::Relaxed) {
+            let response = crate::common::raw_http(addr, "GET", &path, &[], "").await?;
+            *statuses.entry(response.status).or_default() += 1;
+        }
+        anyhow::Ok(statuses)
+    });
+    let socket_done = done.clone();
+    let reacting = tokio::spawn(async move {
+        // Whole cycles only: a reaction is counted once its update is seen.
+        let mut reactions = 0u64;
+        while !socket_done.load(std::sync::atomic::Ordering::Relaxed) {
+            socket.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+            reactions += 1;
+            let update = socket.recv_json().await?;
+            anyhow::ensure!(update["reactions"]["clap"] == json!(reactions), "{update} after {reactions}");
+        }
+        anyhow::Ok((socket, reactions))
+    });
+    let deployed = host.deploy(&alice).await?;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(deployed["version"], json!(2));
+    let statuses = requests.await??;
+    let (mut socket, reactions) = reacting.await??;
+    assert_eq!(statuses.keys().copied().collect::<Vec<_>>(), [200], "{statuses:?}");
+    assert!(reactions > 0 && statuses[&200] > 0, "traffic during the deploy: {reactions} {statuses:?}");
+    // The socket stayed open: the new version serves it, with the counts.
+    socket.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
+    assert_eq!(socket.recv_json().await?["reactions"]["clap"], json!(reactions + 1));
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_pages_on_the_shared_origin_are_sandboxed_and_set_no_cookies() -> Result<()> {
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "serve = \"public\"")?;
