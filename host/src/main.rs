@@ -304,10 +304,7 @@ async fn env(action: EnvAction) -> anyhow::Result<()> {
                     line.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            let path = format!(
-                "/env/{}",
-                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-            );
+            let path = format!("/env/{}", encoded(name));
             partyhost::client::call(&target, "PUT", &path, value.into_bytes()).await?;
             println!("set {name} for project `{project}`; its rooms read it from their next event");
         }
@@ -318,10 +315,7 @@ async fn env(action: EnvAction) -> anyhow::Result<()> {
             }
         }
         EnvAction::Remove { name, .. } => {
-            let path = format!(
-                "/env/{}",
-                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-            );
+            let path = format!("/env/{}", encoded(name));
             let answer = partyhost::client::call(&target, "DELETE", &path, Vec::new()).await?;
             if answer["removed"].as_bool() == Some(true) {
                 println!("removed {name} from project `{project}`");
@@ -333,17 +327,15 @@ async fn env(action: EnvAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` as one piece of a URL's path or query.
+fn encoded(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+}
+
 /// `partyhost rooms`: one line per running room.
 async fn rooms(party: Option<String>, args: RemoteArgs) -> anyhow::Result<()> {
     let (project, _) = project_of(&args)?;
-    let query = party
-        .map(|p| {
-            format!(
-                "?party={}",
-                percent_encoding::utf8_percent_encode(&p, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .unwrap_or_default();
+    let query = party.map(|p| format!("?party={}", encoded(&p))).unwrap_or_default();
     let answer =
         partyhost::client::call(&target(&args, &project), "GET", &format!("/rooms{query}"), Vec::new())
             .await?;
@@ -373,12 +365,7 @@ async fn tail(
     let (project, _) = project_of(&args)?;
     let query: Vec<String> = [("party", party), ("room", room)]
         .into_iter()
-        .filter_map(|(name, value)| {
-            Some(format!(
-                "{name}={}",
-                percent_encoding::utf8_percent_encode(&value?, percent_encoding::NON_ALPHANUMERIC)
-            ))
-        })
+        .filter_map(|(name, value)| Some(format!("{name}={}", encoded(&value?))))
         .collect();
     let rest = if query.is_empty() { "/tail".to_owned() } else { format!("/tail?{}", query.join("&")) };
     partyhost::client::tail(&target(&args, &project), &rest, |event| {

@@ -198,16 +198,16 @@ impl ProjectMetrics {
             let keep = parties.contains(&party.as_str());
             if !keep {
                 for handler in HANDLERS {
-                    let labels = vec![
-                        ("project", self.project.clone()),
-                        ("party", party.clone()),
-                        ("handler", handler.to_owned()),
-                    ];
-                    self.guest_calls.remove(&labels);
+                    self.guest_calls.remove(&self.call_labels(party, handler));
                 }
             }
             keep
         });
+    }
+
+    /// The labels of `party`'s histogram for `handler`.
+    fn call_labels(&self, party: &str, handler: &str) -> Labels {
+        vec![("project", self.project.clone()), ("party", party.to_owned()), ("handler", handler.to_owned())]
     }
 
     /// The call histograms of `party`.
@@ -219,14 +219,8 @@ impl ProjectMetrics {
         parties
             .entry(party.to_owned())
             .or_insert_with(|| {
-                let histogram = |handler: &str| {
-                    let labels = vec![
-                        ("project", self.project.clone()),
-                        ("party", party.to_owned()),
-                        ("handler", handler.to_owned()),
-                    ];
-                    self.guest_calls.get_or_create_owned(&labels)
-                };
+                let histogram =
+                    |handler: &str| self.guest_calls.get_or_create_owned(&self.call_labels(party, handler));
                 Arc::new(CallTimes { by_handler: HANDLERS.map(histogram) })
             })
             .clone()

@@ -151,9 +151,7 @@ impl Rooms {
                 return Ok(verdict);
             }
             let state = guest.room_mut();
-            if let Some((limit, detail)) = state.call.exceeded.take() {
-                return Err(GuestError { kind: crate::sandbox::TrapKind::HostLimit(limit.as_str()), detail });
-            }
+            state.take_exceeded()?;
             if let Some(at) = state.verdicts.iter().position(|(task, _)| *task == GATE_TASK) {
                 return Ok(state.verdicts.swap_remove(at).1);
             }

@@ -17,7 +17,9 @@ use super::tail::Tail;
 use super::{Limit, LimitHits, now_ms};
 use crate::budget::{CapReached, Lease, Resource, Totals};
 use crate::ids::{ConnectionId, RoomKey};
-use crate::sandbox::{GuestOutput, Header, Limits, LogSink, Message, Refusal, Request, Response, Verdict};
+use crate::sandbox::{
+    GuestError, GuestOutput, Header, Limits, LogSink, Message, Refusal, Request, Response, TrapKind, Verdict,
+};
 use crate::storage::RoomStorage;
 
 /// Longest chain of room-to-room requests (a request to a room that
@@ -219,6 +221,15 @@ impl RoomState {
     /// Where the guest's stdout and stderr go.
     pub(super) fn output(&self) -> GuestOutput {
         self.output.clone()
+    }
+
+    /// The call's failure if it broke a limit that no import could refuse
+    /// (a broadcast past its fan-out budget, say); clears it.
+    pub(super) fn take_exceeded(&mut self) -> Result<(), GuestError> {
+        match self.call.exceeded.take() {
+            Some((limit, detail)) => Err(GuestError { kind: TrapKind::HostLimit(limit.as_str()), detail }),
+            None => Ok(()),
+        }
     }
 
     /// Counts a limit this room hit, and tells the live tail.

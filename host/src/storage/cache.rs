@@ -58,10 +58,14 @@ impl RoomStorage {
         self.entries.get(key).map(Vec::as_slice)
     }
 
+    /// Bytes `key` and its value hold now (0 when absent).
+    pub fn entry_bytes(&self, key: &str) -> usize {
+        self.entries.get(key).map_or(0, |old| key.len() + old.len())
+    }
+
     /// Total bytes the room would hold after putting `value` at `key`.
     pub fn total_bytes_after_put(&self, key: &str, value: &[u8]) -> usize {
-        let replaced = self.entries.get(key).map_or(0, |old| key.len() + old.len());
-        self.total_bytes - replaced + key.len() + value.len()
+        self.total_bytes - self.entry_bytes(key) + key.len() + value.len()
     }
 
     pub fn put(&mut self, key: String, value: Vec<u8>) {

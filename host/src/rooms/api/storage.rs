@@ -45,10 +45,9 @@ impl RoomState {
             last.insert(key.as_str(), value.len());
         }
         let before = self.storage.total_bytes();
-        let after = last.iter().fold(before, |total, (key, len)| {
-            let replaced = self.storage.get(key).map_or(0, |old| key.len() + old.len());
-            total - replaced + key.len() + len
-        });
+        let after = last
+            .iter()
+            .fold(before, |total, (key, len)| total - self.storage.entry_bytes(key) + key.len() + len);
         let quota = self.limits.storage_room_bytes;
         if after > quota {
             let why = format!("room storage would exceed {quota} bytes");

@@ -11,7 +11,7 @@ use crate::ids::{ConnectionId, RoomKey};
 use crate::rooms::CLOSE_TRY_AGAIN;
 use crate::rooms::Rooms;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
-use crate::sandbox::{GuestError, Response, TrapKind};
+use crate::sandbox::{GuestError, Response};
 use crate::storage::CommitTicket;
 
 /// What one guest call produced, held until its writes are durable.
@@ -34,11 +34,7 @@ impl Room {
         // A limit an import could not refuse (a broadcast) fails the call.
         let state = self.state_mut();
         state.hops = 0;
-        let exceeded = state.call.exceeded.take();
-        let result = result.and_then(|()| match exceeded {
-            Some((limit, detail)) => Err(GuestError { kind: TrapKind::HostLimit(limit.as_str()), detail }),
-            None => Ok(()),
-        });
+        let result = result.and_then(|()| state.take_exceeded());
         if let Err(e) = result {
             self.reset(&e).await;
             return false;
