@@ -9,8 +9,11 @@
 #   2. The example pages (web/): npm packages from the lockfile, then the
 #      partysocket bundle, rebuilt every time (esbuild takes milliseconds).
 #   3. With --tests: the Node packages of the client and browser tests
-#      (tests/node, from the lockfile) and Debian's chromium (with an emoji
-#      font, for the reaction buttons) for the browser tests.
+#      (tests/node, from the lockfile), those of the TypeScript example
+#      parties (guests-ts: zod), and Debian's chromium (with an emoji font,
+#      for the reaction buttons) for the browser tests. The JavaScript build
+#      toolchain itself (esbuild, componentize-js) is installed by partyhost
+#      on its first build (host/src/js.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/wasm-toolchain.sh
@@ -47,6 +50,7 @@ step "bundling the example pages (web/public/build)"
 
 if [[ "${1:-}" == --tests ]]; then
   [[ -d tests/node/node_modules/playwright-core ]] || npm_ci tests/node
+  [[ -d guests-ts/node_modules/zod ]] || npm_ci guests-ts
   if ! command -v chromium >/dev/null || [[ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]]; then
     step "installing Debian's chromium for the browser tests"
     apt_install chromium fonts-noto-color-emoji

@@ -22,6 +22,7 @@ pub mod client;
 pub mod edge;
 pub mod http;
 pub mod ids;
+pub mod js;
 pub mod manifest;
 pub mod metrics;
 pub mod projects;
@@ -98,6 +99,9 @@ pub struct Options {
     pub operator_token: Option<manifest::TokenHash>,
     /// Count nothing and serve no metrics (`--no-metrics`).
     pub no_metrics: bool,
+    /// Where compiled code is cached; default `<data_dir>/compiled`. Hosts
+    /// that serve the same components may share one (the tests do).
+    pub compile_cache: Option<PathBuf>,
 }
 
 /// A running host: what [`run`] drives, and what tests inspect.
@@ -172,7 +176,8 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token, no_metrics } = options;
+        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token, no_metrics, compile_cache } =
+            options;
         // Serving from the start: health and readiness answer while the
         // parties compile; everything else is a 503 until they are ready.
         let edge_limits = deployment.edge.resolve();
@@ -184,7 +189,7 @@ impl Host {
         info!(%addr, tls = tls.is_some(), "listening; compiling parties");
         let metrics =
             Arc::new(if no_metrics { metrics::Metrics::off() } else { metrics::Metrics::default() });
-        let loading = Loading { tenants, fast_compile, dotenv, operator_token, metrics };
+        let loading = Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache };
         let started = Self::load(deployment, loading, &shutdown).await;
         let (projects, sandbox, tracker, shutdown_deadline) = match started {
             Ok(started) => started,
@@ -207,11 +212,12 @@ impl Host {
         loading: Loading,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(Arc<Projects>, Arc<Sandbox>, TaskTracker, Duration)> {
-        let Loading { tenants, fast_compile, dotenv, operator_token, metrics } = loading;
+        let Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache } = loading;
         let data_dir = deployment.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let sandbox = Arc::new(Sandbox::new(&data_dir.join("compiled"), fast_compile, metrics.clone())?);
+        let compile_cache = compile_cache.unwrap_or_else(|| data_dir.join("compiled"));
+        let sandbox = Arc::new(Sandbox::new(&compile_cache, fast_compile, metrics.clone())?);
         let compiling = (sandbox.clone(), deployment.parties.clone());
         let parties = tokio::task::spawn_blocking(move || {
             let (sandbox, specs) = compiling;
@@ -326,6 +332,7 @@ struct Loading {
     dotenv: Option<PathBuf>,
     operator_token: Option<manifest::TokenHash>,
     metrics: Arc<metrics::Metrics>,
+    compile_cache: Option<PathBuf>,
 }
 
 /// Compiles (or loads from the cache) one party's component, at start-up.

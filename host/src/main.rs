@@ -34,6 +34,13 @@ enum Command {
     /// Serve, and rebuild and swap in parties as their files change; sockets
     /// stay open.
     Dev(ServeArgs),
+    /// Build the manifest's TypeScript and JavaScript parties into
+    /// components (`serve`, `dev` and `deploy` do this too when needed).
+    Build {
+        /// The manifest. Default: partykit.toml, else partykit.toml.example.
+        #[arg(long, env = "PARTYHOST_MANIFEST")]
+        manifest: Option<PathBuf>,
+    },
     /// Upload a project (manifest, components, static files) to a running
     /// multi-tenant host; it serves the new version once it has compiled.
     Deploy(RemoteArgs),
@@ -188,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve_until_stopped(runtime, args, false),
         Command::Dev(args) => serve_until_stopped(runtime, args, true),
+        Command::Build { manifest } => build_scripts(&manifest.unwrap_or_else(default_manifest)).map(drop),
         Command::Deploy(args) => runtime.block_on(remote(args, true)),
         Command::Rollback(args) => runtime.block_on(remote(args, false)),
         Command::Env { action } => runtime.block_on(env(action)),
@@ -223,7 +231,8 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     // Absolute, so the paths the watcher reports match the manifest's.
     let manifest =
         std::path::absolute(&manifest).with_context(|| format!("resolving {}", manifest.display()))?;
-    let mut deployment = Deployment::load(&manifest)?;
+    let path = manifest.clone();
+    let mut deployment = tokio::task::spawn_blocking(move || build_scripts(&path)).await??;
     if let Some(listen) = args.listen {
         deployment.listen = listen;
     }
@@ -251,8 +260,15 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let dotenv = dev.then(|| manifest.parent().unwrap_or(Path::new(".")).join(".env"));
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let options =
-        partyhost::Options { tenants, tls, dev, dotenv, operator_token, no_metrics: args.no_metrics };
+    let options = partyhost::Options {
+        tenants,
+        tls,
+        dev,
+        dotenv,
+        operator_token,
+        no_metrics: args.no_metrics,
+        compile_cache: None,
+    };
     let host = partyhost::Host::start_with(deployment, options, listener, shutdown.clone()).await?;
     if dev {
         host.reloader(manifest).spawn(shutdown)?;
@@ -403,6 +419,9 @@ async fn tail(
 async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
     let (project, manifest) = project_of(&args)?;
     anyhow::ensure!(args.token.is_some(), "deploying needs the project's --token (or PARTYHOST_TOKEN)");
+    if upload {
+        build_scripts(&manifest)?;
+    }
     let target = target(&args, &project);
     let answer = if upload {
         partyhost::client::deploy(&target, &manifest).await?
@@ -418,6 +437,13 @@ async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
         answer["took_ms"]
     );
     Ok(())
+}
+
+/// Loads a manifest and builds its script parties (cached by content).
+fn build_scripts(manifest: &Path) -> anyhow::Result<Deployment> {
+    let deployment = Deployment::load(manifest)?;
+    partyhost::js::build_all(&deployment)?;
+    Ok(deployment)
 }
 
 fn default_manifest() -> PathBuf {

@@ -1,13 +1,12 @@
 //! The example pages (web/) in headless Chromium, driven by Playwright
 //! (tests/node/browser.mjs), against a real host serving them from the
-//! manifest's `serve` folder. Screenshots land in target/screenshots.
+//! manifest's `serve` folder. Screenshots land in target/screenshots/<language>.
 
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 
-use crate::common::{TestHost, manifest, repo_root, run_node, temp_dir};
-use crate::guests::{COUNTER, PAGE, PRESENCE, REACTIONS};
+use crate::common::{Examples, TestHost, manifest, repo_root, run_node, temp_dir};
 
 fn screenshot_dir() -> PathBuf {
     let target =
@@ -15,18 +14,22 @@ fn screenshot_dir() -> PathBuf {
     target.join("screenshots")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_pages_work_in_a_browser() -> Result<()> {
+async fn the_example_pages_work_in_a_browser(parties: &Examples) -> Result<()> {
     let public = repo_root().join("web/public");
     let bundle = public.join("build/reactions.js");
     assert!(bundle.exists(), "{} is missing: scripts/setup.sh bundles web/", bundle.display());
     let dir = temp_dir();
-    let parties = [("reactions", REACTIONS), ("presence", PRESENCE), ("page", PAGE), ("counter", COUNTER)];
+    let shots = screenshot_dir().join(parties.language);
+    let parties = [
+        ("reactions", parties.reactions),
+        ("presence", parties.presence),
+        ("page", parties.page),
+        ("counter", parties.counter),
+    ];
     // The limiter is off: the test clicks faster than a person would.
     let extra = format!("[serve]\npath = {:?}\n[parties.reactions.vars]\nRATE_LIMIT_MS = \"0\"", public);
     let host = TestHost::start(dir.path(), &manifest(&parties, &extra)).await?;
 
-    let shots = screenshot_dir();
     let report = run_node("browser.mjs", &[host.addr.to_string(), shots.display().to_string()]).await?;
 
     assert_eq!(report["index"], json!(["/reactions.html", "/presence.html", "/links.html?page=a"]));
@@ -44,3 +47,5 @@ async fn the_example_pages_work_in_a_browser() -> Result<()> {
     }
     host.stop().await
 }
+
+for_both_languages!(the_example_pages_work_in_a_browser);

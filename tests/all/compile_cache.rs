@@ -28,7 +28,7 @@ async fn a_restart_loads_the_cached_code_and_a_corrupt_entry_is_compiled_again()
         anyhow::ensure!((status, body.as_str()) == (200, "pong"), "{status} {body}");
         Ok(())
     };
-    let host = TestHost::start(dir.path(), &toml).await?;
+    let host = TestHost::start_with(dir.path(), &toml, partyhost::Options::default()).await?;
     serves(&host).await?;
     host.stop().await?;
     let cached = entry(&dir.path().join("data"))?;
@@ -36,7 +36,7 @@ async fn a_restart_loads_the_cached_code_and_a_corrupt_entry_is_compiled_again()
 
     // A compile writes a new file under the name (a rename): the same file
     // after a restart means the code was loaded, not compiled.
-    let host = TestHost::start(dir.path(), &toml).await?;
+    let host = TestHost::start_with(dir.path(), &toml, partyhost::Options::default()).await?;
     serves(&host).await?;
     host.stop().await?;
     assert_eq!(entry(&dir.path().join("data"))?, cached);
@@ -45,7 +45,7 @@ async fn a_restart_loads_the_cached_code_and_a_corrupt_entry_is_compiled_again()
     // Junk in place of the entry: compiled again, served, and replaced by
     // a good entry.
     std::fs::write(&cached, b"not a compiled component")?;
-    let host = TestHost::start(dir.path(), &toml).await?;
+    let host = TestHost::start_with(dir.path(), &toml, partyhost::Options::default()).await?;
     serves(&host).await?;
     host.stop().await?;
     assert_ne!(std::fs::metadata(&cached)?.ino(), inode, "the corrupt entry was not replaced");

@@ -166,8 +166,9 @@ fn component_of_another_world() -> Result<Vec<u8>> {
 async fn a_component_that_does_not_fit_leaves_nothing_in_the_compile_cache() -> Result<()> {
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[("hostile", HOSTILE)], "")?;
-    let host =
-        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
+    let tenants = partyhost::manifest::Tenants::parse(&tenants_toml(&[&alice], ""))?;
+    let options = partyhost::Options { tenants: Some(tenants), ..Default::default() };
+    let host = TestHost::start_with(dir.path(), &local_project(), options).await?;
     let cache = dir.path().join("data/compiled");
     let entries = || std::fs::read_dir(&cache).map(Iterator::count).unwrap_or(0);
     let before = entries();
@@ -236,8 +237,11 @@ async fn a_deployment_whose_request_times_out_still_finishes() -> Result<()> {
     let alice = with_page(dir.path(), "alice", 100)?;
     // The admin API's timeout is shorter than a compile: the request is
     // answered 408 while the deployment goes on in its own task.
+    // The compile cache in the data dir: the shared one may hold the party compiled.
     let local = manifest(&[("reactions", REACTIONS)], "main = \"reactions\"\n[edge]\ndeploy_timeout_ms = 50");
-    let host = TestHost::start_with_tenants(dir.path(), &local, &tenants_toml(&[&alice], "")).await?;
+    let tenants = partyhost::manifest::Tenants::parse(&tenants_toml(&[&alice], ""))?;
+    let options = partyhost::Options { tenants: Some(tenants), ..Default::default() };
+    let host = TestHost::start_with(dir.path(), &local, options).await?;
     let timed_out = host.deploy(&alice).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(timed_out.starts_with("the host refused (408 Request Timeout)"), "{timed_out}");
     crate::common::eventually("the deployment to finish on its own", async || {

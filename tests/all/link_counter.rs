@@ -6,15 +6,14 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
 
-use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
-use crate::guests::{COUNTER, PAGE};
+use crate::common::{Client, Examples, TestHost, eventually, manifest, temp_dir};
 
 const PAGE_LINKS: [(&str, &[&str]); 4] =
     [("a", &["b", "c", "d"]), ("b", &["a", "b", "c"]), ("c", &["a", "b", "d"]), ("d", &["a"])];
 
-fn link_manifest(alarm_delay_ms: u64) -> String {
+fn link_manifest(parties: &Examples, alarm_delay_ms: u64) -> String {
     let vars = format!("[vars]\nCLEANUP_ALARM_DELAY_MS = \"{alarm_delay_ms}\"\n");
-    manifest(&[("page", PAGE), ("counter", COUNTER)], &vars)
+    manifest(&[("page", parties.page), ("counter", parties.counter)], &vars)
 }
 
 fn links(page: &str) -> &'static [&'static str] {
@@ -43,10 +42,9 @@ async fn wait_for(client: &mut Client, counts: Value) -> Result<()> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_see_each_others_counts_go_up_and_down() -> Result<()> {
+async fn pages_see_each_others_counts_go_up_and_down(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &link_manifest(3_600_000)).await?;
+    let host = TestHost::start(dir.path(), &link_manifest(parties, 3_600_000)).await?;
 
     let (mut a, first) = visit(&host, "a").await?;
     assert_eq!(first, json!({ "type": "update", "connections": { "b": 0, "c": 0, "d": 0 } }));
@@ -101,14 +99,13 @@ fn stored(db: &Path) -> Result<(Vec<String>, Vec<String>)> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
+async fn cleanup_alarms_fire_after_a_restart(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
     let db = dir.path().join("data/storage.sqlite");
     // Long enough that the host surely stops before the alarms are due,
     // even on loaded cores; the restarted host then waits for them.
     let delay_ms = 4000;
-    let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
+    let host = TestHost::start(dir.path(), &link_manifest(parties, delay_ms)).await?;
     let (client, _) = visit(&host, "a").await?;
     drop(client);
     // The page's close reaches the counter (a's count back to 0) ...
@@ -136,7 +133,7 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
 
     // A new host wakes both rooms at their alarm time: every page has no
     // connections, so the counter forgets them all and the page its summary.
-    let host = TestHost::start(dir.path(), &link_manifest(delay_ms)).await?;
+    let host = TestHost::start(dir.path(), &link_manifest(parties, delay_ms)).await?;
     eventually("the alarms to clean up", async || Ok(stored(&db)? == (vec![], vec![]))).await?;
     host.stop().await
 }
@@ -144,10 +141,9 @@ async fn cleanup_alarms_fire_after_a_restart() -> Result<()> {
 /// Each end against the original's wire shapes on its own, so a rename on
 /// both sides of ours cannot pass: the counter's answers byte for byte, and
 /// the page applying a counter's update POST.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counter_and_page_speak_the_originals_bodies() -> Result<()> {
+async fn counter_and_page_speak_the_originals_bodies(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &link_manifest(3_600_000)).await?;
+    let host = TestHost::start(dir.path(), &link_manifest(parties, 3_600_000)).await?;
     let counter = "/parties/counter/all-pages";
 
     let update = r#"{"action":"update","id":"b","connectionCount":2}"#;
@@ -166,3 +162,9 @@ async fn counter_and_page_speak_the_originals_bodies() -> Result<()> {
     assert_eq!(client.recv_json().await?, json!({ "type": "update", "connections": { "a": 7 } }));
     host.stop().await
 }
+
+for_both_languages!(
+    pages_see_each_others_counts_go_up_and_down,
+    cleanup_alarms_fire_after_a_restart,
+    counter_and_page_speak_the_originals_bodies
+);

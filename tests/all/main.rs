@@ -3,9 +3,10 @@
 //! it with real WebSocket clients, and runs real guest components built by
 //! scripts/build-guests.sh.
 
+#[macro_use]
+mod common;
 mod assets;
 mod browser;
-mod common;
 
 mod compile_cache;
 mod deploys;

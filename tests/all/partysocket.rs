@@ -2,14 +2,13 @@
 
 use anyhow::{Context, Result};
 
-use crate::common::{TestHost, manifest, run_node, temp_dir};
-use crate::guests::{COUNTER, PAGE, PRESENCE, REACTIONS};
+use crate::common::{Examples, TestHost, manifest, run_node, temp_dir};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partysocket_clients_see_every_reaction() -> Result<()> {
+async fn partysocket_clients_see_every_reaction(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
     let host =
-        TestHost::start(dir.path(), &manifest(&[("reactions", REACTIONS)], "main = \"reactions\"")).await?;
+        TestHost::start(dir.path(), &manifest(&[("reactions", parties.reactions)], "main = \"reactions\""))
+            .await?;
     let report = run_node("reactions.mjs", &[host.addr.to_string(), "from-node".into(), "6".into()]).await?;
     let expected = serde_json::json!({ "clap": 2, "heart": 2, "thumbsup": 1, "party": 1 });
     for seen in report["seen"].as_array().context("no seen")? {
@@ -19,10 +18,9 @@ async fn partysocket_clients_see_every_reaction() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partysocket_drives_presence_page_and_counter() -> Result<()> {
+async fn partysocket_drives_presence_page_and_counter(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let parties = [("presence", PRESENCE), ("page", PAGE), ("counter", COUNTER)];
+    let parties = [("presence", parties.presence), ("page", parties.page), ("counter", parties.counter)];
     let host = TestHost::start(dir.path(), &manifest(&parties, "")).await?;
     let report = run_node("parties.mjs", &[host.addr.to_string()]).await?;
     assert_eq!(
@@ -87,3 +85,5 @@ async fn partysocket_reconnects_after_a_restart_through_a_prefix_with_binary_fra
     }
     host.stop().await
 }
+
+for_both_languages!(partysocket_clients_see_every_reaction, partysocket_drives_presence_page_and_counter);

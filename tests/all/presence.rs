@@ -3,17 +3,15 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::common::{Client, TestHost, eventually, manifest, temp_dir};
-use crate::guests::PRESENCE;
+use crate::common::{Client, Examples, TestHost, eventually, manifest, temp_dir};
 
 fn presence(users: Value) -> Value {
     json!({ "type": "presence", "payload": { "users": users } })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_are_added_removed_and_dropped_on_close() -> Result<()> {
+async fn users_are_added_removed_and_dropped_on_close(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &manifest(&[("presence", PRESENCE)], "")).await?;
+    let host = TestHost::start(dir.path(), &manifest(&[("presence", parties.presence)], "")).await?;
     let url = host.ws_url("/parties/presence/workshop");
     let (mut ann, mut bob, mut cat) =
         (Client::connect(&url).await?, Client::connect(&url).await?, Client::connect(&url).await?);
@@ -70,10 +68,9 @@ async fn users_are_added_removed_and_dropped_on_close() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_are_deduplicated_by_id_and_ordered_by_score() -> Result<()> {
+async fn users_are_deduplicated_by_id_and_ordered_by_score(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &manifest(&[("presence", PRESENCE)], "")).await?;
+    let host = TestHost::start(dir.path(), &manifest(&[("presence", parties.presence)], "")).await?;
     let url = host.ws_url("/parties/presence/dedupe");
     let users = [
         json!({ "id": "plain" }),
@@ -96,3 +93,8 @@ async fn users_are_deduplicated_by_id_and_ordered_by_score() -> Result<()> {
     assert_eq!(serde_json::from_str::<Value>(&body)?, json!({ "users": [users[2], users[3], users[1]] }));
     host.stop().await
 }
+
+for_both_languages!(
+    users_are_added_removed_and_dropped_on_close,
+    users_are_deduplicated_by_id_and_ordered_by_score
+);

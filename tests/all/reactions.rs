@@ -4,21 +4,19 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::common::{Client, TestHost, manifest, temp_dir};
-use crate::guests::REACTIONS;
+use crate::common::{Client, Examples, TestHost, manifest, temp_dir};
 
-fn reactions_manifest(extra: &str) -> String {
-    manifest(&[("reactions", REACTIONS)], &format!("main = \"reactions\"\n{extra}"))
+fn reactions_manifest(parties: &Examples, extra: &str) -> String {
+    manifest(&[("reactions", parties.reactions)], &format!("main = \"reactions\"\n{extra}"))
 }
 
 fn update(reactions: serde_json::Value) -> serde_json::Value {
     json!({ "type": "update", "reactions": reactions })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_are_broadcast_to_every_client_sender_included() -> Result<()> {
+async fn counts_are_broadcast_to_every_client_sender_included(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start(dir.path(), &reactions_manifest(parties, "")).await?;
     let url = host.ws_url("/parties/reactions/lobby");
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -37,10 +35,9 @@ async fn counts_are_broadcast_to_every_client_sender_included() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limiter_answers_slowdown_then_goaway_and_closes() -> Result<()> {
+async fn limiter_answers_slowdown_then_goaway_and_closes(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start(dir.path(), &reactions_manifest(parties, "")).await?;
     let mut spammer = Client::connect(&host.ws_url("/parties/reactions/limited")).await?;
     let mut watcher = Client::connect(&host.ws_url("/parties/reactions/limited")).await?;
     spammer.recv_json().await?;
@@ -63,10 +60,9 @@ async fn limiter_answers_slowdown_then_goaway_and_closes() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_on_any_path_returns_the_counts_as_json() -> Result<()> {
+async fn http_on_any_path_returns_the_counts_as_json(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start(dir.path(), &reactions_manifest(parties, "")).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/http")).await?;
     client.recv_json().await?;
     client.send_json(json!({ "type": "reaction", "kind": "thumbsup" })).await?;
@@ -82,10 +78,10 @@ async fn http_on_any_path_returns_the_counts_as_json() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_and_compiled_code_survive_a_host_restart() -> Result<()> {
+async fn counts_and_compiled_code_survive_a_host_restart(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    // The compile cache in the data dir, not the one tests share.
+    let host = TestHost::start_with(dir.path(), &reactions_manifest(parties, ""), Default::default()).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/durable")).await?;
     client.recv_json().await?;
     client.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
@@ -96,7 +92,7 @@ async fn counts_and_compiled_code_survive_a_host_restart() -> Result<()> {
     let compiled: Vec<_> = std::fs::read_dir(dir.path().join("data/compiled"))?.collect();
     assert_eq!(compiled.len(), 1, "the compiled component is cached on disk");
 
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start_with(dir.path(), &reactions_manifest(parties, ""), Default::default()).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/durable")).await?;
     assert_eq!(client.recv_json().await?, update(json!({ "clap": 1 })), "counts restored from SQLite");
     client.send_json(json!({ "type": "reaction", "kind": "clap" })).await?;
@@ -104,10 +100,9 @@ async fn counts_and_compiled_code_survive_a_host_restart() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_messages_change_nothing() -> Result<()> {
+async fn invalid_messages_change_nothing(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start(dir.path(), &reactions_manifest(parties, "")).await?;
     let mut client = Client::connect(&host.ws_url("/parties/reactions/garbage")).await?;
     client.recv_json().await?;
     for junk in [
@@ -128,10 +123,9 @@ async fn invalid_messages_change_nothing() -> Result<()> {
     host.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_party_path_reaches_the_main_party() -> Result<()> {
+async fn legacy_party_path_reaches_the_main_party(parties: &Examples) -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &reactions_manifest("")).await?;
+    let host = TestHost::start(dir.path(), &reactions_manifest(parties, "")).await?;
     let mut legacy = Client::connect(&host.ws_url("/party/shared")).await?;
     let mut alias = Client::connect(&host.ws_url("/parties/main/shared")).await?;
     let mut named = Client::connect(&host.ws_url("/parties/reactions/shared?_pk=me")).await?;
@@ -144,3 +138,12 @@ async fn legacy_party_path_reaches_the_main_party() -> Result<()> {
     }
     host.stop().await
 }
+
+for_both_languages!(
+    counts_are_broadcast_to_every_client_sender_included,
+    limiter_answers_slowdown_then_goaway_and_closes,
+    http_on_any_path_returns_the_counts_as_json,
+    counts_and_compiled_code_survive_a_host_restart,
+    invalid_messages_change_nothing,
+    legacy_party_path_reaches_the_main_party
+);

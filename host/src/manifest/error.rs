@@ -12,7 +12,7 @@ pub enum ManifestError {
     /// carries the line, column and a snippet.
     #[error("{message}")]
     Syntax { message: String },
-    #[error("no parties: add at least one [parties.<name>] table with a `wasm` path")]
+    #[error("no parties: add at least one [parties.<name>] table with a `wasm` path or a `main` script")]
     NoParties,
     #[error("party name {name:?} {reason}")]
     PartyName { name: String, reason: String },
@@ -28,6 +28,13 @@ pub enum ManifestError {
     OverCap { party: String, field: &'static str, value: u64, cap: u64 },
     #[error("party `{party}`: {what} {path:?} must be a relative path inside the project")]
     OutsideProject { party: String, what: &'static str, path: String },
+    #[error("party `{party}`: {problem}")]
+    PartySource { party: String, problem: &'static str },
+    #[error(
+        "party `{party}`: `memory_mib = {value}` is below the {floor} MiB a JavaScript party needs \
+         (its engine's heap starts at 9 MiB and grows as the party allocates)"
+    )]
+    ScriptMemory { party: String, value: u64, floor: u64 },
     #[error("{path}: {inner}")]
     InFile { path: PathBuf, inner: Box<ManifestError> },
 }

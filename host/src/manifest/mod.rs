@@ -70,7 +70,11 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct PartyManifest {
     /// The component, relative to the manifest.
-    pub wasm: PathBuf,
+    pub wasm: Option<PathBuf>,
+    /// Or a TypeScript or JavaScript file whose default export is a
+    /// PartyKit server class (partykit.json's `main`); `partyhost build`
+    /// turns it into a component (see [`crate::js`]).
+    pub main: Option<PathBuf>,
     /// Evict the room's instance when idle even while sockets are open
     /// (PartyKit's `hibernate: true`).
     #[serde(default)]
@@ -290,8 +294,12 @@ pub struct Deployment {
 /// A validated party.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartySpec {
-    /// Absolute (or manifest-relative resolved) path to the component.
+    /// Absolute (or manifest-relative resolved) path to the component. For
+    /// a script party, where `partyhost build` puts it:
+    /// `.partyhost/build/<party>.wasm` beside the manifest.
     pub wasm: PathBuf,
+    /// A script party's TypeScript or JavaScript entry.
+    pub script: Option<PathBuf>,
     /// Project vars overlaid with the party's own.
     pub vars: BTreeMap<String, String>,
     pub hibernate: bool,
@@ -299,6 +307,14 @@ pub struct PartySpec {
     pub build: Option<BuildSpec>,
     /// The project's `[limits]` overlaid with the party's own.
     pub limits: LimitsSpec,
+}
+
+impl PartySpec {
+    /// The folder of a script party's entry: what `partyhost dev` watches
+    /// to rebuild it.
+    pub fn script_folder(&self) -> Option<PathBuf> {
+        Some(self.script.as_ref()?.parent()?.to_path_buf())
+    }
 }
 
 impl Deployment {
@@ -349,8 +365,8 @@ impl Manifest {
                 watch: b.watch.iter().map(|w| base.join(w)).collect(),
             });
             let limits = self.limits.overlay(&party.limits);
-            let spec =
-                PartySpec { wasm: base.join(party.wasm), vars, hibernate: party.hibernate, build, limits };
+            let (wasm, script) = source(&name, party.wasm, party.main, build.is_some(), &limits, base)?;
+            let spec = PartySpec { wasm, script, vars, hibernate: party.hibernate, build, limits };
             parties.insert(name, spec);
         }
         let main = match self.main {
@@ -379,5 +395,51 @@ impl Manifest {
             parties,
             serve: self.serve.map(|serve| serve.resolve(base)),
         })
+    }
+}
+
+/// Extensions of the scripts `main` may name.
+const SCRIPT_EXTENSIONS: [&str; 8] = ["ts", "tsx", "mts", "cts", "js", "jsx", "mjs", "cjs"];
+
+/// The least `memory_mib` a script party may have: SpiderMonkey's heap
+/// starts at 9 MiB and a party's objects come on top.
+pub const SCRIPT_MEMORY_FLOOR_MIB: u64 = 32;
+
+/// Where a party's component is (and, for a script party, its entry).
+fn source(
+    party: &PartyName,
+    wasm: Option<PathBuf>,
+    main: Option<PathBuf>,
+    has_build: bool,
+    limits: &LimitsSpec,
+    base: &Path,
+) -> Result<(PathBuf, Option<PathBuf>), ManifestError> {
+    let problem = |problem| ManifestError::PartySource { party: party.to_string(), problem };
+    match (wasm, main) {
+        (Some(wasm), None) => Ok((base.join(wasm), None)),
+        (None, Some(main)) => {
+            if has_build {
+                return Err(problem(
+                    "a `main` script is built by partyhost itself: remove [build], or use `wasm`",
+                ));
+            }
+            let extension = main.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if !SCRIPT_EXTENSIONS.contains(&extension) {
+                return Err(problem("`main` must be a TypeScript or JavaScript file (.ts, .js, .mjs, ...)"));
+            }
+            if let Some(value) = limits.memory_mib.filter(|&mib| mib < SCRIPT_MEMORY_FLOOR_MIB) {
+                return Err(ManifestError::ScriptMemory {
+                    party: party.to_string(),
+                    value,
+                    floor: SCRIPT_MEMORY_FLOOR_MIB,
+                });
+            }
+            let wasm = base.join(".partyhost/build").join(format!("{party}.wasm"));
+            Ok((wasm, Some(base.join(main))))
+        }
+        (Some(_), Some(_)) => Err(problem("has both `wasm` and `main`; keep one")),
+        (None, None) => {
+            Err(problem("needs `wasm` (a component) or `main` (a TypeScript or JavaScript PartyKit server)"))
+        }
     }
 }

@@ -137,12 +137,24 @@ impl Reloader {
     /// Rebuilds parties whose sources changed, then reloads changed `.wasm`s.
     async fn apply_changes(&mut self, changed: &BTreeSet<PathBuf>) {
         let deployment = self.rooms.deployment();
+        let touched = |roots: &[PathBuf]| {
+            changed.iter().any(|path| roots.iter().any(|root| watcher::is_source_change(path, root)))
+        };
+        let mut scripts = Vec::new();
         for (name, spec) in &deployment.parties {
-            let Some(build) = &spec.build else { continue };
-            if changed.iter().any(|path| build.watch.iter().any(|root| watcher::is_source_change(path, root)))
+            if let Some(build) = &spec.build
+                && touched(&build.watch)
             {
                 self.build(name, &build.command).await;
             }
+            if let Some(folder) = spec.script_folder()
+                && touched(&[folder])
+            {
+                scripts.push(name);
+            }
+        }
+        if !scripts.is_empty() {
+            self.build_scripts(&deployment, &scripts).await;
         }
         // Built or written directly: reload whichever component changed.
         for (name, spec) in &deployment.parties {
@@ -177,6 +189,21 @@ impl Reloader {
         }
     }
 
+    /// Builds script parties (bundle and componentize) with progress shown.
+    async fn build_scripts(&self, deployment: &Deployment, parties: &[&PartyName]) -> bool {
+        let deployment = deployment.clone();
+        let parties: Vec<PartyName> = parties.iter().map(|&p| p.clone()).collect();
+        let built = tokio::task::spawn_blocking(move || {
+            crate::js::build(&deployment, &parties.iter().collect::<Vec<_>>())
+        })
+        .await;
+        match built {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => self.refused(&format!("{e:#}; the previous version keeps serving")),
+            Err(e) => self.refused(&format!("the JavaScript build stopped: {e}")),
+        }
+    }
+
     /// Compiles the party's component if its bytes changed, then swaps it in.
     async fn reload_party(&mut self, name: &PartyName, spec: &PartySpec) -> anyhow::Result<()> {
         let new_digest = digest(&spec.wasm)?;
@@ -206,6 +233,11 @@ impl Reloader {
                 return false;
             }
         };
+        let scripts: Vec<&PartyName> =
+            new.parties.iter().filter(|(_, spec)| spec.script.is_some()).map(|(name, _)| name).collect();
+        if !scripts.is_empty() && !self.build_scripts(&new, &scripts).await {
+            return false;
+        }
         let old = self.rooms.deployment();
         if new.listen != old.listen || new.data_dir != old.data_dir || new.rooms != old.rooms {
             warn!("listen, data_dir and [rooms] take effect at the next start");

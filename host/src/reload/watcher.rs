@@ -54,7 +54,7 @@ impl Watcher {
                 let _ = std::fs::create_dir_all(dir);
                 watch(dir, RecursiveMode::NonRecursive);
             }
-            for path in spec.build.iter().flat_map(|b| &b.watch) {
+            for path in spec.build.iter().flat_map(|b| &b.watch).chain(&spec.script_folder()) {
                 watch(path, RecursiveMode::Recursive);
             }
         }
@@ -100,8 +100,10 @@ pub(super) fn normal(path: &Path) -> PathBuf {
 /// output never is: a `target` folder below the root is skipped, which
 /// stops build -> event -> build loops.
 pub(super) fn is_source_change(path: &Path, root: &Path) -> bool {
-    path.strip_prefix(normal(root))
-        .is_ok_and(|rest| !rest.components().any(|c| c == Component::Normal("target".as_ref())))
+    const OUTPUTS: [&str; 3] = ["target", ".partyhost", "node_modules"];
+    path.strip_prefix(normal(root)).is_ok_and(|rest| {
+        !rest.components().any(|c| OUTPUTS.iter().any(|out| c == Component::Normal(out.as_ref())))
+    })
 }
 
 #[cfg(test)]
@@ -113,6 +115,8 @@ mod tests {
     fn build_output_below_the_watched_root_is_not_a_source_change() {
         assert!(is_source_change(Path::new("/p/src/lib.rs"), Path::new("/p")));
         assert!(!is_source_change(Path::new("/p/target/wasm32-wasip2/x.wasm"), Path::new("/p")));
+        assert!(!is_source_change(Path::new("/p/.partyhost/build/x.wasm"), Path::new("/p")));
+        assert!(!is_source_change(Path::new("/p/node_modules/zod/index.js"), Path::new("/p")));
         assert!(!is_source_change(Path::new("/q/src/lib.rs"), Path::new("/p")));
         // A project that itself lives under a `target` folder still works.
         assert!(is_source_change(Path::new("/w/target/party/src/lib.rs"), Path::new("/w/target/party/src")));

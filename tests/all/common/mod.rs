@@ -54,6 +54,13 @@ pub fn manifest(parties: &[(&str, &str)], extra: &str) -> String {
     toml
 }
 
+/// Options with the compile cache the tests' hosts share, under target/.
+pub fn shared_compile_cache() -> partyhost::Options {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    partyhost::Options { compile_cache: Some(target.join("test-compiled")), ..partyhost::Options::default() }
+}
+
 /// A host running in this process. Stops when dropped.
 pub struct TestHost {
     pub addr: SocketAddr,
@@ -65,15 +72,18 @@ pub struct TestHost {
 
 impl TestHost {
     /// Starts a host for `manifest_toml` with its data in `dir`.
+    /// Compiled code goes to a cache shared by the tests' hosts (a
+    /// JavaScript party takes seconds to compile); [`TestHost::start_with`]
+    /// keeps it in the data dir unless told otherwise.
     pub async fn start(dir: &Path, manifest_toml: &str) -> Result<Self> {
-        Self::start_with(dir, manifest_toml, partyhost::Options::default()).await
+        Self::start_with(dir, manifest_toml, shared_compile_cache()).await
     }
 
     /// Starts a multi-tenant host: the local project of `manifest_toml`,
     /// plus the projects of `tenants_toml`, deployable through the admin API.
     pub async fn start_with_tenants(dir: &Path, manifest_toml: &str, tenants_toml: &str) -> Result<Self> {
         let tenants = partyhost::manifest::Tenants::parse(tenants_toml)?;
-        let options = partyhost::Options { tenants: Some(tenants), ..partyhost::Options::default() };
+        let options = partyhost::Options { tenants: Some(tenants), ..shared_compile_cache() };
         Self::start_with(dir, manifest_toml, options).await
     }
 
@@ -469,4 +479,87 @@ pub fn temp_dir() -> tempfile::TempDir {
 /// The repository root (for tests/node).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The four example parties in one language: the Rust guests (guests/) or
+/// their TypeScript twins (guests-ts/), which must behave the same on the
+/// wire.
+pub struct Examples {
+    /// `rust` or `typescript`.
+    pub language: &'static str,
+    pub reactions: &'static str,
+    pub presence: &'static str,
+    pub page: &'static str,
+    pub counter: &'static str,
+}
+
+impl Examples {
+    pub fn rust() -> Self {
+        use crate::guests::{COUNTER, PAGE, PRESENCE, REACTIONS};
+        Self { language: "rust", reactions: REACTIONS, presence: PRESENCE, page: PAGE, counter: COUNTER }
+    }
+
+    /// Built by `partyhost::js` once per test run (a cached build only
+    /// bundles, to find the cached component).
+    pub fn typescript() -> Self {
+        static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let manifest = repo_root().join("guests-ts/partykit.toml");
+        let built = BUILT.get_or_init(|| {
+            let deployment = Deployment::load(&manifest).map_err(|e| e.to_string())?;
+            partyhost::js::build_all(&deployment).map_err(|e| format!("{e:#}"))?;
+            // Compiled once into the shared cache, before the tests that
+            // need them all miss it at once and compile them side by side.
+            let warm_up = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new()?;
+                runtime.block_on(async {
+                    let dir = temp_dir();
+                    let deployment = Deployment { data_dir: dir.path().join("data"), ..deployment };
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let shutdown = CancellationToken::new();
+                    let host =
+                        Host::start_with(deployment, shared_compile_cache(), listener, shutdown.clone());
+                    let host = host.await?;
+                    shutdown.cancel();
+                    host.wait().await
+                })
+            });
+            warm_up
+                .join()
+                .map_err(|_| "the compile warm-up panicked".to_owned())?
+                .map_err(|e| format!("{e:#}"))
+        });
+        if let Err(e) = built {
+            panic!("building the TypeScript examples ({}): {e}", manifest.display());
+        }
+        let wasm = |party: &str| -> &'static str {
+            let path = repo_root().join(format!("guests-ts/.partyhost/build/{party}.wasm"));
+            path.display().to_string().leak()
+        };
+        Self {
+            language: "typescript",
+            reactions: wasm("reactions"),
+            presence: wasm("presence"),
+            page: wasm("page"),
+            counter: wasm("counter"),
+        }
+    }
+}
+
+/// Runs each named `async fn(&Examples) -> Result<()>` twice: against the
+/// Rust example parties (`<name>::rust`) and the TypeScript ones
+/// (`<name>::typescript`).
+macro_rules! for_both_languages {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rust() -> anyhow::Result<()> {
+                super::$test(&crate::common::Examples::rust()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn typescript() -> anyhow::Result<()> {
+                super::$test(&crate::common::Examples::typescript()).await
+            }
+        }
+    )*};
 }
