@@ -12,7 +12,8 @@
 // "cached"} or {"party", "error"}.
 
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -85,11 +86,15 @@ async function build(name, entry, component) {
   const cacheDir = join(dirname(component), "cache");
   const cachedPath = join(cacheDir, `${name}-${hashOf(code)}.wasm`);
   const cached = existsSync(cachedPath);
-  if (!cached) {
+  // Its modification time is its last use, for `prune`.
+  if (cached) utimesSync(cachedPath, new Date(), new Date());
+  else {
     progress(name, "componentizing (SpiderMonkey; takes several seconds)");
     const { componentize } = await import("@bytecodealliance/componentize-js");
     mkdirSync(cacheDir, { recursive: true });
-    const source = `${cachedPath}.${process.pid}.js`;
+    // Named after the party: the name shows in stack traces.
+    const folder = mkdtempSync(join(tmpdir(), "partyhost-build-"));
+    const source = join(folder, `${name}.js`);
     writeFileSync(source, code);
     try {
       const { component: bytes } = await componentize({
@@ -101,7 +106,7 @@ async function build(name, entry, component) {
       });
       writeWhole(cachedPath, bytes);
     } finally {
-      rmSync(source, { force: true });
+      rmSync(folder, { recursive: true, force: true });
     }
   }
   prune(cacheDir, name);

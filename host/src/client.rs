@@ -39,7 +39,10 @@ pub struct Target<'a> {
 /// When the manifest is invalid, a file cannot be read, or the host
 /// refuses the deployment (its message is returned as is).
 pub async fn deploy(target: &Target<'_>, manifest: &Path) -> anyhow::Result<serde_json::Value> {
-    let bundle = pack(manifest)?;
+    let path = manifest.to_path_buf();
+    // Script parties are built here, never on the host.
+    let bundle =
+        tokio::task::spawn_blocking(move || pack(&path)).await.context("packing the deployment")??;
     let body = serde_json::to_vec(&bundle).context("encoding the deployment")?;
     let path = format!("/_partyhost/projects/{}", target.project);
     // A wrong token or URL fails here, before the upload; so does a bundle
@@ -124,13 +127,15 @@ pub async fn rollback(target: &Target<'_>) -> anyhow::Result<serde_json::Value> 
 }
 
 /// The bundle for the manifest at `path`: the manifest as written, each
-/// party's component and every file of the `serve` folder (dotfiles and
-/// `node_modules` left out, as the host would not serve them).
+/// party's component (script parties built first) and every file of the
+/// `serve` folder (dotfiles and `node_modules` left out, as the host would
+/// not serve them).
 ///
 /// # Errors
 /// When the manifest is invalid or names a file outside its folder.
 pub fn pack(path: &Path) -> anyhow::Result<Bundle<'static>> {
     let deployment = Deployment::load(path)?;
+    crate::js::build_all(&deployment)?;
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = std::path::absolute(folder)?;
     let manifest = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

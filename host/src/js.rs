@@ -121,8 +121,11 @@ pub fn build(deployment: &Deployment, parties: &[&PartyName]) -> anyhow::Result<
     Ok(built)
 }
 
-/// The installed toolchain's folder, installing it first if needed.
+/// The installed toolchain's folder, installing it first if needed (once
+/// per process at a time; another process installing too is harmless).
 fn toolchain() -> anyhow::Result<PathBuf> {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut hash = Sha256::new();
     for (path, text) in TOOLCHAIN {
         hash.update(path);

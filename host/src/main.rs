@@ -85,10 +85,15 @@ enum Command {
         #[arg(long, conflicts_with = "project")]
         operator: bool,
     },
-    /// Create a party crate under guests/ and add it to the manifest.
+    /// Create a party crate under guests/ (or with --ts, a TypeScript
+    /// server in src/) and add it to the manifest.
     New {
         /// The party's name: a-z, 0-9, `-` and `_`.
         name: String,
+        /// A TypeScript PartyKit server class instead of a Rust crate; makes
+        /// the manifest too when there is none.
+        #[arg(long)]
+        ts: bool,
         /// The manifest to add it to. Default: partykit.toml, else
         /// partykit.toml.example.
         #[arg(long)]
@@ -215,12 +220,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("add to tenants.toml:\n  [projects.{project}]\n  token_sha256 = \"{hash}\"");
             Ok(())
         }
-        Command::New { name, manifest } => {
-            let manifest = manifest.unwrap_or_else(default_manifest);
-            let created = partyhost::scaffold::new_party(&manifest, &name)?;
+        Command::New { name, ts, manifest } => {
+            use partyhost::scaffold::Language;
+            // A new TypeScript project starts its own partykit.toml.
+            let manifest = manifest.unwrap_or_else(|| match ts {
+                true if !Path::new("partykit.toml.example").exists() => PathBuf::from("partykit.toml"),
+                _ => default_manifest(),
+            });
+            let language = if ts { Language::TypeScript } else { Language::Rust };
+            let created = partyhost::scaffold::new_party(&manifest, &name, language)?;
             println!("created {}", created.display());
             println!("added [parties.{name}] to {}", manifest.display());
-            println!("next: scripts/build-guests.sh {name}, then partyhost dev");
+            match language {
+                Language::Rust => println!("next: scripts/build-guests.sh {name}, then partyhost dev"),
+                Language::TypeScript => {
+                    println!("next: partyhost dev (it builds the party, and again on save)")
+                }
+            }
             Ok(())
         }
     }
@@ -419,9 +435,6 @@ async fn tail(
 async fn remote(args: RemoteArgs, upload: bool) -> anyhow::Result<()> {
     let (project, manifest) = project_of(&args)?;
     anyhow::ensure!(args.token.is_some(), "deploying needs the project's --token (or PARTYHOST_TOKEN)");
-    if upload {
-        build_scripts(&manifest)?;
-    }
     let target = target(&args, &project);
     let answer = if upload {
         partyhost::client::deploy(&target, &manifest).await?

@@ -51,6 +51,9 @@ globalThis.setInterval = function setInterval() {
 };
 globalThis.clearInterval = function clearInterval() {};
 
+/** Stack frames an error's log line shows. */
+const STACK_FRAMES = 12;
+
 /** One log line from console arguments, like a browser's console. */
 export function describe(values) {
   return values.map(describeOne).join(" ");
@@ -58,7 +61,13 @@ export function describe(values) {
 
 function describeOne(value) {
   if (typeof value === "string") return value;
-  if (value instanceof Error) return value.stack ? `${value}\n${value.stack}`.trimEnd() : String(value);
+  if (value instanceof Error) {
+    // Deep recursion makes stacks of thousands of frames: the first few tell.
+    const frames = (value.stack ?? "").split("\n").filter(Boolean);
+    const shown = frames.slice(0, STACK_FRAMES).join("\n");
+    const more = frames.length > STACK_FRAMES ? `\n... ${frames.length - STACK_FRAMES} more frames` : "";
+    return shown ? `${value}\n${shown}${more}` : String(value);
+  }
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value !== "object" || value === null) return String(value);
   try {

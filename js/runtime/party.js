@@ -422,13 +422,20 @@ export function handlers(Server) {
     return started.then(() => server);
   }
 
-  /** Runs one event handler whose result the host does not wait for. */
-  async function event(what, run) {
+  /**
+   * Runs one event handler whose result the host does not wait for. A
+   * failure is logged; with `fails`, it also fails the call (the host
+   * retries a failed onAlarm, as Durable Objects do).
+   */
+  async function event(what, run, fails = false) {
     let promise;
     const outcome = await settle(() => (promise = ready().then(run)));
     // Parked: a failure after its fetch returns is logged then.
     if (!outcome.done) promise.catch((error) => logError(what, error));
-    else if ("error" in outcome) logError(what, outcome.error);
+    else if ("error" in outcome) {
+      logError(what, outcome.error);
+      if (fails) throw outcome.error;
+    }
   }
 
   /** Like `event`, but the result matters: `{ tag: 'ready', val }` or `{ tag: 'pending' }`. */
@@ -531,7 +538,7 @@ export function handlers(Server) {
       );
     },
     onAlarm(_task, retryCount) {
-      return event("onAlarm", (server) => server.onAlarm?.({ retryCount, isRetry: retryCount > 0 }));
+      return event("onAlarm", (server) => server.onAlarm?.({ retryCount, isRetry: retryCount > 0 }), true);
     },
     async getConnectionTags(id, request) {
       const outcome = await settle(() =>

@@ -25,6 +25,7 @@ mod parity;
 mod partysocket;
 mod presence;
 mod reactions;
+mod scripts;
 mod tenants;
 mod totals;
 mod wire;

@@ -25,9 +25,15 @@ pub const STEP: Duration = Duration::from_secs(10);
 
 /// Awaits `future`, failing the test after [`STEP`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(STEP, future).await {
+    within_for(STEP, what, future).await
+}
+
+/// Awaits `future`, failing the test after `limit`: for a JavaScript build
+/// and compile, which take tens of seconds on a loaded machine.
+pub async fn within_for<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
         Ok(value) => value,
-        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
     }
 }
 
@@ -148,9 +154,14 @@ impl TestHost {
     /// Waits until the reloader has applied `applied` changes and refused
     /// `failed` ones, in all.
     pub async fn wait_for_reloads(&self, applied: u64, failed: u64) {
+        self.wait_for_reloads_within(STEP, applied, failed).await;
+    }
+
+    /// [`TestHost::wait_for_reloads`] for reloads that may take `limit`.
+    pub async fn wait_for_reloads_within(&self, limit: Duration, applied: u64, failed: u64) {
         let Some(stats) = &self.reloads else { panic!("not in dev mode") };
         let what = format!("{applied} reloads applied and {failed} refused");
-        within(&what, async {
+        within_for(limit, &what, async {
             loop {
                 let now = (stats.applied.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed));
                 if now == (applied, failed) {
@@ -328,6 +339,17 @@ impl Client {
         }
     }
 
+    /// The next binary message (pings and pongs skipped).
+    pub async fn recv_binary(&mut self) -> Result<Vec<u8>> {
+        loop {
+            match within("receive", self.ws.next()).await {
+                Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected a binary message, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn recv_json(&mut self) -> Result<serde_json::Value> {
         let text = self.recv_text().await?;
         serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
@@ -390,7 +412,13 @@ pub fn partyhost_binary() -> PathBuf {
 
 /// Runs the real `partyhost` command with `args` to its end.
 pub async fn cli(args: &[&str]) -> Result<CliOutput> {
-    let output = within(
+    cli_within(STEP, args).await
+}
+
+/// [`cli`] for a command that may take up to `limit` (a build).
+pub async fn cli_within(limit: Duration, args: &[&str]) -> Result<CliOutput> {
+    let output = within_for(
+        limit,
         "the partyhost command",
         tokio::process::Command::new(partyhost_binary())
             .args(args)
@@ -502,39 +530,7 @@ impl Examples {
     /// Built by `partyhost::js` once per test run (a cached build only
     /// bundles, to find the cached component).
     pub fn typescript() -> Self {
-        static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-        let manifest = repo_root().join("guests-ts/partykit.toml");
-        let built = BUILT.get_or_init(|| {
-            let deployment = Deployment::load(&manifest).map_err(|e| e.to_string())?;
-            partyhost::js::build_all(&deployment).map_err(|e| format!("{e:#}"))?;
-            // Compiled once into the shared cache, before the tests that
-            // need them all miss it at once and compile them side by side.
-            let warm_up = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Runtime::new()?;
-                runtime.block_on(async {
-                    let dir = temp_dir();
-                    let deployment = Deployment { data_dir: dir.path().join("data"), ..deployment };
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                    let shutdown = CancellationToken::new();
-                    let host =
-                        Host::start_with(deployment, shared_compile_cache(), listener, shutdown.clone());
-                    let host = host.await?;
-                    shutdown.cancel();
-                    host.wait().await
-                })
-            });
-            warm_up
-                .join()
-                .map_err(|_| "the compile warm-up panicked".to_owned())?
-                .map_err(|e| format!("{e:#}"))
-        });
-        if let Err(e) = built {
-            panic!("building the TypeScript examples ({}): {e}", manifest.display());
-        }
-        let wasm = |party: &str| -> &'static str {
-            let path = repo_root().join(format!("guests-ts/.partyhost/build/{party}.wasm"));
-            path.display().to_string().leak()
-        };
+        let wasm = |party: &str| script_party("guests-ts", party);
         Self {
             language: "typescript",
             reactions: wasm("reactions"),
@@ -543,6 +539,43 @@ impl Examples {
             counter: wasm("counter"),
         }
     }
+}
+
+/// The component of script party `party` of `<folder>/partykit.toml` (a
+/// folder of the repository), built by partyhost's JavaScript build once
+/// per test run and compiled once into the shared compile cache, before the
+/// tests that need it all miss the cache at once and compile side by side.
+pub fn script_party(folder: &str, party: &str) -> &'static str {
+    static BUILT: std::sync::Mutex<Vec<(String, Result<(), String>)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|(f, _)| f == folder) {
+        let outcome = build_and_compile(&repo_root().join(folder).join("partykit.toml"));
+        built.push((folder.to_owned(), outcome));
+    }
+    if let Some((_, Err(e))) = built.iter().find(|(f, _)| f == folder) {
+        panic!("building the script parties of {folder}: {e}");
+    }
+    let path = repo_root().join(folder).join(format!(".partyhost/build/{party}.wasm"));
+    path.display().to_string().leak()
+}
+
+fn build_and_compile(manifest: &Path) -> Result<(), String> {
+    let deployment = Deployment::load(manifest).map_err(|e| e.to_string())?;
+    partyhost::js::build_all(&deployment).map_err(|e| format!("{e:#}"))?;
+    let warm_up = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let dir = temp_dir();
+            let deployment = Deployment { data_dir: dir.path().join("data"), ..deployment };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let shutdown = CancellationToken::new();
+            let host =
+                Host::start_with(deployment, shared_compile_cache(), listener, shutdown.clone()).await?;
+            shutdown.cancel();
+            host.wait().await
+        })
+    });
+    warm_up.join().map_err(|_| "the compile warm-up panicked".to_owned())?.map_err(|e| format!("{e:#}"))
 }
 
 /// Runs each named `async fn(&Examples) -> Result<()>` twice: against the
