@@ -6,6 +6,7 @@
 
 mod deploy;
 mod host;
+mod js;
 mod load;
 mod metrics_cost;
 mod native;
@@ -123,6 +124,16 @@ enum Command {
         #[arg(long)]
         tenants: Option<PathBuf>,
     },
+    /// The TypeScript reactions party (guests-ts) against the Rust one:
+    /// build, compile, first answer, throughput, memory per room.
+    Js {
+        /// Rooms for the memory measures.
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        /// Seconds of the throughput measure.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+    },
     /// What deploying costs the rooms already serving: one client's round
     /// trips while nothing else happens, and while a tenant deploys (each
     /// deployment compiled anew), in alternating phases.
@@ -168,6 +179,7 @@ fn main() -> ExitCode {
                 metrics_cost::run(clients, seconds, rounds).await
             }
             Command::DeployImpact { seconds, rounds } => deploy::impact(seconds, rounds).await,
+            Command::Js { rooms, seconds } => js::run(rooms, seconds).await,
         }
     });
     match result {

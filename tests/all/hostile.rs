@@ -131,6 +131,7 @@ impl Attack<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_stopped_and_their_neighbours_keep_serving() -> Result<()> {
+    let _alone = crate::common::quiet_machine();
     let dir = temp_dir();
     // The good room is measured flat out: its limiter and rate limit are off.
     let unlimited = "[vars]\nRATE_LIMIT_MS = \"0\"\n[limits]\nmessages_per_second = 1000000";

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    Client, Examples, Tenant, TestHost, cli, cli_within, eventually, local_project, manifest,
+    Client, Examples, Tenant, TestHost, busy_machine, cli, cli_within, eventually, local_project, manifest,
     refused_upgrade, script_party, temp_dir, tenants_toml, within,
 };
 
@@ -280,6 +280,7 @@ async fn a_hostile_script_party_is_stopped_and_its_neighbours_keep_serving() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_rebuilds_a_typescript_party_on_save_and_keeps_its_sockets() -> Result<()> {
+    let _busy = busy_machine();
     let dir = temp_dir();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src)?;
@@ -316,6 +317,7 @@ async fn dev_rebuilds_a_typescript_party_on_save_and_keeps_its_sockets() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_deploys_a_typescript_project_built_on_its_own_machine() -> Result<()> {
+    let _busy = busy_machine();
     let dir = temp_dir();
     let alice = Tenant::new(dir.path(), "alice", &[], "")?;
     // Not the Tenant's wasm parties: a script party, and its source.
@@ -348,6 +350,7 @@ async fn a_tenant_deploys_a_typescript_project_built_on_its_own_machine() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partyhost_new_ts_scaffolds_a_project_that_builds_and_serves() -> Result<()> {
+    let _busy = busy_machine();
     let dir = temp_dir();
     let manifest = dir.path().join("partykit.toml");
     let manifest_arg = manifest.display().to_string();

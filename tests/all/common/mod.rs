@@ -541,6 +541,23 @@ impl Examples {
     }
 }
 
+/// The machine, shared by tests that run side by side: tests that measure
+/// latency or count what arrives within a deadline run alone
+/// ([`quiet_machine`]); tests that build or compile JavaScript components,
+/// seconds of both cores each, hold [`busy_machine`] while they do.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Waits until no JavaScript build or compile runs, and keeps others from
+/// starting until the guard is dropped.
+pub fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Marks a JavaScript build or compile under way (many may run at once).
+pub fn busy_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The component of script party `party` of `<folder>/partykit.toml` (a
 /// folder of the repository), built by partyhost's JavaScript build once
 /// per test run and compiled once into the shared compile cache, before the
@@ -560,6 +577,7 @@ pub fn script_party(folder: &str, party: &str) -> &'static str {
 }
 
 fn build_and_compile(manifest: &Path) -> Result<(), String> {
+    let _busy = busy_machine();
     let deployment = Deployment::load(manifest).map_err(|e| e.to_string())?;
     partyhost::js::build_all(&deployment).map_err(|e| format!("{e:#}"))?;
     let warm_up = std::thread::spawn(move || {
