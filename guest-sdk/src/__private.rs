@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 pub use crate::bindings;
 pub use crate::bindings::exports::partyhost::party::handlers::{
-    GateOutcome, GateSet, Guest as Handlers, RequestOutcome,
+    GateOutcome, Guest as Handlers, PartyTraits, RequestOutcome,
 };
 pub use crate::bindings::partyhost::party::types::{
     Message as WitMessage, Request as WitRequest, Response as WitResponse, Verdict as WitVerdict,

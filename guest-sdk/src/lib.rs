@@ -200,7 +200,9 @@ pub fn random_bytes(len: u32) -> Vec<u8> {
 /// Exports a [`Party`] type as the component's handlers, with the gates it
 /// implements named after it: `export_party!(Chat)`,
 /// `export_party!(Chat, on_before_connect, on_before_request)`. A gate not
-/// named is never called, and costs nothing.
+/// named is never called, and costs nothing. Naming `hibernate` makes the
+/// party's rooms hibernate (PartyKit's `options.hibernate`), as the
+/// manifest's `hibernate = true` does.
 #[macro_export]
 macro_rules! export_party {
     ($party:ty $(, $gate:ident)* $(,)?) => {
@@ -229,8 +231,8 @@ macro_rules! export_party {
             fn on_alarm(task: u64, retry_count: u32) {
                 $crate::__private::on_alarm::<$party>(task, retry_count)
             }
-            fn gates() -> $crate::__private::GateSet {
-                $crate::__private::GateSet::empty() $(| $crate::__gate_flag!($gate))*
+            fn traits() -> $crate::__private::PartyTraits {
+                $crate::__private::PartyTraits::empty() $(| $crate::__gate_flag!($gate))*
             }
             fn on_before_connect(task: u64, request: $crate::__private::WitRequest) -> $crate::__private::GateOutcome {
                 $crate::__private::on_before_connect::<$party>(task, request)
@@ -250,21 +252,24 @@ macro_rules! export_party {
     };
 }
 
-/// The flag of a gate named in `export_party!`.
+/// The trait flag of a gate (or `hibernate`) named in `export_party!`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __gate_flag {
+    (hibernate) => {
+        $crate::__private::PartyTraits::HIBERNATE
+    };
     (on_before_connect) => {
-        $crate::__private::GateSet::BEFORE_CONNECT
+        $crate::__private::PartyTraits::BEFORE_CONNECT
     };
     (on_before_request) => {
-        $crate::__private::GateSet::BEFORE_REQUEST
+        $crate::__private::PartyTraits::BEFORE_REQUEST
     };
     ($other:ident) => {
         compile_error!(concat!(
             "export_party!: `",
             stringify!($other),
-            "` is not a gate; name on_before_connect or on_before_request"
+            "` is not a gate; name on_before_connect, on_before_request or hibernate"
         ))
     };
 }

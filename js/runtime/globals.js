@@ -14,7 +14,7 @@ import { log } from "partyhost:party/runtime@0.2.0";
 
 /** The engine's own timer, kept for the runtime's idle detection. */
 export const engineSetTimeout = globalThis.setTimeout.bind(globalThis);
-const engineClearTimeout = globalThis.clearTimeout.bind(globalThis);
+export const engineClearTimeout = globalThis.clearTimeout.bind(globalThis);
 
 /** Zero-delay timers the party has scheduled and that have not run yet. */
 const deferred = new Set();

@@ -14,7 +14,7 @@ import * as storage from "partyhost:party/storage@0.2.0";
 import * as alarms from "partyhost:party/alarms@0.2.0";
 import * as outbound from "partyhost:party/outbound@0.2.0";
 import * as tasks from "partyhost:party/tasks@0.2.0";
-import { engineSetTimeout, deferredCount, describe } from "./globals.js";
+import { engineSetTimeout, engineClearTimeout, deferredCount, describe } from "./globals.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -36,23 +36,24 @@ function settle(work) {
     } catch (error) {
       promise = Promise.reject(error);
     }
+    let timer;
+    const done = (outcome) => {
+      finished = true;
+      // A finished handler leaves no timer for the engine to wait for.
+      engineClearTimeout(timer);
+      resolve(outcome);
+    };
     promise.then(
-      (value) => {
-        finished = true;
-        resolve({ done: true, value });
-      },
-      (error) => {
-        finished = true;
-        resolve({ done: true, error });
-      },
+      (value) => done({ done: true, value }),
+      (error) => done({ done: true, error }),
     );
     const check = () => {
       if (finished) return;
       // The party deferred work with setTimeout(fn): let it run first.
-      if (deferredCount() > 0) engineSetTimeout(check, 0);
+      if (deferredCount() > 0) timer = engineSetTimeout(check, 0);
       else resolve({ done: false });
     };
-    engineSetTimeout(check, 0);
+    timer = engineSetTimeout(check, 0);
   });
 }
 
@@ -412,13 +413,15 @@ export function handlers(Server) {
   let server;
   let started;
 
-  /** The server, constructed at the first event, with onStart run before any handler. */
+  /** The server object, constructed once per instance. */
+  function constructed() {
+    server ??= typeof Server === "function" ? new Server(makeRoom()) : Server;
+    return server;
+  }
+
+  /** The server, with onStart run before any handler. */
   function ready() {
-    if (started === undefined) {
-      const partyRoom = makeRoom();
-      server = typeof Server === "function" ? new Server(partyRoom) : Server;
-      started = Promise.resolve(server.onStart?.());
-    }
+    started ??= Promise.resolve(constructed().onStart?.());
     return started.then(() => server);
   }
 
@@ -558,10 +561,11 @@ export function handlers(Server) {
       }
       return Array.from(outcome.value ?? [], String);
     },
-    gates() {
+    traits() {
       return {
         beforeConnect: typeof Server.onBeforeConnect === "function",
         beforeRequest: typeof Server.onBeforeRequest === "function",
+        hibernate: Boolean(constructed().options?.hibernate),
       };
     },
     onBeforeConnect: gate("onBeforeConnect"),

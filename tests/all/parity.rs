@@ -61,9 +61,7 @@ async fn on_before_connect_refuses_with_a_status_or_passes_a_rewritten_request()
 async fn a_flood_of_parked_gates_is_refused_past_64_at_once() -> Result<()> {
     let _alone = crate::common::quiet_machine();
     let dir = temp_dir();
-    // Long enough for all seventy to arrive while the first 64 still wait,
-    // on a loaded machine too.
-    let host = TestHost::start(dir.path(), &parity_manifest("[limits]\nfetch_timeout_ms = 5000")).await?;
+    let host = TestHost::start(dir.path(), &parity_manifest("[limits]\nfetch_timeout_ms = 1500")).await?;
     // Seventy clients whose gate parks on a fetch that never answers.
     let url = host.ws_url("/parties/parity/flooded?token=good&hang=1");
     let attempts: Vec<_> = (0..70).map(|_| tokio::spawn(refused_upgrade_owned(url.clone()))).collect();
@@ -100,7 +98,7 @@ async fn on_before_request_guards_http_and_parties_without_gates_pass_untouched(
     assert_eq!(status, 200);
     let rooms = host.local_rooms();
     let plain = rooms.resolve_party("plain").and_then(|name| rooms.party(&name)).expect("plain is served");
-    assert_eq!(plain.gates.get(), Some(&partyhost::sandbox::Gates::empty()));
+    assert_eq!(plain.traits.get(), Some(&partyhost::sandbox::Traits::empty()));
     let mut client = Client::connect(&host.ws_url("/parties/plain/r")).await?;
     client.send_text("hello").await?;
     assert!(client.recv_text().await?.starts_with("echo hello"));

@@ -7,6 +7,9 @@ import type * as Party from "partykit/server";
 type Alarmed = { retryCount: number; isRetry: boolean };
 
 export default class Probe implements Party.Server {
+  // Not in the manifest: the instance goes when idle, sockets stay open.
+  readonly options: Party.ServerOptions = { hibernate: true };
+
   constructor(readonly room: Party.Room) {}
 
   static async onBeforeConnect(req: Party.Request, lobby: Party.Lobby) {
@@ -124,7 +127,7 @@ export default class Probe implements Party.Server {
         await storage.delete("alarms");
         const at = Date.now() + Number(url.searchParams.get("in") ?? 0);
         await storage.setAlarm(new Date(at));
-        return Response.json({ set: (await storage.getAlarm()) === at });
+        return Response.json({ set: (await storage.getAlarm()) === new Date(at).getTime() });
       }
       case "alarms":
         return Response.json((await storage.get("alarms")) ?? []);
@@ -132,6 +135,7 @@ export default class Probe implements Party.Server {
         return Response.json(Object.fromEntries(await storage.list({ prefix: "closed:" })));
       case "globals": {
         const uuid = crypto.randomUUID();
+        const random = crypto.getRandomValues(new Uint8Array(16));
         const bytes = new TextEncoder().encode("héllo");
         const headers = new Headers({ "X-Mixed": "Case" });
         console.log("a log line", { from: "probe" });
@@ -147,6 +151,7 @@ export default class Probe implements Party.Server {
         order.push("after");
         return Response.json({
           uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(uuid),
+          random: random.length === 16 && random.some((b) => b !== 0),
           utf8: bytes.length,
           decoded: new TextDecoder().decode(bytes),
           header: headers.get("x-mixed"),
@@ -155,7 +160,7 @@ export default class Probe implements Party.Server {
           env: this.room.env.TOKEN,
           timer,
           order,
-          now: typeof Date.now() === "number" && Date.now() > 1.7e12,
+          now: Number.isInteger(Date.now()) && Date.now() > 1.7e12,
         });
       }
       case "echo":

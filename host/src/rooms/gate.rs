@@ -4,7 +4,7 @@
 //! only the room's identity and vars and fetches to the project's rooms,
 //! under the party's limits. It passes the request on (perhaps rewritten)
 //! or answers in the room's place. Which gates a party has is asked once
-//! per loaded party; a party without them costs no instance at all.
+//! per loaded party (its traits); a party without them costs no instance at all.
 
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -13,7 +13,7 @@ use super::registry::Rooms;
 use super::room::{error_response, run_fetch};
 use super::state::RoomState;
 use crate::ids::RoomKey;
-use crate::sandbox::{GateOutcome, Gates, Guest, GuestError, Request, Verdict};
+use crate::sandbox::{GateOutcome, Guest, GuestError, Request, Traits, Verdict};
 use crate::storage::RoomStorage;
 
 /// Which gate.
@@ -26,10 +26,10 @@ pub enum Gate {
 }
 
 impl Gate {
-    fn flag(self) -> Gates {
+    fn flag(self) -> Traits {
         match self {
-            Self::BeforeConnect => Gates::BEFORE_CONNECT,
-            Self::BeforeRequest => Gates::BEFORE_REQUEST,
+            Self::BeforeConnect => Traits::BEFORE_CONNECT,
+            Self::BeforeRequest => Traits::BEFORE_REQUEST,
         }
     }
 
@@ -64,7 +64,7 @@ impl Rooms {
     /// passes the request as it is; a gate that fails answers 500.
     pub async fn pass_gate(self: &Arc<Self>, key: &RoomKey, gate: Gate, request: Request) -> Verdict {
         let Some(party) = self.party(&key.party) else { return Verdict::Pass(request) };
-        if party.gates.get().is_some_and(|gates| !gates.contains(gate.flag())) {
+        if party.traits.get().is_some_and(|traits| !traits.contains(gate.flag())) {
             return Verdict::Pass(request);
         }
         let Ok(_slot) = party.gate_slots.clone().try_acquire_owned() else {
@@ -107,15 +107,15 @@ impl Rooms {
             // As when a room cannot start: a cap or a broken component.
             Err((_, e)) => return self.gate_failed(key, gate, &e, 503),
         };
-        let gates = match party.gates.get() {
-            Some(gates) => *gates,
-            None => match guest.gates().await {
-                Ok(gates) => *party.gates.get_or_init(|| async { gates }).await,
+        let traits = match party.traits.get() {
+            Some(traits) => *traits,
+            None => match guest.traits().await {
+                Ok(traits) => *party.traits.get_or_init(|| async { traits }).await,
                 // Whether it has a gate is unknown, so nothing passes.
                 Err(e) => return self.gate_failed(key, gate, &e, 500),
             },
         };
-        if !gates.contains(gate.flag()) {
+        if !traits.contains(gate.flag()) {
             return Verdict::Pass(request);
         }
         let outcome = match gate {

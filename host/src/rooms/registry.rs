@@ -38,21 +38,29 @@ pub struct LoadedParty {
     /// The manifest's vars, shared by every room of the party (the
     /// project's secrets are laid over them: [`Rooms::vars_of`]).
     pub vars: Arc<[(String, String)]>,
-    /// Evict idle instances even while sockets are open.
+    /// The manifest's `hibernate = true`: evict idle instances even while
+    /// sockets are open.
     pub hibernate: bool,
-    /// Which gates the code has, once a first request asked (see `gate.rs`).
-    pub gates: tokio::sync::OnceCell<crate::sandbox::Gates>,
+    /// What the code says of itself (its gates, whether it hibernates),
+    /// once a first instance was asked: a room's or a gate's.
+    pub traits: tokio::sync::OnceCell<crate::sandbox::Traits>,
     /// Gates of this party running at once (see `gate.rs`).
     pub gate_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl LoadedParty {
+    /// Whether idle instances go while sockets stay open: the manifest's
+    /// `hibernate`, or the code's own (PartyKit's `options.hibernate`).
+    pub fn hibernates(&self) -> bool {
+        self.hibernate || self.traits.get().is_some_and(|t| t.contains(crate::sandbox::Traits::HIBERNATE))
+    }
+
     pub fn new(code: PartyCode<RoomState>, vars: Arc<[(String, String)]>, hibernate: bool) -> Self {
         Self {
             code: Arc::new(code),
             vars,
             hibernate,
-            gates: tokio::sync::OnceCell::new(),
+            traits: tokio::sync::OnceCell::new(),
             gate_slots: Arc::new(tokio::sync::Semaphore::new(super::gate::MAX_GATES_PER_PARTY)),
         }
     }

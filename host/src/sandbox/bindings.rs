@@ -15,7 +15,9 @@ mod generated {
 }
 
 pub use generated::exports::partyhost::party::handlers::Guest as Handlers;
-pub use generated::exports::partyhost::party::handlers::{GateOutcome, GateSet as Gates, RequestOutcome};
+pub use generated::exports::partyhost::party::handlers::{
+    GateOutcome, PartyTraits as Traits, RequestOutcome,
+};
 pub use generated::partyhost::party::runtime::LogLevel;
 pub use generated::partyhost::party::storage::ListOptions;
 pub use generated::partyhost::party::types::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::Store;
 
-use super::bindings::{GateOutcome, Gates, Message, Party, PartyPre, Request, RequestOutcome, RoomApi};
+use super::bindings::{GateOutcome, Message, Party, PartyPre, Request, RequestOutcome, RoomApi, Traits};
 use super::error::GuestError;
 use super::limits::{INSTANTIATE_CALLS, Limits};
 use super::meter::CpuMeter;
@@ -155,9 +155,9 @@ impl<R: RoomApi> Guest<R> {
         clock.run("on-alarm", h.call_on_alarm(store, task, retry_count)).await
     }
 
-    pub async fn gates(&mut self) -> Result<Gates, GuestError> {
+    pub async fn traits(&mut self) -> Result<Traits, GuestError> {
         let (h, store, clock) = self.arm();
-        clock.run("gates", h.call_gates(store)).await
+        clock.run("traits", h.call_traits(store)).await
     }
 
     pub async fn on_before_connect(

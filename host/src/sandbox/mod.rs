@@ -21,8 +21,8 @@ mod priority;
 mod store;
 
 pub use bindings::{
-    ConnectionInfo, GateOutcome, Gates, Header, ListOptions, LogLevel, Message, Refusal, Request,
-    RequestOutcome, Response, RoomApi, Verdict, host,
+    ConnectionInfo, GateOutcome, Header, ListOptions, LogLevel, Message, Refusal, Request, RequestOutcome,
+    Response, RoomApi, Traits, Verdict, host,
 };
 pub use error::{GuestError, TrapKind};
 pub use guest::Guest;

@@ -129,16 +129,6 @@ impl Room {
         }
         // Callers that gave up (timeout, deadline) no longer need a reply.
         self.pending_requests.retain(|_, reply| !reply.is_closed());
-        // No fetch in flight and no output held: a request still parked
-        // waits for something that can never come (workerd: "the script
-        // will never generate a response").
-        if self.fetches.is_empty() && self.gate.is_empty() {
-            for (_, reply) in self.pending_requests.drain() {
-                let message =
-                    "the party's request handler waits for nothing that can arrive; it will never answer";
-                let _ = reply.send(super::error_response(500, message));
-            }
-        }
     }
 
     fn start_fetch(&mut self, fetch: FetchStart) {

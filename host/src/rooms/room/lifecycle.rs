@@ -33,7 +33,17 @@ impl Room {
             match self.party.code.instantiate(state).await {
                 Ok(mut guest) => {
                     let task = self.next_task();
-                    let started = guest.on_start(task).await;
+                    // The party's traits, asked of its first instance.
+                    let started = match self.party.traits.get() {
+                        Some(_) => guest.on_start(task).await,
+                        None => match guest.traits().await {
+                            Ok(traits) => {
+                                let _ = self.party.traits.set(traits);
+                                guest.on_start(task).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
                     self.slot = Slot::Live(guest);
                     self.rooms.instance_started(&self.key, &self.last_active);
                     debug!(room = %self.key, "instance started");
@@ -96,7 +106,7 @@ impl Room {
         let no_sockets = self.state().connections.is_empty();
         match self.slot {
             _ if no_sockets => Some(IdleAction::Retire),
-            Slot::Live(_) if self.party.hibernate => Some(IdleAction::Evict),
+            Slot::Live(_) if self.party.hibernates() => Some(IdleAction::Evict),
             _ => None,
         }
     }
