@@ -47,16 +47,23 @@ async function bundle(entry) {
     conditions: ["worker", "browser"],
     target: "es2022",
     external: ["partyhost:*"],
+    // Paths in messages relative to the project, not to this folder.
+    absWorkingDir: process.env.PARTYHOST_PROJECT_DIR || process.cwd(),
     write: false,
     logLevel: "silent",
     legalComments: "none",
   });
+  for (const warning of await esbuild.formatMessages(result.warnings, { kind: "warning" })) {
+    console.error(warning.trimEnd());
+  }
   return result.outputFiles[0].text;
 }
 
 function hashOf(code) {
   const hash = createHash("sha256");
   hash.update(JSON.stringify(toolchain));
+  // This script too: it holds the componentize options.
+  hash.update(readFileSync(fileURLToPath(import.meta.url)));
   hash.update(readFileSync(join(witDir, "party.wit")));
   hash.update(code);
   return hash.digest("hex").slice(0, 16);
@@ -73,8 +80,10 @@ function writeWhole(path, bytes) {
 const KEEP = 4;
 
 function prune(cacheDir, name) {
+  // Exactly this party's: `chat-` would also match `chat-room-...`.
+  const own = new RegExp(`^${name}-[0-9a-f]{16}\\.wasm$`); // party names are a-z, 0-9, - and _
   const mine = readdirSync(cacheDir)
-    .filter((file) => file.startsWith(`${name}-`) && file.endsWith(".wasm"))
+    .filter((file) => own.test(file))
     .map((file) => ({ path: join(cacheDir, file), mtime: statSync(join(cacheDir, file)).mtimeMs }))
     .sort((a, b) => b.mtime - a.mtime);
   for (const { path } of mine.slice(KEEP)) rmSync(path, { force: true });
@@ -116,6 +125,14 @@ async function build(name, entry, component) {
   return { party: name, changed, cached };
 }
 
+/** One esbuild error: where, what, and its notes (e.g. why an import failed). */
+function describeError(e) {
+  const at = e.location ? `${e.location.file}:${e.location.line}:${e.location.column}: ` : "";
+  const notes = (e.notes ?? []).map((note) => `\n  ${note.text}`).join("");
+  const builtin = /^Could not resolve "node:/.test(e.text) ? "\n  partyhost parties get web APIs, not Node.js built-ins" : "";
+  return `${at}${e.text}${notes}${builtin}`;
+}
+
 let failed = false;
 for (let i = 0; i < parties.length; i += 3) {
   const [name, entry, component] = parties.slice(i, i + 3);
@@ -124,7 +141,7 @@ for (let i = 0; i < parties.length; i += 3) {
   } catch (error) {
     failed = true;
     const message = error?.errors?.length
-      ? error.errors.map((e) => `${e.location ? `${e.location.file}:${e.location.line}:${e.location.column}: ` : ""}${e.text}`).join("\n")
+      ? error.errors.map(describeError).join("\n")
       : String(error?.message ?? error);
     console.log(JSON.stringify({ party: name, error: message }));
   }

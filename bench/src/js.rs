@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::host::ChildHost;
-use crate::load::{connect, next_text, send_reaction};
+use crate::load::{accepted_reactions_per_second, connect, next_text};
 use crate::stats::{Percentiles, rss_bytes};
 
 /// The TypeScript examples' manifest.
@@ -86,19 +86,7 @@ async fn measure(wasm: &Path, rooms: usize, seconds: u64) -> anyhow::Result<Figu
     let first_answer = Percentiles::of(&mut times);
 
     // One room, 64 reactions in flight, for `seconds`.
-    let mut socket = connect(&host, "throughput").await?;
-    next_text(&mut socket).await?;
-    for _ in 0..64 {
-        send_reaction(&mut socket).await?;
-    }
-    let t = Instant::now();
-    let mut accepted = 0u64;
-    while t.elapsed() < Duration::from_secs(seconds) {
-        next_text(&mut socket).await?;
-        accepted += 1;
-        send_reaction(&mut socket).await?;
-    }
-    let throughput = accepted as f64 / t.elapsed().as_secs_f64();
+    let throughput = accepted_reactions_per_second(&host, 64, seconds).await?;
     drop(host);
 
     let live_kib = per_room(wasm, rooms, false).await?;

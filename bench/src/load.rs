@@ -72,6 +72,28 @@ pub async fn send_reaction(socket: &mut Socket) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One room's throughput: a client keeps `window` reactions in flight for
+/// `seconds`; the rate of updates that come back.
+pub async fn accepted_reactions_per_second(
+    host: &ChildHost,
+    window: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let mut socket = connect(host, "throughput").await?;
+    next_text(&mut socket).await?;
+    for _ in 0..window {
+        send_reaction(&mut socket).await?;
+    }
+    let started = Instant::now();
+    let mut accepted = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        next_text(&mut socket).await?;
+        accepted += 1;
+        send_reaction(&mut socket).await?;
+    }
+    Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
 /// CPU time this process has used (user + system).
 pub fn own_cpu() -> Duration {
     ProcCpu::of("self").total()

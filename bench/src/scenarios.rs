@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::host::ChildHost;
-use crate::load::{CpuMeter, Server, Socket, connect, next_text, send_reaction, start_partyhost};
+use crate::load::{
+    CpuMeter, Server, Socket, accepted_reactions_per_second, connect, next_text, send_reaction,
+    start_partyhost,
+};
 use crate::stats::{Percentiles, ProcCpu, rss_bytes};
 
 /// One row of a scenario's table.
@@ -182,21 +185,9 @@ pub async fn throughput(window: usize, seconds: u64) -> anyhow::Result<()> {
     let mut cpu: f64 = 0.0;
     for server in Server::BOTH {
         let host = server.start(false).await?;
-        let mut socket = connect(&host, "throughput").await?;
-        next_text(&mut socket).await?;
         let meter = CpuMeter::start();
-        for _ in 0..window {
-            send_reaction(&mut socket).await?;
-        }
-        let started = Instant::now();
-        let mut accepted = 0u64;
-        while started.elapsed() < Duration::from_secs(seconds) {
-            next_text(&mut socket).await?;
-            accepted += 1;
-            send_reaction(&mut socket).await?;
-        }
+        rates.push(accepted_reactions_per_second(&host, window, seconds).await?);
         cpu = cpu.max(meter.share());
-        rates.push(accepted as f64 / started.elapsed().as_secs_f64());
     }
     print_table(
         &format!("Room throughput: one room, limiter off, {window} reactions in flight, {seconds} s"),

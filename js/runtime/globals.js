@@ -77,13 +77,33 @@ function describeOne(value) {
   }
 }
 
+/**
+ * Lines logged while the module loads: that runs when the build snapshots
+ * it, where no host is there to log to. They go out with the first event.
+ */
+let early = [];
+const EARLY_LINES = 64;
+
+/** Called at each event: from now on, lines go straight to the host. */
+export function hostIsListening() {
+  if (early === null) return;
+  const lines = early;
+  early = null;
+  for (const [level, line] of lines) log(level, line);
+}
+
+function write(level, line) {
+  if (early === null) log(level, line);
+  else if (early.length < EARLY_LINES) early.push([level, line]);
+}
+
 const levels = { trace: "trace", debug: "debug", log: "info", info: "info", warn: "warn", error: "error" };
 const hostConsole = {};
 for (const [method, level] of Object.entries(levels)) {
-  hostConsole[method] = (...values) => log(level, describe(values));
+  hostConsole[method] = (...values) => write(level, describe(values));
 }
 hostConsole.assert = (condition, ...values) => {
-  if (!condition) log("error", `Assertion failed${values.length ? ": " + describe(values) : ""}`);
+  if (!condition) write("error", `Assertion failed${values.length ? ": " + describe(values) : ""}`);
 };
 hostConsole.dir = hostConsole.log;
 hostConsole.table = hostConsole.log;

@@ -14,7 +14,7 @@ import * as storage from "partyhost:party/storage@0.2.0";
 import * as alarms from "partyhost:party/alarms@0.2.0";
 import * as outbound from "partyhost:party/outbound@0.2.0";
 import * as tasks from "partyhost:party/tasks@0.2.0";
-import { engineSetTimeout, engineClearTimeout, deferredCount, describe } from "./globals.js";
+import { engineSetTimeout, engineClearTimeout, deferredCount, describe, hostIsListening } from "./globals.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -28,6 +28,7 @@ const decoder = new TextDecoder();
  * when it is parked.
  */
 function settle(work) {
+  hostIsListening();
   return new Promise((resolve) => {
     let finished = false;
     let promise;
@@ -143,7 +144,7 @@ async function fromResponse(response) {
 function toResponse(response) {
   const headers = new Headers();
   for (const { name, value } of response.headers) headers.append(name, value);
-  const nullBody = response.status === 101 || response.status === 204 || response.status === 205 || response.status === 304;
+  const nullBody = response.status === 204 || response.status === 205 || response.status === 304;
   return new Response(nullBody ? null : response.body, { status: response.status, headers });
 }
 
@@ -279,7 +280,7 @@ class Connection {
     const empty = blob.s === undefined && blob.a === undefined;
     const bytes = empty ? undefined : toJson("connection state", blob);
     hostCall("connection.setState", () => connections.setState(this.id, bytes));
-    this.#blob = empty ? {} : JSON.parse(decoder.decode(bytes));
+    this.#blob = empty ? {} : fromJson(bytes);
   }
 
   // Enough of the WebSocket shape for code that checks it.
@@ -301,6 +302,15 @@ function connectionById(id) {
   if (cached) return cached;
   const info = connections.getConnection(id);
   return info ? connectionFor(info) : undefined;
+}
+
+/**
+ * A connection that is closing: the host still tells its state, uri and
+ * tags during onClose and onError, also to a fresh instance after
+ * hibernation.
+ */
+function departing(id) {
+  return connectionById(id) ?? new Connection({ id, uri: "", tags: [id], state: undefined });
 }
 
 function keysArgument(keys) {
@@ -405,17 +415,20 @@ function makeRoom() {
 
 // --- the handlers export --------------------------------------------------------
 
-/** The `handlers` export for a PartyKit server class (or module object). */
+/** The `handlers` export for a PartyKit server class. */
 export function handlers(Server) {
-  if (typeof Server !== "function" && (typeof Server !== "object" || Server === null)) {
-    throw new TypeError("the party's default export must be a class implementing Party.Server");
+  // Checked when the build snapshots the module, so a wrong export fails the build.
+  if (typeof Server !== "function" || Server.prototype === undefined) {
+    throw new TypeError(
+      `the party's default export must be a class implementing Party.Server (export default class ... ), got ${describe([Server])}`,
+    );
   }
   let server;
   let started;
 
   /** The server object, constructed once per instance. */
   function constructed() {
-    server ??= typeof Server === "function" ? new Server(makeRoom()) : Server;
+    server ??= new Server(makeRoom());
     return server;
   }
 
@@ -449,8 +462,8 @@ export function handlers(Server) {
       return promise;
     });
     if (!outcome.done) {
-      promise.then(
-        async (value) => complete(task, await finish(value)),
+      promise.then(finish).then(
+        (value) => complete(task, value),
         (error) => {
           logError(what, error);
           complete(task, failed);
@@ -494,7 +507,9 @@ export function handlers(Server) {
 
   return {
     onStart(_task) {
-      return event("onStart", () => {});
+      // A failed start fails the call: the host drops the instance and
+      // starts afresh at the next event, as Durable Objects do.
+      return event("onStart", () => {}, true);
     },
     onConnect(_task, id, request) {
       return event("onConnect", (server) => {
@@ -513,17 +528,14 @@ export function handlers(Server) {
     },
     onClose(_task, id, code, reason, wasClean) {
       return event("onClose", (server) => {
-        const connection = known.get(id) ?? new Connection({ id, uri: "", tags: [id], state: undefined });
+        const connection = departing(id);
         known.delete(id);
         connection.readyState = 3;
         return server.onClose?.(connection, code, reason, wasClean);
       });
     },
     onError(_task, id, error) {
-      return event("onError", (server) => {
-        const connection = known.get(id) ?? new Connection({ id, uri: "", tags: [id], state: undefined });
-        return server.onError?.(connection, new Error(error));
-      });
+      return event("onError", (server) => server.onError?.(departing(id), new Error(error)));
     },
     onRequest(task, request) {
       const notFound = { status: 404, headers: [], body: encoder.encode("Not found\n") };
@@ -562,6 +574,7 @@ export function handlers(Server) {
       return Array.from(outcome.value ?? [], String);
     },
     traits() {
+      hostIsListening();
       return {
         beforeConnect: typeof Server.onBeforeConnect === "function",
         beforeRequest: typeof Server.onBeforeRequest === "function",
@@ -574,8 +587,13 @@ export function handlers(Server) {
       const waiter = inFlight.get(ticket);
       inFlight.delete(ticket);
       if (waiter) {
-        if (outcome.tag === "ok") waiter.resolve(toResponse(outcome.val));
-        else waiter.reject(new Error(`fetch failed: ${outcome.val}`));
+        try {
+          if (outcome.tag === "ok") waiter.resolve(toResponse(outcome.val));
+          else waiter.reject(new Error(`fetch failed: ${outcome.val}`));
+        } catch (error) {
+          // A status the Response class refuses, say: the awaiting handler hears it.
+          waiter.reject(error);
+        }
       }
       await idle();
     },

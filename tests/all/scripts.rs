@@ -96,6 +96,11 @@ async fn gates_env_web_globals_logs_and_room_to_room_fetches() -> Result<()> {
         ]
     );
 
+    assert_eq!(
+        json_of(&host, "/parties/probe/g/room").await?,
+        json!({ "internalID": "probe/g", "name": "probe", "nobody": true, "inTransaction": 1 })
+    );
+
     // onBeforeRequest refuses, or passes with a header onRequest sees.
     assert_eq!(
         host.http("GET", "/parties/probe/g/forbidden", "").await?,
@@ -154,6 +159,9 @@ async fn connections_keep_state_attachments_and_tags_and_see_broadcasts_and_clos
     assert_eq!(bob.recv_binary().await?, vec![3, 2, 1]);
 
     // connection.close with a code, and onClose hears how each one ended.
+    cat.send_text("count").await?;
+    assert_eq!(cat.recv_text().await?, "count 1 attachment null");
+    tokio::time::sleep(Duration::from_millis(50)).await;
     cat.send_text("close").await?;
     assert_eq!(cat.recv_close().await?, (4001, "asked to".to_owned()));
     bob.close(4000, "bye").await?;
@@ -167,8 +175,8 @@ async fn connections_keep_state_attachments_and_tags_and_see_broadcasts_and_clos
     assert_eq!(
         json_of(&host, "/parties/probe/c/closed").await?,
         json!({
-            "closed:bob": { "code": 4000, "reason": "bye", "wasClean": true },
-            "closed:cat": { "code": 4001, "reason": "asked to", "wasClean": true },
+            "closed:bob": { "code": 4000, "reason": "bye", "wasClean": true, "state": null },
+            "closed:cat": { "code": 4001, "reason": "asked to", "wasClean": true, "state": { "count": 1 } },
         })
     );
     host.stop().await
@@ -193,14 +201,15 @@ async fn options_hibernate_in_the_class_lets_idle_instances_go_with_sockets_open
 async fn alarms_fire_with_their_retry_count_and_a_throwing_on_alarm_runs_again() -> Result<()> {
     let dir = temp_dir();
     let host = probe_host(dir.path(), "[rooms]\nalarm_retry_ms = 50").await?;
-    assert_eq!(json_of(&host, "/parties/probe/a1/alarm?in=100").await?, json!({ "set": true }));
+    // A second ahead: the host moves an alarm under 100 ms ahead to 100 ms.
+    assert_eq!(json_of(&host, "/parties/probe/a1/alarm?in=1000").await?, json!({ "set": true }));
     eventually("the alarm to fire", async || {
         Ok(json_of(&host, "/parties/probe/a1/alarms").await?
             == json!([{ "retryCount": 0, "isRetry": false }]))
     })
     .await?;
     // Attempts 0 and 1 throw (their writes are rolled back); attempt 2 stays.
-    assert_eq!(json_of(&host, "/parties/probe/a2/alarm?in=100&fail").await?, json!({ "set": true }));
+    assert_eq!(json_of(&host, "/parties/probe/a2/alarm?in=1000&fail").await?, json!({ "set": true }));
     eventually("the third attempt", async || {
         Ok(json_of(&host, "/parties/probe/a2/alarms").await? == json!([{ "retryCount": 2, "isRetry": true }]))
     })
@@ -265,6 +274,9 @@ async fn a_hostile_script_party_is_stopped_and_its_neighbours_keep_serving() -> 
         assert_eq!(now > before, restarts, "{misdeed}: instance starts went from {before} to {now}");
         before = now;
     }
+    // A failing onStart fails the start: no handler runs on a half-made room.
+    let (status, body) = host.http("GET", "/parties/hostile/bad-start/pong", "").await?;
+    assert_eq!((status, body.as_str()), (503, "the room could not start; see the host log"));
     // A throwing or never-settling onMessage leaves the socket open.
     for misdeed in ["throw", "hang", "recurse"] {
         victim.send_text(misdeed).await?;
@@ -275,12 +287,17 @@ async fn a_hostile_script_party_is_stopped_and_its_neighbours_keep_serving() -> 
     neighbour_answers().await?;
 
     // Each JavaScript error was logged with its message.
-    let mut errors = Vec::new();
+    let (mut errors, mut infos) = (Vec::new(), Vec::new());
     while let Ok(event) = logs.try_recv() {
-        if event.kind == "log" && event.level == "error" {
-            errors.push(event.message.lines().next().unwrap_or_default().to_owned());
+        let line = event.message.lines().next().unwrap_or_default().to_owned();
+        match (event.kind, event.level.as_str()) {
+            ("log", "error") => errors.push(line),
+            ("log", "info") => infos.push(line),
+            _ => {}
         }
     }
+    // A line logged at the module's top level arrives with the first event.
+    assert!(infos.iter().any(|line| line == "hostile.js loaded"), "{infos:?}");
     for expected in [
         "onRequest threw: InternalError: too much recursion",
         "onRequest threw: Error: thrown on purpose",

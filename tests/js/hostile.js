@@ -2,12 +2,16 @@
 // path does one bad thing. `ping` answers `pong starts=<n>`, where n counts
 // the instances started (kept in storage), so a test sees whether the
 // misdeed cost the instance.
+// Logged while the build snapshots the module: the host hears it at the first event.
+console.log("hostile.js loaded");
+
 export default class Hostile {
   constructor(room) {
     this.room = room;
   }
 
   async onStart() {
+    if (this.room.id === "bad-start") throw new Error("onStart fails on purpose");
     this.starts = ((await this.room.storage.get("starts")) ?? 0) + 1;
     await this.room.storage.put("starts", this.starts);
   }

@@ -77,7 +77,8 @@ export default class Probe implements Party.Server {
   }
 
   async onClose(connection: Party.Connection, code?: number, reason?: string, wasClean?: boolean) {
-    await this.room.storage.put(`closed:${connection.id}`, { code, reason, wasClean });
+    // Its state too: the host keeps it readable while the connection closes.
+    await this.room.storage.put(`closed:${connection.id}`, { code, reason, wasClean, state: connection.state });
   }
 
   async onAlarm(alarm?: Alarmed) {
@@ -161,6 +162,19 @@ export default class Probe implements Party.Server {
           timer,
           order,
           now: Number.isInteger(Date.now()) && Date.now() > 1.7e12,
+        });
+      }
+      case "room": {
+        const inTransaction = await storage.transaction(async (txn) => {
+          await txn.put("t", 1);
+          return txn.get("t");
+        });
+        await storage.sync();
+        return Response.json({
+          internalID: this.room.internalID,
+          name: this.room.name,
+          nobody: this.room.getConnection("nobody") === undefined,
+          inTransaction,
         });
       }
       case "echo":

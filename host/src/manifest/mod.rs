@@ -423,6 +423,14 @@ fn source(
                     "a `main` script is built by partyhost itself: remove [build], or use `wasm`",
                 ));
             }
+            // Inside the project: `partyhost dev` watches its folder.
+            if !main.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+                return Err(ManifestError::OutsideProject {
+                    party: party.to_string(),
+                    what: "main",
+                    path: main.display().to_string(),
+                });
+            }
             let extension = main.extension().and_then(|e| e.to_str()).unwrap_or_default();
             if !SCRIPT_EXTENSIONS.contains(&extension) {
                 return Err(problem("`main` must be a TypeScript or JavaScript file (.ts, .js, .mjs, ...)"));

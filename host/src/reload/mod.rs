@@ -137,8 +137,14 @@ impl Reloader {
     /// Rebuilds parties whose sources changed, then reloads changed `.wasm`s.
     async fn apply_changes(&mut self, changed: &BTreeSet<PathBuf>) {
         let deployment = self.rooms.deployment();
+        // Storage and compiled code change under a watched project folder
+        // at every commit: never a source change.
+        let data_dir = watcher::normal(&deployment.data_dir);
         let touched = |roots: &[PathBuf]| {
-            changed.iter().any(|path| roots.iter().any(|root| watcher::is_source_change(path, root)))
+            changed
+                .iter()
+                .filter(|path| !path.starts_with(&data_dir))
+                .any(|path| roots.iter().any(|root| watcher::is_source_change(path, root)))
         };
         let mut scripts = Vec::new();
         for (name, spec) in &deployment.parties {
@@ -233,8 +239,7 @@ impl Reloader {
                 return false;
             }
         };
-        let scripts: Vec<&PartyName> =
-            new.parties.iter().filter(|(_, spec)| spec.script.is_some()).map(|(name, _)| name).collect();
+        let scripts = crate::js::script_parties(&new);
         if !scripts.is_empty() && !self.build_scripts(&new, &scripts).await {
             return false;
         }
