@@ -10,7 +10,9 @@ use crate::guests::{HOSTILE, REACTIONS};
 
 async fn misdeed_is_stopped_and_the_room_recovers(command: &str, kind: &str) -> Result<()> {
     let dir = temp_dir();
-    let limits = "[limits]\ncpu_ms = 50\nmemory_mib = 16";
+    // A generous wall-clock deadline, so that on a loaded machine the loop
+    // meets its CPU budget (time on the CPU) before the deadline.
+    let limits = "[limits]\ncpu_ms = 50\nwall_ms = 2000\nmemory_mib = 16";
     let host =
         TestHost::start(dir.path(), &manifest(&[("hostile", HOSTILE), ("reactions", REACTIONS)], limits))
             .await?;

@@ -231,7 +231,7 @@ async fn a_hostile_script_party_is_stopped_and_its_neighbours_keep_serving() -> 
     let parties = [("hostile", hostile()), ("reactions", examples.reactions)];
     let toml = manifest(
         &parties,
-        "[limits]\ncpu_ms = 100\n[edge]\nrequest_timeout_ms = 1000\n[vars]\nRATE_LIMIT_MS = \"0\"",
+        "[limits]\ncpu_ms = 100\nwall_ms = 2000\n[edge]\nrequest_timeout_ms = 1000\n[vars]\nRATE_LIMIT_MS = \"0\"",
     );
     let host = TestHost::start(dir.path(), &toml).await?;
     let tail = host.local_rooms().tail().clone();

@@ -106,7 +106,7 @@ impl<R: Send> WasiView for StoreData<R> {
 /// imports stops here at the next tick, like a loop of wasm.
 pub(super) fn on_epoch_tick<R>(store: StoreContextMut<'_, StoreData<R>>) -> wasmtime::Result<UpdateDeadline> {
     let data = store.data();
-    if data.meter.spent() > data.cpu_budget {
+    if data.meter.spent_at_tick() > data.cpu_budget {
         return Err(CpuBudgetSpent.into());
     }
     Ok(UpdateDeadline::Yield(1))
