@@ -240,7 +240,7 @@ const HANDLERS: [&str; 13] = [
     "on-alarm",
     "get-connection-tags",
     "resume",
-    "gates",
+    "traits",
     "on-before-connect",
     "on-before-request",
 ];

@@ -326,6 +326,11 @@ async fn metrics_count_messages_calls_commits_rooms_and_limit_hits() -> Result<(
         ),
         1.0
     );
+    // What the party is (its gates, whether it hibernates) is asked once.
+    assert_eq!(
+        value("partyhost_guest_call_seconds_count{project=\"test\",party=\"parity\",handler=\"traits\"}"),
+        1.0
+    );
     assert!(value("partyhost_commit_seconds_count{project=\"test\"}") >= 1.0);
     assert_eq!(value("partyhost_rooms{project=\"test\"}"), 1.0);
     assert_eq!(value("partyhost_rooms_live{project=\"test\"}"), 1.0);
