@@ -28,18 +28,15 @@ async fn visit(host: &TestHost, page: &str) -> Result<(Client, Value)> {
     Ok((client, first))
 }
 
-/// Reads updates until one shows `counts` for the linked pages.
-async fn wait_for(client: &mut Client, counts: Value) -> Result<()> {
+/// Reads the next frame, which must be the update showing `counts` for the
+/// linked pages: each step below changes one page's count, so each page
+/// linking to it gets exactly one update, and a repeated, stale or stray
+/// frame fails here.
+async fn next_update_is(client: &mut Client, counts: Value) -> Result<()> {
     let expected = json!({ "type": "update", "connections": counts });
-    let mut seen = Vec::new();
-    loop {
-        let update =
-            client.recv_json().await.with_context(|| format!("waiting for {expected}, saw {seen:?}"))?;
-        if update == expected {
-            return Ok(());
-        }
-        seen.push(update);
-    }
+    let update = client.recv_json().await.with_context(|| format!("waiting for {expected}"))?;
+    anyhow::ensure!(update == expected, "expected {expected}, got {update}");
+    Ok(())
 }
 
 async fn pages_see_each_others_counts_go_up_and_down(parties: &Examples) -> Result<()> {
@@ -53,32 +50,32 @@ async fn pages_see_each_others_counts_go_up_and_down(parties: &Examples) -> Resu
     // which awaits a POST back to b.
     let (mut b, first) = visit(&host, "b").await?;
     assert_eq!(first, json!({ "type": "update", "connections": { "a": 1, "b": 1, "c": 0 } }));
-    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
+    next_update_is(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
 
     let (mut c, first) = visit(&host, "c").await?;
     assert_eq!(first, json!({ "type": "update", "connections": { "a": 1, "b": 1, "d": 0 } }));
-    wait_for(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
-    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
+    next_update_is(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
+    next_update_is(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
 
     // A second visitor on b: the self-link cycle again, now with b subscribed
     // to itself. Everyone linking to b sees 2, b's own clients included.
     let mut b2 = Client::connect(&host.ws_url("/parties/page/b")).await?;
-    wait_for(&mut b, json!({ "a": 1, "b": 2, "c": 1 })).await?;
-    wait_for(&mut b2, json!({ "a": 1, "b": 2, "c": 1 })).await?;
-    wait_for(&mut a, json!({ "b": 2, "c": 1, "d": 0 })).await?;
-    wait_for(&mut c, json!({ "a": 1, "b": 2, "d": 0 })).await?;
+    next_update_is(&mut b, json!({ "a": 1, "b": 2, "c": 1 })).await?;
+    next_update_is(&mut b2, json!({ "a": 1, "b": 2, "c": 1 })).await?;
+    next_update_is(&mut a, json!({ "b": 2, "c": 1, "d": 0 })).await?;
+    next_update_is(&mut c, json!({ "a": 1, "b": 2, "d": 0 })).await?;
 
     // And down again when they leave.
     drop(b2);
-    wait_for(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
-    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
+    next_update_is(&mut a, json!({ "b": 1, "c": 1, "d": 0 })).await?;
+    next_update_is(&mut b, json!({ "a": 1, "b": 1, "c": 1 })).await?;
     drop(c);
-    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
-    wait_for(&mut b, json!({ "a": 1, "b": 1, "c": 0 })).await?;
+    next_update_is(&mut a, json!({ "b": 1, "c": 0, "d": 0 })).await?;
+    next_update_is(&mut b, json!({ "a": 1, "b": 1, "c": 0 })).await?;
 
     let (_d, first) = visit(&host, "d").await?;
     assert_eq!(first, json!({ "type": "update", "connections": { "a": 1 } }));
-    wait_for(&mut a, json!({ "b": 1, "c": 0, "d": 1 })).await?;
+    next_update_is(&mut a, json!({ "b": 1, "c": 0, "d": 1 })).await?;
 
     // The counter answers only the POSTs it knows, like the original.
     assert_eq!(host.http("GET", "/parties/counter/all-pages", "").await?.0, 400);

@@ -46,6 +46,9 @@ pub struct ReloadStats {
     pub applied: AtomicU64,
     /// Builds, components or manifests refused (the old version serves on).
     pub failed: AtomicU64,
+    /// Builds started: a party's `build.command`, or one JavaScript build
+    /// (of every script party whose sources changed).
+    pub builds: AtomicU64,
 }
 
 /// Watches a served manifest and swaps in what changes.
@@ -173,6 +176,7 @@ impl Reloader {
     /// Runs a party's build command with its output shown as it comes.
     async fn build(&self, party: &PartyName, command: &str) -> bool {
         let started = Instant::now();
+        self.stats.builds.fetch_add(1, Ordering::Relaxed);
         eprintln!("partyhost dev: building `{party}`: {command}");
         let dir = self.manifest.parent().unwrap_or(Path::new("."));
         let status =
@@ -197,6 +201,7 @@ impl Reloader {
 
     /// Builds script parties (bundle and componentize) with progress shown.
     async fn build_scripts(&self, deployment: &Deployment, parties: &[&PartyName]) -> bool {
+        self.stats.builds.fetch_add(1, Ordering::Relaxed);
         let deployment = deployment.clone();
         let parties: Vec<PartyName> = parties.iter().map(|&p| p.clone()).collect();
         let built = tokio::task::spawn_blocking(move || {
