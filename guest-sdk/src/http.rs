@@ -52,6 +52,16 @@ impl Request {
         path.split(['?', '#']).next().unwrap_or("/")
     }
 
+    /// The first value of `name` in the URL's query, as written (not
+    /// percent-decoded); `Some("")` for a bare `name`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let query = self.url.split_once('?')?.1.split('#').next()?;
+        query.split('&').find_map(|pair| match pair.split_once('=') {
+            Some((key, value)) => (key == name).then_some(value),
+            None => (pair == name).then_some(""),
+        })
+    }
+
     /// The body as text (lossy).
     pub fn body_text(&self) -> String {
         body_text(&self.body)

@@ -28,6 +28,19 @@ pub struct ListOptions {
     pub reverse: bool,
 }
 
+impl ListOptions {
+    fn to_wit(&self) -> wit::ListOptions {
+        wit::ListOptions {
+            prefix: self.prefix.clone(),
+            start: self.start.clone(),
+            start_after: self.start_after.clone(),
+            end: self.end.clone(),
+            limit: self.limit,
+            reverse: self.reverse,
+        }
+    }
+}
+
 /// `(key, bytes)` entries with the values parsed as JSON; those that are
 /// not a `T` are skipped.
 fn parse_entries<T: DeserializeOwned>(entries: Vec<(String, Vec<u8>)>) -> Vec<(String, T)> {
@@ -82,15 +95,15 @@ impl Storage {
     /// # Errors
     /// When both `start` and `start_after` are given.
     pub fn list<T: DeserializeOwned>(&self, options: &ListOptions) -> Result<Vec<(String, T)>, Error> {
-        let options = wit::ListOptions {
-            prefix: options.prefix.clone(),
-            start: options.start.clone(),
-            start_after: options.start_after.clone(),
-            end: options.end.clone(),
-            limit: options.limit,
-            reverse: options.reverse,
-        };
-        Ok(parse_entries(wit::list(&options)?))
+        Ok(parse_entries(wit::list(&options.to_wit())?))
+    }
+
+    /// Entries matching `options`, as raw bytes.
+    ///
+    /// # Errors
+    /// When both `start` and `start_after` are given.
+    pub fn list_bytes(&self, options: &ListOptions) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        Ok(wit::list(&options.to_wit())?)
     }
 
     /// The values of up to 128 keys at once, parsed as JSON, in the order

@@ -18,12 +18,6 @@ struct Parity {
     room: Room,
 }
 
-/// `name=value` from the URL's query.
-fn query<'a>(url: &'a str, name: &str) -> Option<&'a str> {
-    let query = url.split_once('?')?.1;
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-}
-
 impl Parity {
     fn command(&self, text: &str) -> String {
         let storage = self.room.storage();
@@ -118,26 +112,26 @@ impl Party for Parity {
     }
 
     async fn on_before_connect(request: Request, lobby: Lobby) -> Result<Request, Response> {
-        if query(&request.url, "trap").is_some() {
+        if request.query("trap").is_some() {
             panic!("the gate panicked on purpose");
         }
-        if query(&request.url, "gate-put").is_some() {
+        if request.query("gate-put").is_some() {
             // Reaching past the SDK: a gate has no storage, and is told so.
             let refused = partyhost_guest::bindings::partyhost::party::storage::put("k", b"v");
             return Err(Response::text(409, format!("{refused:?}")));
         }
         let expected = lobby.env("TOKEN").unwrap_or_default();
-        if query(&request.url, "token") != Some(expected.as_str()) {
+        if request.query("token") != Some(expected.as_str()) {
             return Err(Response::text(401, format!("bad token for room {}", lobby.id())));
         }
-        if query(&request.url, "hang").is_some() {
+        if request.query("hang").is_some() {
             // Parks on a room that never answers, until the fetch times out.
             let waited = lobby.fetch(&lobby.party(), "sink", Request::get("/never")).await;
             return Err(Response::text(502, format!("{waited:?}")));
         }
-        let user = match query(&request.url, "lookup") {
+        let user = match request.query("lookup") {
             Some(_) => {
-                let token = query(&request.url, "token").unwrap_or_default();
+                let token = request.query("token").unwrap_or_default();
                 let path = format!("/user?token={token}");
                 match lobby.fetch(&lobby.party(), "directory", Request::get(path)).await {
                     Ok(response) if response.status == 200 => response.body_text(),
@@ -145,7 +139,7 @@ impl Party for Parity {
                     Err(e) => return Err(Response::text(502, e.to_string())),
                 }
             }
-            None => query(&request.url, "user").unwrap_or("anonymous").to_owned(),
+            None => request.query("user").unwrap_or("anonymous").to_owned(),
         };
         let mut request = request;
         request.headers.push(("x-user".into(), user));
@@ -205,7 +199,7 @@ impl Party for Parity {
     async fn on_request(&self, request: Request) -> Response {
         let storage = self.room.storage();
         match request.path().rsplit('/').next().unwrap_or_default() {
-            "user" => match query(&request.url, "token") {
+            "user" => match request.query("token") {
                 Some("good") => Response::text(200, "looked-up-user"),
                 _ => Response::text(404, "no such user"),
             },
@@ -223,7 +217,7 @@ impl Party for Parity {
             }
             "alarm-runs" => Response::json(&storage.get::<Vec<u32>>("alarm-runs").unwrap_or_default()),
             "env" => {
-                let name = query(&request.url, "name").unwrap_or_default();
+                let name = request.query("name").unwrap_or_default();
                 Response::text(200, self.room.env(name).unwrap_or_else(|| "(unset)".into()))
             }
             _ => Response::text(200, format!("gated={}", request.header("x-gated").unwrap_or("no"))),
