@@ -44,12 +44,12 @@ npm_ci() {
   (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
 }
 
-[[ -d web/node_modules/partysocket ]] || npm_ci web
+[[ -d web/node_modules/y-codemirror.next ]] || npm_ci web
 step "bundling the example pages (web/public/build)"
 (cd web && npm run --silent build -- --log-level=warning)
 
 if [[ "${1:-}" == --tests ]]; then
-  [[ -d tests/node/node_modules/playwright-core ]] || npm_ci tests/node
+  [[ -d tests/node/node_modules/y-partykit ]] || npm_ci tests/node
   [[ -d guests-ts/node_modules/zod ]] || npm_ci guests-ts
   if ! command -v chromium >/dev/null || [[ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]]; then
     step "installing Debian's chromium for the browser tests"

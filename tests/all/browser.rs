@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::common::{Examples, TestHost, manifest, repo_root, run_node, temp_dir};
 
-fn screenshot_dir() -> PathBuf {
+pub fn screenshot_dir() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
     target.join("screenshots")
@@ -32,7 +32,10 @@ async fn the_example_pages_work_in_a_browser(parties: &Examples) -> Result<()> {
 
     let report = run_node("browser.mjs", &[host.addr.to_string(), shots.display().to_string()]).await?;
 
-    assert_eq!(report["index"], json!(["/reactions.html", "/presence.html", "/links.html?page=a"]));
+    assert_eq!(
+        report["index"],
+        json!(["/reactions.html", "/presence.html", "/links.html?page=a", "/editor.html"])
+    );
     let both = json!({ "clap": "2", "heart": "1", "thumbsup": "0", "party": "0" });
     assert_eq!(report["reactions"], json!({ "ann": both, "bob": both }), "each user sees the other's clicks");
     assert_eq!(report["presence"]["both"], json!(["Ann", "Bob"]));

@@ -29,6 +29,7 @@ mod scripts;
 mod tenants;
 mod totals;
 mod wire;
+mod yjs;
 
 /// Paths of the built guest components.
 pub mod guests {

@@ -5,7 +5,7 @@
 // pages showed; exits 1 when a step times out.
 //
 // usage: node browser.mjs <host:port> <screenshot dir>
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
@@ -13,22 +13,7 @@ const [host, shots] = [process.argv[2], process.argv[3]];
 const base = `http://${host}`;
 mkdirSync(shots, { recursive: true });
 
-// Chromium with everything that would reach the network turned off: the
-// machines that run this have no network, and a fresh profile each time.
-const browser = await chromium.launch({
-  executablePath: process.env.PARTYHOST_CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  timeout: 30_000,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 // Each user gets their own context: separate storage, like separate people.
 async function open(path) {
