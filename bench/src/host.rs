@@ -54,6 +54,15 @@ impl ChildHost {
         Self::run(command, port, dir, false).await
     }
 
+    /// The native yrs server (bench `yjs`).
+    pub async fn start_native_yjs() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("native-yjs").arg(port.to_string());
+        Self::run(command, port, dir, false).await
+    }
+
     async fn spawn(toml: &str, dev: bool, tenants: Option<&str>, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;

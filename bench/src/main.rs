@@ -14,6 +14,7 @@ mod reload;
 mod revive;
 mod scenarios;
 mod stats;
+mod yjs;
 
 use clap::{Parser, Subcommand};
 use scenarios::Arrivals;
@@ -134,6 +135,26 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         seconds: u64,
     },
+    /// The yjs party against a native yrs server: updates/s into one
+    /// document, loading a 2 MB document into a room not running, memory per
+    /// open document.
+    Yjs {
+        /// Clients connected to the typed-into document.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Updates each of the 10 typing clients sends.
+        #[arg(long, default_value_t = 200)]
+        updates: usize,
+        /// Loads of the 2 MB document.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Open documents for the memory measure.
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+    },
+    /// Internal: the native yrs baseline server.
+    #[command(hide = true)]
+    NativeYjs { port: u16 },
     /// What deploying costs the rooms already serving: one client's round
     /// trips while nothing else happens, and while a tenant deploys (each
     /// deployment compiled anew), in alternating phases.
@@ -180,6 +201,10 @@ fn main() -> ExitCode {
             }
             Command::DeployImpact { seconds, rounds } => deploy::impact(seconds, rounds).await,
             Command::Js { rooms, seconds } => js::run(rooms, seconds).await,
+            Command::Yjs { clients, updates, rounds, rooms } => {
+                yjs::run(clients, updates, rounds, rooms).await
+            }
+            Command::NativeYjs { port } => yjs::serve(port).await,
         }
     });
     match result {

@@ -52,13 +52,14 @@ impl Request {
         path.split(['?', '#']).next().unwrap_or("/")
     }
 
-    /// The first value of `name` in the URL's query, as written (not
-    /// percent-decoded); `Some("")` for a bare `name`.
-    pub fn query(&self, name: &str) -> Option<&str> {
+    /// The first value of `name` in the URL's query, decoded as
+    /// `URLSearchParams` does (`%XX`, and `+` for a space); `Some("")` for a
+    /// bare `name`.
+    pub fn query(&self, name: &str) -> Option<String> {
         let query = self.url.split_once('?')?.1.split('#').next()?;
         query.split('&').find_map(|pair| match pair.split_once('=') {
-            Some((key, value)) => (key == name).then_some(value),
-            None => (pair == name).then_some(""),
+            Some((key, value)) => (key == name).then(|| percent_decode(value)),
+            None => (pair == name).then(String::new),
         })
     }
 
@@ -160,4 +161,28 @@ fn headers_to_wit(headers: &[(String, String)]) -> Vec<wit::Header> {
 
 fn headers_from_wit(headers: Vec<wit::Header>) -> Vec<(String, String)> {
     headers.into_iter().map(|h| (h.name, h.value)).collect()
+}
+
+/// `%XX` escapes and `+` decoded (lossy UTF-8); a malformed escape stays.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

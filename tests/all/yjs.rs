@@ -1,7 +1,8 @@
 //! The yjs party with y-partykit's own client (`YPartyKitProvider` under
 //! Node, tests/node/yjs.mjs): clients converge, awareness comes and goes,
 //! the document outlives a restart and an eviction, is stored across keys,
-//! read-only clients change nothing, and an oversized edit is refused.
+//! read-only clients change nothing, and an oversized edit is refused; the
+//! editor page in Chromium.
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ use crate::guests::YJS;
 
 fn yjs_manifest(extra: &str) -> String {
     format!(
-        "name = \"test\"\n[parties.yjs]\nwasm = {YJS:?}\n{extra}\n[parties.yjs.limits]\ncpu_ms = 1000\nmemory_mib = 128\n"
+        "name = \"test\"\n[parties.yjs]\nwasm = {YJS:?}\n{extra}\n[parties.yjs.limits]\ncpu_ms = 1000\nmemory_mib = 128\nqueue_kib = 16384\n"
     )
 }
 
@@ -70,15 +71,31 @@ async fn a_read_only_client_syncs_and_its_edits_reach_nobody() -> Result<()> {
     host.stop().await
 }
 
-/// 2 MB of text: split by the client into `y-pk-batch` chunks, stored in
-/// 120 KiB values, and read back whole by a client of a revived instance
-/// after the room was evicted with the writer's socket open.
+/// With `YJS_WRITE_TOKEN` set, only clients with `?token=` (percent-encoded
+/// by the provider) edit; the others read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_2_mb_document_is_stored_across_keys_and_reloads_after_eviction() -> Result<()> {
+async fn with_a_write_token_only_its_holders_edit() -> Result<()> {
+    let dir = temp_dir();
+    let token = "s3cret/+= token";
+    let host = TestHost::start(
+        dir.path(),
+        &yjs_manifest(&format!("[parties.yjs.vars]\nYJS_WRITE_TOKEN = {token:?}")),
+    )
+    .await?;
+    let seen = yjs_step(&host, "readonly", "guarded", &[token]).await?;
+    assert_eq!(seen["viewerSaw"], "", "{seen}");
+    assert_eq!(seen["stored"], " (writer)", "only the token holder's edit is stored");
+    host.stop().await
+}
+
+/// Writes `bytes` of text with one client, lets the room's instance be
+/// evicted while that client stays connected, and has a new client read the
+/// document from the revived instance. Returns the keys stored while the
+/// room was evicted (what the revival loaded).
+async fn reload_after_eviction(bytes: usize) -> Result<Vec<(String, usize)>> {
     let dir = temp_dir();
     let toml = yjs_manifest("hibernate = true\n[rooms]\nidle_timeout_ms = 300");
     let host = TestHost::start(dir.path(), &toml).await?;
-    let bytes = 2_000_000;
     let args = [host.addr.to_string(), "big".into(), "large".into(), bytes.to_string()];
     let mut node = tokio::process::Command::new("node")
         .arg(repo_root().join("tests/node/yjs.mjs"))
@@ -99,6 +116,7 @@ async fn a_2_mb_document_is_stored_across_keys_and_reloads_after_eviction() -> R
 
     host.wait_for_stats("the room's instance evicted", |stats| stats.instances == 0).await;
     assert_eq!(host.stats().rooms, 1, "evicted, not stopped: the writer is connected");
+    let keys = stored_keys(&dir.path().join("data/storage.sqlite"), "yjs:")?;
     let mut stdin = node.stdin.take().context("stdin")?;
     stdin.write_all(b"go\n").await?;
     let report: Value = serde_json::from_str(
@@ -108,16 +126,28 @@ async fn a_2_mb_document_is_stored_across_keys_and_reloads_after_eviction() -> R
     )?;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["report"]["reloaded"], written, "the same text after eviction");
-
-    // Compacted when the room went idle? Either way the bytes are all
-    // there, in values under the host's 128 KiB limit.
     host.stop().await?;
-    let db = dir.path().join("data/storage.sqlite");
-    let keys: Vec<(String, usize)> = stored_keys(&db, "yjs:")?;
-    let total: usize = keys.iter().map(|(_, len)| len).sum();
+    Ok(keys)
+}
+
+/// 2 MB of text: split by the client into `y-pk-batch` chunks, compacted
+/// at once into a snapshot of 120 KiB values, read back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_mb_document_is_stored_across_keys_and_reloads_after_eviction() -> Result<()> {
+    let bytes = 2_000_000;
+    let keys = reload_after_eviction(bytes).await?;
+    assert!(keys.iter().all(|(key, len)| key.starts_with("yjs:s:") && *len <= 120 * 1024), "{keys:?}");
     assert!(keys.len() >= 16, "{} keys", keys.len());
-    assert!(keys.iter().all(|(_, len)| *len <= 120 * 1024), "{keys:?}");
-    assert!(total >= bytes && total < bytes * 2, "{total} bytes stored");
+    let total: usize = keys.iter().map(|(_, len)| len).sum();
+    assert!(total >= bytes && total < bytes + 10_000, "{total} bytes stored");
+    Ok(())
+}
+
+/// Edits not yet compacted are what a revived instance reads too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_not_yet_compacted_reload_after_eviction() -> Result<()> {
+    let keys = reload_after_eviction(100_000).await?;
+    assert!(!keys.is_empty() && keys.iter().all(|(key, _)| key.starts_with("yjs:u:")), "{keys:?}");
     Ok(())
 }
 

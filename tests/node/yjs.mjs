@@ -2,10 +2,11 @@
 // an editor page would. Prints one JSON line with what the step saw; exits
 // 1 if the step does not finish within its time.
 //
-// usage: node yjs.mjs <host:port> <step> <room> [bytes]
+// usage: node yjs.mjs <host:port> <step> <room> [bytes | token]
 //   edit      two clients type at once and converge; awareness comes and goes
 //   read      a new client syncs and reports the text
-//   readonly  a client with ?readonly=1 syncs, and its edit reaches nobody
+//   readonly  a client with ?readonly=1 (or, given [token], one without
+//             ?token=) syncs, and its edit reaches nobody
 //   big       writes <bytes> of text and sees a second client get it all;
 //             prints {"written":...}, then waits for a line on stdin and
 //             reads the document again with a third client (the host may
@@ -71,7 +72,10 @@ if (step === "edit") {
   bob.provider.awareness.setLocalStateField("user", { name: "Bob" });
   await until("awareness both ways", () => remoteNames(bob).includes("Ann") && remoteNames(ann).includes("Bob"));
   report.bobSees = remoteNames(bob);
-  ann.provider.destroy();
+  // Ann's connection drops without a word (destroy() would first send her
+  // awareness as gone): the room must tell Bob.
+  ann.provider.shouldConnect = false;
+  ann.provider.ws.terminate();
   await until("Ann's awareness gone", () => remoteNames(bob).length === 0);
   report.bobSeesAfterAnnLeft = remoteNames(bob);
   bob.provider.destroy();
@@ -83,13 +87,16 @@ if (step === "edit") {
   report.sha256 = hash(reader.text.toString());
   reader.provider.destroy();
 } else if (step === "readonly") {
-  const viewer = connect({ readonly: "1" });
+  // With a token (the room's YJS_WRITE_TOKEN), the viewer is the client
+  // without it; else the one that asks with ?readonly=1.
+  const token = bytesArg;
+  const viewer = connect(token ? {} : { readonly: "1" });
   await synced(viewer);
   report.viewerSaw = viewer.text.toString();
   viewer.text.insert(0, "VIEWER WAS HERE ");
   // A writer's edit after the viewer's: when the viewer sees it, the
   // room has handled the viewer's edit too (one room, in order).
-  const writer = connect();
+  const writer = connect(token ? { token } : {});
   await synced(writer);
   writer.text.insert(writer.text.length, " (writer)");
   await until("the writer's edit at the viewer", () => viewer.text.toString().includes("(writer)"));

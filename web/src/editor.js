@@ -39,6 +39,14 @@ document.querySelector("#me").textContent = user.name;
 const status = document.querySelector("#status");
 provider.on("status", ({ status: state }) => (status.textContent = state));
 provider.on("sync", (synced) => (status.textContent = synced ? "synced" : "syncing…"));
+// The room refuses an edit past the document's size limit (4413) or a frame
+// it cannot read (4400); reconnecting would send the same again.
+provider.on("connection-close", (event) => {
+  if (event.code === 4413 || event.code === 4400) {
+    provider.disconnect();
+    status.textContent = `disconnected: ${event.reason}`;
+  }
+});
 
 const people = document.querySelector("#people");
 provider.awareness.on("change", () => {

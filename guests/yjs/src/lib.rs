@@ -32,10 +32,10 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use yrs::sync::{Awareness, AwarenessUpdate, Message as YMessage, MessageReader, SyncMessage};
-use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::sync::{Awareness, AwarenessUpdate, Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
 use persist::Stored;
 
@@ -47,6 +47,9 @@ const COMPACT_AFTER_MS: u64 = 30_000;
 /// past the size limit, and frames that are not the protocol.
 const TOO_LARGE: u16 = 4413;
 const INVALID: u16 = 4400;
+/// The largest awareness update a client may send (a user's name, colour
+/// and cursor take well under a kilobyte).
+const MAX_AWARENESS_BYTES: usize = 16 * 1024;
 /// The text frames around a message the client sent in chunks.
 const BATCH_PREFIX: &str = "y-pk-batch#";
 
@@ -103,25 +106,40 @@ impl Yjs {
     /// has not seen it (after a restart or eviction).
     fn with_peer<T>(&self, conn: &Connection, f: impl FnOnce(&mut Peer) -> T) -> T {
         let mut peers = self.peers.borrow_mut();
-        let peer = peers.entry(conn.id().to_owned()).or_insert_with(|| conn.state().unwrap_or_default());
+        // Without a stored state (it could not be kept), read-only.
+        let peer = peers
+            .entry(conn.id().to_owned())
+            .or_insert_with(|| conn.state().unwrap_or(Peer { read_only: true, ..Peer::default() }));
         f(peer)
     }
 
-    fn handle_frame(&self, bytes: &[u8], sender: &Connection) {
-        let mut decoder = DecoderV1::from(bytes);
-        for message in MessageReader::new(&mut decoder) {
-            match message {
-                Ok(message) => self.handle_message(message, sender),
-                Err(e) => {
-                    log::warn(&format!("connection {}: not a y-websocket message: {e}", sender.id()));
-                    sender.close_with(INVALID, "not a y-websocket message");
-                    return;
-                }
-            }
-        }
+    /// One message per frame, as y-partykit reads them (a frame packed
+    /// with thousands of requests would cost the room that many answers).
+    /// A reassembled batch carries document data only.
+    /// Sync step 1: the room's state vector, for a client to answer with
+    /// what the room lacks.
+    fn sync_step_1(&self) -> Vec<u8> {
+        let state = self.doc().transact().state_vector();
+        YMessage::Sync(SyncMessage::SyncStep1(state)).encode_v1()
     }
 
-    fn handle_message(&self, message: YMessage, sender: &Connection) {
+    fn handle_frame(&self, bytes: &[u8], sender: &Connection, batched: bool) {
+        let message = match YMessage::decode_v1(bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                log::warn(&format!("connection {}: not a y-websocket message: {e}", sender.id()));
+                sender.close_with(INVALID, "not a y-websocket message");
+                return;
+            }
+        };
+        if matches!(message, YMessage::Awareness(_)) && (batched || bytes.len() > MAX_AWARENESS_BYTES) {
+            log::warn(&format!(
+                "connection {}: awareness update of {} bytes ignored",
+                sender.id(),
+                bytes.len()
+            ));
+            return;
+        }
         match message {
             YMessage::Sync(SyncMessage::SyncStep1(their_state)) => {
                 let missing = self.doc().transact().encode_state_as_update_v1(&their_state);
@@ -168,11 +186,19 @@ impl Yjs {
             }
         };
         let doc = self.doc();
-        if let Err(e) = doc.transact_mut().apply_update(decoded) {
-            log::warn(&format!("connection {}: Yjs update not applied: {e}", sender.id()));
-            sender.close_with(INVALID, "invalid Yjs update");
-            return;
-        }
+        let (applied, incomplete) = {
+            let mut txn = doc.transact_mut();
+            let applied = txn.apply_update(decoded);
+            // Parts waiting for edits the room never got would be neither
+            // stored nor counted: drop them, and ask the sender (below).
+            let incomplete = txn.has_missing_updates();
+            if incomplete {
+                txn.prune_pending();
+            }
+            (applied, incomplete)
+        };
+        // Whatever was integrated is stored and sent on, even if the rest
+        // of the update failed.
         let emitted = std::mem::take(&mut *self.emitted.borrow_mut());
         for change in emitted {
             if let Err(e) = self.stored.borrow_mut().append(&self.room.storage(), &change) {
@@ -182,6 +208,14 @@ impl Yjs {
             }
             let frame = YMessage::Sync(SyncMessage::Update(change)).encode_v1();
             self.room.broadcast(frame, &[sender.id()]);
+        }
+        if let Err(e) = applied {
+            log::warn(&format!("connection {}: Yjs update not applied: {e}", sender.id()));
+            sender.close_with(INVALID, "invalid Yjs update");
+            return;
+        }
+        if incomplete {
+            sender.send(self.sync_step_1());
         }
         if self.stored.borrow().wants_compaction() {
             self.compact();
@@ -234,7 +268,7 @@ impl Yjs {
                     size: marker.size,
                     count: marker.count,
                     chunks: 0,
-                    bytes: Vec::with_capacity(marker.size),
+                    bytes: Vec::new(),
                 });
             }),
             "start" => {
@@ -249,7 +283,7 @@ impl Yjs {
                             && batch.chunks == batch.count
                             && batch.bytes.len() == batch.size =>
                     {
-                        self.handle_frame(&batch.bytes, sender);
+                        self.handle_frame(&batch.bytes, sender, true);
                     }
                     _ => sender.close_with(INVALID, "y-pk-batch chunks do not add up"),
                 }
@@ -267,7 +301,7 @@ impl Yjs {
             Some(batch.bytes.len() > batch.size)
         });
         match overflow {
-            None => self.handle_frame(&bytes, sender),
+            None => self.handle_frame(&bytes, sender, false),
             Some(false) => {}
             Some(true) => sender.close_with(INVALID, "y-pk-batch chunks do not add up"),
         }
@@ -304,31 +338,37 @@ impl Party for Yjs {
         {
             let mut txn = doc.transact_mut();
             for blob in blobs {
-                match Update::decode_v1(&blob) {
-                    Ok(update) => {
-                        if let Err(e) = txn.apply_update(update) {
-                            log::error(&format!("a stored update does not apply: {e}"));
-                        }
-                    }
-                    Err(e) => log::error(&format!("a stored update does not decode: {e}")),
+                // Going on without it would compact the loss into the
+                // snapshot: stop instead, and leave storage as it is.
+                let update = Update::decode_v1(&blob)
+                    .unwrap_or_else(|e| panic!("a stored update does not decode: {e}"));
+                if let Err(e) = txn.apply_update(update) {
+                    panic!("a stored update does not apply: {e}");
                 }
             }
         }
         self.emitted.borrow_mut().clear();
         *self.stored.borrow_mut() = stored;
+        // After an eviction or a restart: clients still connected send what
+        // the stored document lacks (an edit the room lost with a trap).
+        let step_1 = self.sync_step_1();
+        for conn in self.room.connections() {
+            conn.send(step_1.clone());
+        }
     }
 
     async fn on_connect(&self, conn: Connection, ctx: ConnectionContext) {
-        let asked_read_only = matches!(ctx.request.query("readonly"), Some("1" | "true"));
-        let without_token =
-            self.write_token.as_deref().is_some_and(|token| ctx.request.query("token") != Some(token));
+        let asked_read_only = matches!(ctx.request.query("readonly").as_deref(), Some("1" | "true"));
+        let without_token = self
+            .write_token
+            .as_deref()
+            .is_some_and(|token| ctx.request.query("token").as_deref() != Some(token));
         let peer = Peer { read_only: asked_read_only || without_token, ..Peer::default() };
         if let Err(e) = conn.set_state(&peer) {
             log::warn(&format!("connection {}: state not kept: {e:?}", conn.id()));
         }
         self.peers.borrow_mut().insert(conn.id().to_owned(), peer);
-        let state = self.doc().transact().state_vector();
-        conn.send(YMessage::Sync(SyncMessage::SyncStep1(state)).encode_v1());
+        conn.send(self.sync_step_1());
         if let Ok(all) = self.awareness.borrow().update()
             && !all.clients.is_empty()
         {

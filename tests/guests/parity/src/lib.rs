@@ -121,7 +121,7 @@ impl Party for Parity {
             return Err(Response::text(409, format!("{refused:?}")));
         }
         let expected = lobby.env("TOKEN").unwrap_or_default();
-        if request.query("token") != Some(expected.as_str()) {
+        if request.query("token").as_deref() != Some(expected.as_str()) {
             return Err(Response::text(401, format!("bad token for room {}", lobby.id())));
         }
         if request.query("hang").is_some() {
@@ -139,7 +139,7 @@ impl Party for Parity {
                     Err(e) => return Err(Response::text(502, e.to_string())),
                 }
             }
-            None => request.query("user").unwrap_or("anonymous").to_owned(),
+            None => request.query("user").unwrap_or_else(|| "anonymous".to_owned()),
         };
         let mut request = request;
         request.headers.push(("x-user".into(), user));
@@ -199,7 +199,7 @@ impl Party for Parity {
     async fn on_request(&self, request: Request) -> Response {
         let storage = self.room.storage();
         match request.path().rsplit('/').next().unwrap_or_default() {
-            "user" => match request.query("token") {
+            "user" => match request.query("token").as_deref() {
                 Some("good") => Response::text(200, "looked-up-user"),
                 _ => Response::text(404, "no such user"),
             },
@@ -218,7 +218,7 @@ impl Party for Parity {
             "alarm-runs" => Response::json(&storage.get::<Vec<u32>>("alarm-runs").unwrap_or_default()),
             "env" => {
                 let name = request.query("name").unwrap_or_default();
-                Response::text(200, self.room.env(name).unwrap_or_else(|| "(unset)".into()))
+                Response::text(200, self.room.env(&name).unwrap_or_else(|| "(unset)".into()))
             }
             _ => Response::text(200, format!("gated={}", request.header("x-gated").unwrap_or("no"))),
         }
