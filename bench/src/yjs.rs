@@ -263,6 +263,8 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
     }
 }
 
+// tungstenite's callback signature fixes the error type.
+#[allow(clippy::result_large_err)]
 async fn client(stream: tokio::net::TcpStream, id: u64, rooms: Rooms, dir: PathBuf) {
     let mut path = String::new();
     let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
