@@ -194,18 +194,16 @@ async fn loads(host: &ChildHost, rounds: usize) -> anyhow::Result<Vec<Duration>>
         }
     }
     let mut times = Vec::with_capacity(rounds);
-    let (mut writer, mut reader) = (Some(writer), Some(reader));
+    let mut open = vec![writer, reader];
     for _ in 0..rounds {
-        for socket in [writer.take(), reader.take()].into_iter().flatten() {
-            drop(socket);
-        }
+        open.clear();
         // partyhost's rooms stop 200 ms after their last client leaves.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let started = Instant::now();
         let (socket, state) = join(host, &room).await?;
         times.push(started.elapsed());
         anyhow::ensure!(document_length(&state)? == expected, "a reload lost part of the document");
-        reader = Some(socket);
+        open.push(socket);
     }
     Ok(times)
 }

@@ -113,9 +113,6 @@ impl Yjs {
         f(peer)
     }
 
-    /// One message per frame, as y-partykit reads them (a frame packed
-    /// with thousands of requests would cost the room that many answers).
-    /// A reassembled batch carries document data only.
     /// Sync step 1: the room's state vector, for a client to answer with
     /// what the room lacks.
     fn sync_step_1(&self) -> Vec<u8> {
@@ -123,6 +120,9 @@ impl Yjs {
         YMessage::Sync(SyncMessage::SyncStep1(state)).encode_v1()
     }
 
+    /// One message per frame, as y-partykit reads them (a frame packed
+    /// with thousands of requests would cost the room that many answers).
+    /// A reassembled batch carries document data only.
     fn handle_frame(&self, bytes: &[u8], sender: &Connection, batched: bool) {
         let message = match YMessage::decode_v1(bytes) {
             Ok(message) => message,
@@ -150,7 +150,7 @@ impl Yjs {
                     self.apply(&update, sender);
                 }
             }
-            YMessage::Awareness(update) => self.apply_awareness(update, sender),
+            YMessage::Awareness(update) => self.apply_awareness(update, bytes, sender),
             YMessage::AwarenessQuery => {
                 if let Ok(all) = self.awareness.borrow().update() {
                     sender.send(YMessage::Awareness(all).encode_v1());
@@ -167,13 +167,7 @@ impl Yjs {
             self.compact();
             let stored = self.stored.borrow().bytes();
             if stored + update.len() > self.max_bytes {
-                let reason = format!("the document is over its size limit ({} bytes)", self.max_bytes);
-                log::warn(&format!(
-                    "connection {}: edit of {} bytes refused: {reason}",
-                    sender.id(),
-                    update.len()
-                ));
-                sender.close_with(TOO_LARGE, &reason);
+                self.refuse_as_too_large(sender, update.len());
                 return;
             }
         }
@@ -224,8 +218,16 @@ impl Yjs {
         }
     }
 
-    fn apply_awareness(&self, update: AwarenessUpdate, sender: &Connection) {
-        let frame = YMessage::Awareness(update.clone()).encode_v1();
+    /// Closes `sender`, whose edit of `bytes` would take the document past
+    /// its size limit.
+    fn refuse_as_too_large(&self, sender: &Connection, bytes: usize) {
+        let reason = format!("the document is over its size limit ({} bytes)", self.max_bytes);
+        log::warn(&format!("connection {}: edit of {bytes} bytes refused: {reason}", sender.id()));
+        sender.close_with(TOO_LARGE, &reason);
+    }
+
+    /// Applies a client's awareness and sends its `frame` on as it came.
+    fn apply_awareness(&self, update: AwarenessUpdate, frame: &[u8], sender: &Connection) {
         let summary = match self.awareness.borrow_mut().apply_update_summary(update) {
             Ok(summary) => summary,
             Err(e) => {
@@ -241,7 +243,7 @@ impl Yjs {
                 }
             });
         }
-        self.room.broadcast(frame, &[]);
+        self.room.broadcast(frame.to_vec(), &[]);
     }
 
     /// Folds the stored updates into one snapshot of the document.
@@ -271,10 +273,7 @@ impl Yjs {
                     bytes: Vec::new(),
                 });
             }),
-            "start" => {
-                let reason = format!("the document is over its size limit ({} bytes)", self.max_bytes);
-                sender.close_with(TOO_LARGE, &reason);
-            }
+            "start" => self.refuse_as_too_large(sender, marker.size),
             "end" => {
                 let batch = self.with_peer(sender, |peer| peer.batch.take());
                 match batch {

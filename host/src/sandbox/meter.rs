@@ -66,8 +66,7 @@ impl CpuMeter {
     }
 
     fn resume(&self) {
-        let mark =
-            if self.fresh.swap(false, Ordering::Relaxed) { 0 } else { thread_cpu_nanos().saturating_add(1) };
+        let mark = if self.fresh.swap(false, Ordering::Relaxed) { 0 } else { cpu_mark_now() };
         self.cpu_mark.store(mark, Ordering::Relaxed);
         self.running_since.store(self.now(), Ordering::Relaxed);
     }
@@ -84,12 +83,12 @@ impl CpuMeter {
         let used = match self.cpu_mark.load(Ordering::Relaxed) {
             0 if !at_tick => self.now().saturating_sub(since),
             0 => {
-                self.cpu_mark.store(thread_cpu_nanos().saturating_add(1), Ordering::Relaxed);
+                self.cpu_mark.store(cpu_mark_now(), Ordering::Relaxed);
                 let cap = u64::try_from(FIRST_STRETCH.as_nanos()).unwrap_or(u64::MAX);
                 self.now().saturating_sub(since).min(cap)
             }
             mark => {
-                let now = thread_cpu_nanos().saturating_add(1);
+                let now = cpu_mark_now();
                 self.cpu_mark.store(now, Ordering::Relaxed);
                 now.saturating_sub(mark)
             }
@@ -125,6 +124,11 @@ impl CpuMeter {
         })
         .await
     }
+}
+
+/// The calling thread's CPU clock as a mark: plus one, so zero means none.
+fn cpu_mark_now() -> u64 {
+    thread_cpu_nanos().saturating_add(1)
 }
 
 /// CPU time used by the calling thread, in nanoseconds.
