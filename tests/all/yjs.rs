@@ -60,6 +60,16 @@ async fn providers_converge_share_awareness_and_the_document_outlives_a_restart(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awareness_update_over_its_cap_reaches_nobody() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &yjs_manifest("")).await?;
+    let seen = yjs_step(&host, "bigawareness", "cursors", &[]).await?;
+    assert_eq!(seen["bobSees"], json!(["Ann"]), "{seen}");
+    assert_eq!(seen["blobsSeen"], json!([]), "the 20 KB state was sent on");
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_client_syncs_and_its_edits_reach_nobody() -> Result<()> {
     let dir = temp_dir();
     let host = TestHost::start(dir.path(), &yjs_manifest("")).await?;

@@ -5,6 +5,7 @@
 // usage: node yjs.mjs <host:port> <step> <room> [bytes | token]
 //   edit      two clients type at once and converge; awareness comes and goes
 //   read      a new client syncs and reports the text
+//   bigawareness  an awareness state over the room's cap reaches nobody
 //   readonly  a client with ?readonly=1 (or, given [token], one without
 //             ?token=) syncs, and its edit reaches nobody
 //   big       writes <bytes> of text and sees a second client get it all;
@@ -79,6 +80,22 @@ if (step === "edit") {
   await until("Ann's awareness gone", () => remoteNames(bob).length === 0);
   report.bobSeesAfterAnnLeft = remoteNames(bob);
   bob.provider.destroy();
+} else if (step === "bigawareness") {
+  // An awareness state over the room's 16 KiB cap, then a small one: the
+  // room drops the first, so Bob sees only the second (they travel in order).
+  const ann = connect();
+  const bob = connect();
+  await Promise.all([synced(ann), synced(bob)]);
+  const blobs = [];
+  bob.provider.awareness.on("change", () => {
+    for (const [, state] of bob.provider.awareness.getStates()) if (state.user?.blob) blobs.push(state.user.name);
+  });
+  ann.provider.awareness.setLocalStateField("user", { name: "Huge Ann", blob: "x".repeat(20_000) });
+  ann.provider.awareness.setLocalStateField("user", { name: "Ann" });
+  await until("Ann's small state at Bob", () => remoteNames(bob).includes("Ann"));
+  report.bobSees = remoteNames(bob);
+  report.blobsSeen = blobs;
+  for (const c of [ann, bob]) c.provider.destroy();
 } else if (step === "read") {
   const reader = connect();
   await synced(reader);
