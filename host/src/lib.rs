@@ -10,7 +10,10 @@
 //!   connections and its storage cache; the registry that finds or spawns it.
 //! - [`sandbox`]: the only wasmtime user: engine, limits, compile cache,
 //!   bindings for `wit/party.wit`.
-//! - [`storage`]: the SQLite file and the per-room cache.
+//! - [`storage`]: the SQLite file (or a cluster's PostgreSQL database) and
+//!   the per-room cache.
+//! - [`cluster`]: several nodes serving one project: membership, fencing,
+//!   forwarding to a room's owner, room-to-room requests between nodes.
 //! - [`ids`]: validated names passed between modules.
 //! - [`budget`]: what all rooms of a project, and of the host, may hold.
 //! - [`metrics`]: what `/_partyhost/metrics` reports.
@@ -19,6 +22,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod cluster;
 pub mod edge;
 pub mod http;
 pub mod ids;
@@ -102,6 +106,9 @@ pub struct Options {
     /// Where compiled code is cached; default `<data_dir>/compiled`. Hosts
     /// that serve the same components may share one (the tests do).
     pub compile_cache: Option<PathBuf>,
+    /// Serve the local project as a node of a cluster (`[cluster]` with
+    /// `--cluster-node`): storage in PostgreSQL, one owner per room.
+    pub cluster: Option<storage::ClusterConfig>,
 }
 
 /// A running host: what [`run`] drives, and what tests inspect.
@@ -116,6 +123,8 @@ pub struct Host {
     tracker: TaskTracker,
     /// Compiles parties; also used to reload them in `partyhost dev`.
     sandbox: Arc<Sandbox>,
+    /// This node's part in a cluster, if it is in one.
+    cluster: Option<Arc<cluster::Node>>,
 }
 
 impl Host {
@@ -176,8 +185,20 @@ impl Host {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let Options { tenants, tls, dev: fast_compile, dotenv, operator_token, no_metrics, compile_cache } =
-            options;
+        let Options {
+            tenants,
+            tls,
+            dev: fast_compile,
+            dotenv,
+            operator_token,
+            no_metrics,
+            compile_cache,
+            cluster,
+        } = options;
+        anyhow::ensure!(
+            cluster.is_none() || tenants.is_none(),
+            "--tenants and [cluster] do not go together yet: a cluster serves the manifest's own project"
+        );
         // Serving from the start: health and readiness answer while the
         // parties compile; everything else is a 503 until they are ready.
         let edge_limits = deployment.edge.resolve();
@@ -189,19 +210,23 @@ impl Host {
         info!(%addr, tls = tls.is_some(), "listening; compiling parties");
         let metrics =
             Arc::new(if no_metrics { metrics::Metrics::off() } else { metrics::Metrics::default() });
-        let loading = Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache };
+        let loading =
+            Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache, cluster };
         let started = Self::load(deployment, loading, &shutdown).await;
-        let (projects, sandbox, tracker, shutdown_deadline) = match started {
+        let (projects, sandbox, tracker, shutdown_deadline, cluster) = match started {
             Ok(started) => started,
             Err(e) => {
                 shutdown.cancel();
                 return Err(e);
             }
         };
-        readiness.serve(http::router(projects.clone()));
+        let peers = cluster
+            .as_ref()
+            .map(|node| cluster::PeerState { node: node.clone(), rooms: projects.local().rooms.clone() });
+        readiness.serve(http::router(projects.clone(), peers));
         info!(%addr, "ready");
         let rooms = projects.local().rooms.clone();
-        Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox })
+        Ok(Self { shutdown, shutdown_deadline, rooms, projects, server, tracker, sandbox, cluster })
     }
 
     /// Everything [`Host::start_with`] does before it is ready: compile the
@@ -211,8 +236,15 @@ impl Host {
         deployment: Deployment,
         loading: Loading,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<(Arc<Projects>, Arc<Sandbox>, TaskTracker, Duration)> {
-        let Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache } = loading;
+    ) -> anyhow::Result<(Arc<Projects>, Arc<Sandbox>, TaskTracker, Duration, Option<Arc<cluster::Node>>)>
+    {
+        let Loading { tenants, fast_compile, dotenv, operator_token, metrics, compile_cache, cluster } =
+            loading;
+        // Joined first: a database that cannot be reached stops the start.
+        let postgres = match cluster {
+            Some(config) => Some(storage::Postgres::join(config, shutdown).await?),
+            None => None,
+        };
         let data_dir = deployment.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -246,8 +278,13 @@ impl Host {
             project: Scope::new(format!("project `{}`", deployment.name), &deployment.totals, &host_defaults),
             host: host_totals.clone(),
         };
+        let project_name = deployment.name.clone();
+        let storage_file = data_dir.join("storage.sqlite");
         let local = Project::open(
-            &data_dir.join("storage.sqlite"),
+            match &postgres {
+                Some(postgres) => projects::ProjectStorage::Cluster(postgres),
+                None => projects::ProjectStorage::File(&storage_file),
+            },
             secrets,
             metrics.project(&deployment.name),
             deployment,
@@ -270,7 +307,9 @@ impl Host {
             tracker.clone(),
         );
         projects.load_deployed().await;
-        Ok((projects, sandbox, tracker, shutdown_deadline))
+        let node =
+            postgres.map(|pg| cluster::Node::start(pg, &project_name, &projects.local().rooms, shutdown));
+        Ok((projects, sandbox, tracker, shutdown_deadline, node))
     }
 
     /// A reloader for `partyhost dev`, watching the manifest at `manifest`
@@ -299,13 +338,17 @@ impl Host {
     pub async fn wait(self) -> anyhow::Result<()> {
         // The sandbox stays alive until the end: dropping it stops the epoch
         // ticker, and a guest still running would then never be stopped.
-        let Self { shutdown, shutdown_deadline, server, tracker, sandbox: _sandbox, .. } = self;
+        let Self { shutdown, shutdown_deadline, server, tracker, sandbox: _sandbox, cluster, .. } = self;
         let stopped = async {
             let served = server.await.context("the HTTP server task panicked")?;
             // Serving may have failed on its own: rooms stop all the same.
             shutdown.cancel();
             tracker.close();
             tracker.wait().await;
+            // Every room has committed and stopped: others may take them now.
+            if let Some(node) = &cluster {
+                node.postgres().leave().await;
+            }
             served
         };
         let deadline = async {
@@ -333,6 +376,7 @@ struct Loading {
     operator_token: Option<manifest::TokenHash>,
     metrics: Arc<metrics::Metrics>,
     compile_cache: Option<PathBuf>,
+    cluster: Option<storage::ClusterConfig>,
 }
 
 /// Compiles (or loads from the cache) one party's component, at start-up.

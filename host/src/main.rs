@@ -156,6 +156,67 @@ struct ServeArgs {
     /// Count nothing and serve no /_partyhost/metrics.
     #[arg(long)]
     no_metrics: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// A node of a cluster: the manifest's `[cluster]`, and what differs
+/// between nodes.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The cluster's PostgreSQL database (over the manifest's `[cluster]
+    /// database`): `postgres://user[:password]@host:port/db`. With it (or
+    /// the manifest's), this host serves as a node of the cluster.
+    #[arg(long, env = "PARTYHOST_CLUSTER_DATABASE", hide_env_values = true)]
+    cluster_database: Option<String>,
+    /// This node's name (logs, `scripts/cluster.sh status`). Default: its
+    /// advertised address.
+    #[arg(long, env = "PARTYHOST_CLUSTER_NODE")]
+    cluster_node: Option<String>,
+    /// The `host:port` other nodes reach this one at. Default: the listen
+    /// address, unless it is unspecified (0.0.0.0).
+    #[arg(long, env = "PARTYHOST_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// How long the node keeps its rooms without renewing its lease (over
+    /// the manifest's `lease_ms`; default 10000).
+    #[arg(long, env = "PARTYHOST_CLUSTER_LEASE_MS")]
+    cluster_lease_ms: Option<u64>,
+    /// Record (epoch, sequence) of every commit in `partyhost_commits`.
+    #[arg(long)]
+    cluster_audit: bool,
+}
+
+impl ClusterArgs {
+    /// The node's configuration, if it is in a cluster.
+    fn config(self, deployment: &Deployment) -> anyhow::Result<Option<partyhost::storage::ClusterConfig>> {
+        let spec = deployment.cluster.clone().unwrap_or_default();
+        let Some(database_url) = self.cluster_database.or(spec.database) else {
+            anyhow::ensure!(
+                self.cluster_node.is_none() && self.cluster_advertise.is_none(),
+                "--cluster-node and --cluster-advertise need a database: --cluster-database or [cluster] database"
+            );
+            return Ok(None);
+        };
+        let advertise = match self.cluster_advertise {
+            Some(address) => address,
+            None if deployment.listen.ip().is_unspecified() => {
+                anyhow::bail!(
+                    "listening on {}: give --cluster-advertise, the address other nodes reach this one at",
+                    deployment.listen
+                )
+            }
+            None => deployment.listen.to_string(),
+        };
+        let lease_ms = self.cluster_lease_ms.or(spec.lease_ms).unwrap_or(10_000);
+        anyhow::ensure!(lease_ms >= 300, "the cluster lease must be at least 300 ms (got {lease_ms})");
+        Ok(Some(partyhost::storage::ClusterConfig {
+            database_url,
+            node: self.cluster_node.unwrap_or_else(|| advertise.clone()),
+            advertise,
+            lease: std::time::Duration::from_millis(lease_ms),
+            audit: self.cluster_audit || spec.audit,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -252,6 +313,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         deployment.listen = listen;
     }
+    let cluster = args.cluster.config(&deployment)?;
     let listener = tokio::net::TcpListener::bind(deployment.listen)
         .await
         .with_context(|| format!("binding {}", deployment.listen))?;
@@ -284,6 +346,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         operator_token,
         no_metrics: args.no_metrics,
         compile_cache: None,
+        cluster,
     };
     let host = partyhost::Host::start_with(deployment, options, listener, shutdown.clone()).await?;
     if dev {

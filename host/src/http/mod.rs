@@ -43,9 +43,17 @@ pub struct AppState {
     pub(crate) etags: Arc<assets::Etags>,
 }
 
-/// The host's router.
-pub fn router(projects: Arc<Projects>) -> Router {
+/// The host's router; with `peers`, also the route other nodes of the
+/// cluster call rooms here by.
+pub fn router(projects: Arc<Projects>, peers: Option<crate::cluster::PeerState>) -> Router {
+    let peer_routes = match peers {
+        Some(peers) => Router::new()
+            .route(crate::cluster::FETCH_ROUTE, post(crate::cluster::serve_fetch))
+            .with_state(peers),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(peer_routes)
         .route("/_partyhost/metrics", get(ops::metrics))
         .route("/_partyhost/projects/{project}", get(admin::status).put(admin::deploy))
         .route("/_partyhost/projects/{project}/rollback", post(admin::rollback))

@@ -76,6 +76,12 @@ async fn serve(
         .ok_or_else(|| ApiError::NotFound(format!("party `{party}` was just removed")))?;
     let key = RoomKey { party, room };
 
+    // In a cluster: the room's owner serves it; this node may be the owner.
+    let owner = app.rooms.owner_elsewhere(&key).await.map_err(ApiError::unavailable)?;
+    if let (Some(owner), Some(cluster)) = (owner, app.rooms.cluster()) {
+        return Ok(crate::cluster::to_owner(cluster.node(), &owner, request, app.shutdown.clone()).await);
+    }
+
     if is_websocket_upgrade(request.headers()) {
         let (mut parts, _body) = request.into_parts();
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())

@@ -59,10 +59,28 @@ pub struct Manifest {
     /// only; ignored in a deployed one).
     #[serde(default)]
     pub edge: EdgeSpec,
+    /// Several nodes serving this project from one PostgreSQL database
+    /// (the host's own manifest only; README "Several nodes").
+    pub cluster: Option<ClusterSpec>,
     #[serde(default)]
     pub parties: BTreeMap<String, PartyManifest>,
     /// Static files served at `/` beside the parties (PartyKit's `serve`).
     pub serve: Option<ServeManifest>,
+}
+
+/// `[cluster]`: the database the nodes share. Each node's own name and
+/// address are given when it starts (`partyhost serve --cluster-node`,
+/// `--cluster-advertise`), since every node reads the same manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// `postgres://user[:password]@host:port/database`.
+    pub database: Option<String>,
+    /// How long a node keeps its rooms without renewing (default 10 s).
+    pub lease_ms: Option<u64>,
+    /// Record (epoch, sequence) of every commit in `partyhost_commits`.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 /// One `[parties.<name>]` table.
@@ -286,6 +304,7 @@ pub struct Deployment {
     pub rooms: RoomsSpec,
     pub totals: TotalsSpec,
     pub edge: EdgeSpec,
+    pub cluster: Option<ClusterSpec>,
     pub parties: BTreeMap<PartyName, PartySpec>,
     /// The static files, if the project serves any.
     pub serve: Option<ServeSpec>,
@@ -392,6 +411,7 @@ impl Manifest {
             rooms: self.rooms,
             totals: self.totals,
             edge: self.edge,
+            cluster: self.cluster,
             parties,
             serve: self.serve.map(|serve| serve.resolve(base)),
         })

@@ -157,6 +157,11 @@ impl TokenHash {
         decode_hex(hex).map(Self)
     }
 
+    /// The digest of `token`.
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
     /// Whether `token` hashes to this. Compares in constant time.
     pub fn matches(&self, token: &str) -> bool {
         let actual: [u8; 32] = Sha256::digest(token.as_bytes()).into();

@@ -300,8 +300,9 @@ impl Projects {
                 let dir = self.root.join(project.as_str());
                 let secrets =
                     super::Secrets::open(dir.join(super::SECRETS_FILE)).map_err(DeployError::Internal)?;
+                let storage_file = dir.join("storage.sqlite");
                 let opened = Project::open(
-                    &dir.join("storage.sqlite"),
+                    super::ProjectStorage::File(&storage_file),
                     secrets,
                     self.metrics.project(project.as_str()),
                     deployment.clone(),

@@ -38,6 +38,14 @@ pub const SECRETS_FILE: &str = "secrets.json";
 /// The path prefix that reaches a deployed project without its host name.
 pub const PATH_PREFIX: &str = "/p/";
 
+/// Where a project's rooms keep their storage.
+pub enum ProjectStorage<'a> {
+    /// A SQLite file of the project's own.
+    File(&'a Path),
+    /// A cluster's PostgreSQL database (the local project of a node).
+    Cluster(&'a Arc<crate::storage::Postgres>),
+}
+
 /// One project: its rooms and the routes that lead to them.
 pub struct Project {
     pub rooms: Arc<Rooms>,
@@ -51,14 +59,15 @@ pub struct Project {
 }
 
 impl Project {
-    /// Opens the project's storage file and starts serving `deployment`,
-    /// with `secrets` over its vars.
+    /// Opens the project's storage and starts serving `deployment`, with
+    /// `secrets` over its vars. In a cluster, alarms are found by the
+    /// node's sweeper instead of at start.
     ///
     /// # Errors
     /// When the storage file cannot be opened.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
-        storage_file: &Path,
+        storage: ProjectStorage<'_>,
         secrets: Secrets,
         metrics: ProjectMetrics,
         deployment: Deployment,
@@ -68,7 +77,12 @@ impl Project {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let (storage, alarms, stored_bytes) = Storage::open(storage_file, metrics.commits())?;
+        let (storage, alarms, stored_bytes) = match storage {
+            ProjectStorage::File(path) => Storage::open(path, metrics.commits())?,
+            ProjectStorage::Cluster(pg) => {
+                (Storage::open_postgres(pg.clone(), &deployment.name), Vec::new(), 0)
+            }
+        };
         // What is on disk counts, whatever the caps say now.
         totals.charge(Resource::Storage, stored_bytes);
         totals.charge(Resource::Alarms, alarms.len() as u64);
@@ -83,7 +97,7 @@ impl Project {
             metrics,
         );
         if !alarms.is_empty() {
-            tracing::info!(alarms = alarms.len(), file = %storage_file.display(), "scheduling stored alarms");
+            tracing::info!(alarms = alarms.len(), "scheduling stored alarms");
         }
         rooms.schedule_alarms(alarms);
         rooms.set_secrets(secrets.values());

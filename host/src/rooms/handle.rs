@@ -62,6 +62,22 @@ pub enum RoomMsg {
     /// From the registry: too many instances are alive; drop this room's
     /// instance if it is idle.
     Evict,
+    /// From the registry: this node's cluster lease lapsed; a room loaded
+    /// in an earlier term stops (its sockets are told 1012).
+    Fence,
+}
+
+/// Where a room runs, as its storage load found out.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// The storage is still loading (in a cluster: being claimed).
+    Loading,
+    /// Here: the room's storage is loaded (in a cluster: claimed).
+    Here,
+    /// Another node owns the room: requests go there.
+    Elsewhere(crate::storage::OwnedElsewhere),
+    /// The load failed; the next caller starts the room afresh.
+    Failed,
 }
 
 /// A cheap, cloneable reference to a running room. Send by key with
@@ -81,6 +97,9 @@ pub struct RoomHandle {
     pub(super) bytes_capacity: usize,
     /// What the room last reported of itself, for listings.
     pub(super) gauges: Arc<RoomGauges>,
+    /// Set once the room's storage has loaded, or it turned out to live
+    /// elsewhere.
+    pub(super) placement: tokio::sync::watch::Receiver<Placement>,
 }
 
 /// A running room's figures, written by the room after each event and read
@@ -95,6 +114,15 @@ impl RoomHandle {
     /// The room this handle reaches.
     pub fn key(&self) -> &RoomKey {
         &self.key
+    }
+
+    /// Where the room runs, once its storage load has told.
+    pub async fn placement(&self) -> Placement {
+        let mut placement = self.placement.clone();
+        match placement.wait_for(|p| !matches!(p, Placement::Loading)).await {
+            Ok(placed) => placed.clone(),
+            Err(_) => Placement::Failed,
+        }
     }
 
     /// Waits until `len` more bytes fit in the mailbox (a message larger

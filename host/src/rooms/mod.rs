@@ -28,10 +28,11 @@ mod state;
 mod tail;
 
 pub use gate::Gate;
-pub use handle::{Connect, Departure, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
+pub use handle::{Connect, Departure, Placement, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 pub use limit_hits::{Limit, LimitHits};
 pub use queue::{QueueReceiver, QueueSender, queue};
-pub use registry::{LoadedParty, RoomInfo, RoomStats, Rooms, RoomsConfig};
+pub use registry::{Cluster, LoadedParty, RoomInfo, RoomStats, Rooms, RoomsConfig};
+pub use room::error_response;
 pub use state::{Outgoing, RoomState};
 pub use tail::{MAX_LISTENERS as MAX_TAIL_LISTENERS, Tail, TailEvent};
 
@@ -49,6 +50,8 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: a message was larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the room moved to another node of the cluster (reconnect).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// A number unique to each socket in this process.
 pub fn next_socket_serial() -> u64 {

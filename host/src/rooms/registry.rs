@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 use super::LimitHits;
-use super::handle::{ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
+use super::handle::{Placement, ROOM_MAILBOX, RoomHandle, RoomMsg, Weight};
 use super::instances::LiveInstances;
 use super::room::Room;
 use super::state::RoomState;
@@ -23,7 +23,7 @@ use crate::budget::{Resource, Totals};
 use crate::ids::{PartyName, RoomId, RoomKey};
 use crate::manifest::{Deployment, ServeSpec};
 use crate::sandbox::{PartyCode, Request, Response};
-use crate::storage::{CommitHooks, Storage, StoredAlarm};
+use crate::storage::{CommitHooks, Lease, OwnedElsewhere, Storage, StoredAlarm};
 
 /// How long an alarm waits before its room is woken again, when a cap
 /// refused to start the room.
@@ -64,6 +64,28 @@ impl LoadedParty {
             gate_slots: Arc::new(tokio::sync::Semaphore::new(super::gate::MAX_GATES_PER_PARTY)),
         }
     }
+}
+
+/// What rooms need of a cluster (see `crate::cluster`, which implements
+/// it): the node's lease, which bounds what its rooms may send, and
+/// room-to-room requests that may cross to another node.
+pub trait Cluster: Send + Sync {
+    /// This node's name.
+    fn node(&self) -> &str;
+
+    /// The node's lease: rooms loaded in a term that lapsed stop.
+    fn lease(&self) -> &Arc<Lease>;
+
+    /// Delivers a room-to-room request to `to`, wherever it runs, after
+    /// the requests `from` sent to `to` before it.
+    fn fetch(
+        &self,
+        rooms: &Arc<Rooms>,
+        from: &RoomKey,
+        to: RoomKey,
+        request: Request,
+        hops: u32,
+    ) -> oneshot::Receiver<Response>;
 }
 
 /// A room's wake timer for its alarm.
@@ -136,6 +158,8 @@ pub struct Rooms {
     metrics: crate::metrics::ProjectMetrics,
     /// The project's secrets, read by guests as vars over the manifest's.
     secrets: RwLock<Arc<[(String, String)]>>,
+    /// Set when the project's rooms live in a cluster.
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
 }
 
 /// A running room, as [`Rooms::list`] reports it.
@@ -182,7 +206,47 @@ impl Rooms {
             queued_bytes: Arc::default(),
             secrets: RwLock::new(Arc::from([])),
             tail: Arc::default(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on these rooms belong to `cluster` (once, before serving).
+    pub fn join_cluster(&self, cluster: Arc<dyn Cluster>) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("rooms joined a cluster twice; the first one stays");
+        }
+    }
+
+    /// The cluster these rooms belong to, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.get()
+    }
+
+    /// In a cluster, the node that serves `key` when it is not this one:
+    /// the room is started here (claimed with its storage load) unless
+    /// another node owns it.
+    ///
+    /// # Errors
+    /// When the room cannot start here for another reason (a cap, a failed
+    /// load).
+    pub async fn owner_elsewhere(self: &Arc<Self>, key: &RoomKey) -> anyhow::Result<Option<OwnedElsewhere>> {
+        if self.cluster.get().is_none() {
+            return Ok(None);
+        }
+        match self.get_or_spawn(key)?.placement().await {
+            Placement::Here => Ok(None),
+            Placement::Elsewhere(owner) => Ok(Some(owner)),
+            Placement::Loading | Placement::Failed => Err(anyhow!("room {key} could not load its storage")),
+        }
+    }
+
+    /// Tells every running room that the lease lapsed: rooms of an older
+    /// term stop. (Each also checks before it sends anything.)
+    pub fn fence_all(&self) {
+        let handles: Vec<RoomHandle> = lock(&self.live).values().cloned().collect();
+        for handle in handles {
+            let _ = handle.tx.try_send(RoomMsg::Fence);
+        }
     }
 
     /// The project's metric handles.
@@ -361,8 +425,16 @@ impl Rooms {
         let bytes_capacity = self.config.mailbox_bytes.min(u32::MAX as usize);
         let bytes = Arc::new(tokio::sync::Semaphore::new(bytes_capacity));
         let gauges = Arc::<super::handle::RoomGauges>::default();
-        let handle =
-            RoomHandle { key: key.clone(), tx, generation, bytes, bytes_capacity, gauges: gauges.clone() };
+        let (placed, placement) = tokio::sync::watch::channel(Placement::Loading);
+        let handle = RoomHandle {
+            key: key.clone(),
+            tx,
+            generation,
+            bytes,
+            bytes_capacity,
+            gauges: gauges.clone(),
+            placement,
+        };
         live.insert(key.clone(), handle.clone());
         drop(live);
 
@@ -370,21 +442,34 @@ impl Rooms {
         let span = info_span!("room", party = %key.party, room = %key.room);
         self.tracker.spawn(
             async move {
+                // The term before the claim: a lapse during it fences the room.
+                let fence = rooms.cluster.get().map(|c| super::room::Fence::new(c.lease()));
                 let storage = match rooms.storage.load(&key).await {
                     Ok(storage) => storage,
                     Err(e) => {
                         // Dropping `rx` fails every queued sender; the next
                         // caller spawns the room afresh.
-                        tracing::error!(room = %key, cause = %format!("{e:#}"), "could not load the room's storage");
+                        match e.downcast::<OwnedElsewhere>() {
+                            Ok(owner) => {
+                                tracing::debug!(room = %key, %owner, "served by another node");
+                                placed.send_replace(Placement::Elsewhere(owner));
+                            }
+                            Err(e) => {
+                                tracing::error!(room = %key, cause = %format!("{e:#}"), "could not load the room's storage");
+                                placed.send_replace(Placement::Failed);
+                            }
+                        }
+                        rooms.forget(&key, generation);
                         return;
                     }
                 };
+                placed.send_replace(Placement::Here);
                 let limits = party.code.limits().clone();
                 let (hits, totals) = (rooms.hits.clone(), rooms.totals.clone());
                 let vars = rooms.vars_of(&party);
                 let mut state = RoomState::new(key, vars, limits, storage, hits, rooms.tail.clone(), totals);
                 state.calls = rooms.metrics.calls(state.key.party.as_str());
-                Room::new(rooms, party, generation, state, rx, running, gauges).run().await;
+                Room::new(rooms, party, generation, state, rx, running, gauges).fenced_by(fence).run().await;
             }
             .instrument(span),
         );
@@ -482,12 +567,31 @@ impl Rooms {
         let key = RoomKey { party, room };
         tracing::debug!(%from, to = %key, "fetch");
         let request = Request { url: room_url(&key, &request.url), ..request };
+        if let Some(cluster) = self.cluster.get() {
+            return Ok(cluster.fetch(self, from, key, request, hops));
+        }
         let (reply, response) = oneshot::channel();
+        self.fetch_here(&key, request, hops, reply)?;
+        Ok(response)
+    }
+
+    /// Queues a room-to-room request for `key` on this node (see
+    /// [`Rooms::fetch`]); the room answers on `reply`.
+    ///
+    /// # Errors
+    /// When the room cannot start (a cap).
+    pub fn fetch_here(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        request: Request,
+        hops: u32,
+        reply: oneshot::Sender<Response>,
+    ) -> anyhow::Result<()> {
         self.post_via(
-            &self.get_or_spawn(&key)?,
+            &self.get_or_spawn(key)?,
             RoomMsg::Request { request: Box::new(request), reply, hops, weight: Weight::default() },
         );
-        Ok(response)
+        Ok(())
     }
 
     /// Wakes `key` at `time_ms` so its alarm fires, without keeping the room
@@ -566,6 +670,13 @@ impl Rooms {
             return true;
         }
         false
+    }
+
+    /// Removes a room that has lost its ownership from the registry, if
+    /// `generation` is still the running one: the next caller places it
+    /// anew. Whatever waits in its mailbox is answered by the room.
+    pub(super) fn forget(&self, key: &RoomKey, generation: u64) {
+        lock(&self.live).retain(|k, h| k != key || h.generation != generation);
     }
 
     /// Clock for `last_active` stamps, in milliseconds since start.

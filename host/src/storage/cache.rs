@@ -18,6 +18,9 @@ pub struct PendingWrites {
     pub(super) writes: Vec<Write>,
     /// `Some(new)` when the alarm was set or deleted.
     pub(super) alarm: Option<Option<u64>>,
+    /// The ownership epoch the room was loaded under (0 with SQLite): in a
+    /// cluster, a commit applies only while the room's epoch is still this.
+    pub(super) epoch: u64,
 }
 
 impl PendingWrites {
@@ -46,12 +49,19 @@ pub struct RoomStorage {
     total_bytes: usize,
     alarm: Option<u64>,
     pending: PendingWrites,
+    /// See [`PendingWrites::epoch`].
+    epoch: u64,
 }
 
 impl RoomStorage {
     pub(super) fn new(entries: BTreeMap<String, Vec<u8>>, alarm: Option<u64>) -> Self {
         let total_bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
-        Self { entries, total_bytes, alarm, pending: PendingWrites::default() }
+        Self { entries, total_bytes, alarm, pending: PendingWrites::default(), epoch: 0 }
+    }
+
+    /// Marks the storage as loaded under ownership epoch `epoch`.
+    pub(super) fn with_epoch(self, epoch: u64) -> Self {
+        Self { epoch, ..self }
     }
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
@@ -141,7 +151,7 @@ impl RoomStorage {
 
     /// Takes the writes to commit, leaving none queued.
     pub fn take_pending(&mut self) -> PendingWrites {
-        std::mem::take(&mut self.pending)
+        PendingWrites { epoch: self.epoch, ..std::mem::take(&mut self.pending) }
     }
 }
 

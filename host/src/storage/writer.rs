@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::{PendingWrites, RoomStorage};
 use super::db::{Db, StoredAlarm};
+use super::postgres::{Postgres, Writer};
 use crate::ids::RoomKey;
 
 /// Jobs waiting for the storage thread. When full, rooms wait (they are
@@ -21,9 +22,13 @@ const QUEUE: usize = 4096;
 /// Most commits folded into one transaction.
 const MAX_GROUP: usize = 512;
 
-enum Job {
-    Load { key: RoomKey, reply: oneshot::Sender<anyhow::Result<RoomStorage>> },
-    Commit { key: RoomKey, writes: PendingWrites, reply: oneshot::Sender<anyhow::Result<()>> },
+/// Where a job's outcome goes.
+pub(super) type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+/// What rooms ask of their storage backend.
+pub(super) enum Job {
+    Load { key: RoomKey, reply: Reply<RoomStorage> },
+    Commit { key: RoomKey, writes: PendingWrites, reply: Reply<()> },
 }
 
 /// A handle on the storage thread. Cheap to clone; the thread stops when
@@ -103,15 +108,25 @@ impl Storage {
         Ok((Self { jobs, hooks }, alarms, stored_bytes))
     }
 
+    /// Storage for `project`'s rooms in the cluster's PostgreSQL database:
+    /// a load claims the room for this node, a commit checks it still owns
+    /// it (see `postgres.rs`).
+    pub fn open_postgres(pg: Arc<Postgres>, project: &str) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(Writer::new(pg, project.to_owned()).run(queue, MAX_GROUP));
+        Self { jobs, hooks: Arc::default() }
+    }
+
     /// The test hooks of this storage thread (see [`CommitHooks`]).
     pub fn hooks(&self) -> &Arc<CommitHooks> {
         &self.hooks
     }
 
-    /// Reads a room's storage.
+    /// Reads a room's storage (in a cluster, claims the room first).
     ///
     /// # Errors
-    /// On an SQLite error, or when the storage thread has stopped.
+    /// On a database error, or when the storage thread has stopped; in a
+    /// cluster, [`super::OwnedElsewhere`] when another node serves the room.
     pub async fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
         let (reply, result) = oneshot::channel();
         self.send(Job::Load { key: key.clone(), reply }).await?;

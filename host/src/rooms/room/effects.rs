@@ -99,8 +99,15 @@ impl Room {
     }
 
     /// A commit failed: the room's cache and every held output reflect
-    /// writes that are not durable, so all of it goes.
+    /// writes that are not durable, so all of it goes. When another node
+    /// has claimed the room, the room stops instead (see `moved_away`).
     async fn commit_failed(&mut self, e: &anyhow::Error) {
+        if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
+            tracing::warn!(room = %self.key, "another node claimed the room; stopping it here");
+            self.gate.clear();
+            self.moved = true;
+            return;
+        }
         tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
         self.gate.clear();
         self.reset_state().await;
@@ -112,8 +119,12 @@ impl Room {
         self.gate.iter().flat_map(|o| o.completed.iter().map(|(task, _)| *task)).collect()
     }
 
-    /// Sends what a call produced: frames, fetches, responses.
+    /// Sends what a call produced: frames, fetches, responses. Nothing
+    /// leaves a room that may have moved to another node.
     fn release(&mut self, output: Output) {
+        if !self.still_owned() {
+            return;
+        }
         let Output { outbox, fetches, completed, .. } = output;
         let state = self.state_mut();
         for (target, frame) in outbox {

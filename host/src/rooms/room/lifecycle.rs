@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::{Room, Slot};
-use crate::rooms::Limit;
-use crate::rooms::state::RoomState;
+use crate::rooms::state::{Outgoing, RoomState};
+use crate::rooms::{CLOSE_SERVICE_RESTART, Limit, RoomMsg};
 use crate::sandbox::{Guest, GuestError, TrapKind};
 
 /// What an idle room does when its idle time is up.
@@ -178,10 +178,39 @@ impl Room {
                     state.alarm_retry = 0;
                 }
             }
+            Err(e) if e.downcast_ref::<crate::storage::OwnedElsewhere>().is_some() => self.moved = true,
             Err(e) => {
                 tracing::error!(room = %self.key, cause = %format!("{e:#}"), "reloading storage failed")
             }
         }
+    }
+
+    /// The room lost its ownership (another node claimed it, or this node's
+    /// lease lapsed): nothing it holds may reach anyone. Its sockets are
+    /// closed with 1012, so clients reconnect and find the owner; whatever
+    /// waits in its mailbox is refused the same way.
+    pub(super) async fn moved_away(mut self) {
+        self.rooms.forget(&self.key, self.generation);
+        self.rx.close();
+        self.gate.clear();
+        self.drop_instance();
+        self.running = None;
+        let reason = "the room moved to another node; reconnect";
+        let close = || Outgoing::Close { code: CLOSE_SERVICE_RESTART, reason: reason.into() };
+        for entry in self.state().connections.values() {
+            let _ = entry.sender.try_send(close());
+        }
+        for (_, reply) in self.pending_requests.drain() {
+            let _ = reply.send(super::error_response(503, reason));
+        }
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                RoomMsg::Connect(connect) => drop(connect.sender.try_send(close())),
+                RoomMsg::Request { reply, .. } => drop(reply.send(super::error_response(503, reason))),
+                _ => {}
+            }
+        }
+        warn!(room = %self.key, "room stopped: it moved to another node");
     }
 
     /// After the registry let the room go: forward anything that reached the

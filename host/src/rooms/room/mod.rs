@@ -102,6 +102,28 @@ pub(super) struct Room {
     start_refusal: Option<String>,
     /// Read by room listings; written after each event.
     gauges: Arc<RoomGauges>,
+    /// In a cluster: the lease term the room was claimed in.
+    fence: Option<Fence>,
+    /// Set when the room found it no longer owns itself (another node
+    /// claimed it, or this node's lease lapsed): it stops after the event.
+    moved: bool,
+}
+
+/// A room's claim on itself in a cluster: valid while the node's lease has
+/// not lapsed since the room was loaded.
+pub(in crate::rooms) struct Fence {
+    lease: Arc<crate::storage::Lease>,
+    term: u64,
+}
+
+impl Fence {
+    pub(in crate::rooms) fn new(lease: &Arc<crate::storage::Lease>) -> Self {
+        Self { lease: lease.clone(), term: lease.term() }
+    }
+
+    fn holds(&self) -> bool {
+        self.lease.valid(self.term)
+    }
 }
 
 impl Room {
@@ -130,7 +152,23 @@ impl Room {
             pending_requests: HashMap::new(),
             fetches: JoinSet::new(),
             gate: VecDeque::new(),
+            fence: None,
+            moved: false,
         }
+    }
+
+    /// In a cluster: the room acts only while `fence` holds.
+    pub(super) fn fenced_by(self, fence: Option<Fence>) -> Self {
+        Self { fence, ..self }
+    }
+
+    /// Whether the room may still act as its one writer; once it may not,
+    /// it stops after the event under way.
+    fn still_owned(&mut self) -> bool {
+        if self.fence.as_ref().is_some_and(|fence| !fence.holds()) {
+            self.moved = true;
+        }
+        !self.moved
     }
 
     /// Handles events until the room retires (idle, no sockets) or the host
@@ -174,6 +212,9 @@ impl Room {
                     }
                 }
             }
+            if self.moved {
+                return self.moved_away().await;
+            }
             self.touch();
         }
         // Flush: what already ran reaches clients once it is durable.
@@ -209,6 +250,9 @@ impl Room {
                 self.request(*request, reply, hops).await;
             }
             RoomMsg::Evict => self.evict_if_idle(),
+            RoomMsg::Fence => {
+                self.still_owned();
+            }
         }
     }
 
@@ -454,7 +498,8 @@ fn cut_reason(mut reason: String) -> String {
     reason
 }
 
-pub(super) fn error_response(status: u16, message: &str) -> Response {
+/// A plain-text response, for requests a room could not answer.
+pub fn error_response(status: u16, message: &str) -> Response {
     Response {
         status,
         headers: vec![crate::sandbox::Header {
