@@ -5,6 +5,7 @@
 #   scripts/cluster.sh up [N]       starts N nodes (default 3), HAProxy and PostgreSQL
 #   scripts/cluster.sh status       one line per live node: "<name> <pid> <address>"
 #   scripts/cluster.sh down [--clean]  stops all of them (--clean: deletes the folder too)
+#   scripts/cluster.sh db-restart   restarts PostgreSQL as a crash would (-m immediate)
 #
 # `up` on a fresh clone builds what it needs as scripts/run.sh does. It needs
 # PostgreSQL 15's server on PATH (initdb, pg_ctl, postgres, psql) and installs
@@ -487,8 +488,17 @@ partyhost cluster of $n node(s) up:
 EOF
 }
 
+# What a database crash looks like to the nodes: every session cut, the
+# server back after recovery (the tests check that nothing acknowledged is lost).
+cmd_db_restart() {
+  [[ $# -eq 0 ]] || usage
+  pg_running || die "PostgreSQL is not running in $DIR"
+  pg_run pg_ctl -D "$PGDATA" -l "$DIR/postgres.log" -m immediate -w restart >/dev/null
+}
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  db-restart) shift; cmd_db_restart "$@" ;;
   status) shift; cmd_status "$@" ;;
   down) shift; cmd_down "$@" ;;
   -h | --help | help) usage 0 ;;

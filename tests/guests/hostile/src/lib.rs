@@ -7,8 +7,8 @@
 #![allow(unsafe_code)]
 
 use partyhost_guest::{
-    AlarmInfo, Close, Connection, ConnectionContext, Message, Party, Request, Response, Room, export_party,
-    join_all, now, random_bytes,
+    AlarmInfo, Close, Connection, ConnectionContext, ListOptions, Message, Party, Request, Response, Room,
+    export_party, join_all, now, random_bytes,
 };
 
 use std::cell::Cell;
@@ -259,6 +259,24 @@ impl Party for Hostile {
                 Err(e) => format!("fetch refused: {e}"),
             },
             Some(("fetch-loop", count)) => self.fetch_loop(count.parse().unwrap_or(1)).await,
+            // For the cluster's tests: a write acknowledged only once durable.
+            Some(("append", n)) => match storage.put(&format!("a:{n:0>10}"), &n) {
+                Ok(()) => format!("acked {n}"),
+                Err(e) => format!("refused: {e}"),
+            },
+            // `fetch-to:<party>:<room>:<path>`, answering with what came back.
+            Some(("fetch-to", args)) => {
+                let mut parts = args.splitn(3, ':');
+                let (party, room, path) = (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or("/"),
+                );
+                match self.room.fetch(party, room, Request::get(path)).await {
+                    Ok(response) => format!("fetched {}: {}", response.status, response.body_text()),
+                    Err(e) => format!("fetch refused: {e}"),
+                }
+            }
             Some(("alarms", count)) => {
                 let count: u64 = count.parse().unwrap_or(1);
                 for i in 0..count {
@@ -364,6 +382,18 @@ impl Party for Hostile {
             // Awaits a request to this room that never answers.
             "await-never" => self.fetch_self("/never").await,
             "pong" => Response::text(200, "pong"),
+            // For the cluster's tests: how many `append`s are stored, and a
+            // write that takes a while (a node can die during it).
+            "appends" => {
+                let options = ListOptions { prefix: Some("a:".into()), ..ListOptions::default() };
+                let keys = self.room.storage().list_bytes(&options).map(|entries| entries.len());
+                Response::text(200, format!("appends {}", keys.unwrap_or(0)))
+            }
+            "slow-append" => {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                let _ = self.room.storage().put("a:slow", &"slow");
+                Response::text(200, "slow appended")
+            }
             "fanout" => self.fan_out().await,
             // A response of `?kib=N` KiB.
             "big" => {
