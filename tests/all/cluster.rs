@@ -299,9 +299,10 @@ async fn a_node_stopped_past_its_lease_can_neither_write_nor_speak_when_it_conti
     assert_eq!(cluster.owner("stopped").await?.map(|(name, _)| name).as_deref(), Some("node1"));
 
     signal(node1.pid, "STOP")?;
-    // Sent while node1 is stopped: a write, and a message that writes nothing.
-    old.send_text("append:2").await?;
+    // Sent while node1 is stopped: a message that writes nothing (its echo
+    // waits for no commit), and a write.
     old.send_text("hello").await?;
+    old.send_text("append:2").await?;
     tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
     // node1's lease has run out: node2 may claim the room.
     let mut new = Client::connect(&format!("ws://{}/parties/hostile/stopped", node2.address)).await?;
