@@ -20,7 +20,8 @@ pub fn reactions_wasm() -> anyhow::Result<PathBuf> {
 /// A host child process serving one manifest from a temporary directory.
 pub struct ChildHost {
     pub port: u16,
-    child: tokio::process::Child,
+    /// `None` for a server this benchmark did not start (a cluster's proxy).
+    child: Option<tokio::process::Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -94,11 +95,16 @@ impl ChildHost {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "the host did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Self { port, child, _dir: dir })
+        Ok(Self { port, child: Some(child), _dir: dir })
+    }
+
+    /// A server already listening on `port` (started by someone else).
+    pub fn external(port: u16) -> anyhow::Result<Self> {
+        Ok(Self { port, child: None, _dir: tempfile::tempdir()? })
     }
 
     pub fn pid(&self) -> anyhow::Result<u32> {
-        self.child.id().context("the host has exited")
+        self.child.as_ref().and_then(tokio::process::Child::id).context("the host has exited")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -4,6 +4,7 @@
 //! The host runs as a child process (this binary, re-run as `host`), so
 //! memory read from `/proc` is the host's alone.
 
+mod cluster;
 mod deploy;
 mod host;
 mod js;
@@ -155,6 +156,21 @@ enum Command {
     /// Internal: the native yrs baseline server.
     #[command(hide = true)]
     NativeYjs { port: u16 },
+    /// One node on SQLite, one on PostgreSQL, three on PostgreSQL behind
+    /// HAProxy (scripts/cluster.sh): round trips (a commit each), new
+    /// rooms, fan-out.
+    Cluster {
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 50)]
+        per_room: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        new_rooms: usize,
+        #[arg(long, default_value_t = 2000)]
+        round_trips: usize,
+    },
     /// What deploying costs the rooms already serving: one client's round
     /// trips while nothing else happens, and while a tenant deploys (each
     /// deployment compiled anew), in alternating phases.
@@ -205,6 +221,9 @@ fn main() -> ExitCode {
                 yjs::run(clients, updates, rounds, rooms).await
             }
             Command::NativeYjs { port } => yjs::serve(port).await,
+            Command::Cluster { rooms, per_room, seconds, new_rooms, round_trips } => {
+                cluster::run(cluster::Args { rooms, per_room, seconds, new_rooms, round_trips }).await
+            }
         }
     });
     match result {

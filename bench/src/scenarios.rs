@@ -47,48 +47,12 @@ pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Res
     let mut cpu: f64 = 0.0;
     for server in Server::BOTH {
         let host = server.start(true).await?;
-        let mut sockets = Vec::new();
-        for r in 0..rooms {
-            for _ in 0..per_room {
-                let mut socket = connect(&host, &format!("fan-{r}")).await?;
-                next_text(&mut socket).await?;
-                sockets.push(socket);
-            }
+        let run = fan_out_on(&host, rooms, per_room, seconds).await?;
+        cpu = cpu.max(run.generator_cpu);
+        if !run.closes.is_empty() {
+            println!("  {server:?}: limiter answers and closes: {:?}", run.closes);
         }
-        let deliveries = Arc::new(AtomicU64::new(0));
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let closes = Arc::new(Mutex::new(Vec::new()));
-        let meter = CpuMeter::start();
-        let until = Instant::now() + Duration::from_secs(seconds);
-        let tasks: Vec<_> = sockets
-            .into_iter()
-            .enumerate()
-            .map(|(i, socket)| {
-                tokio::spawn(fan_out_client(
-                    socket,
-                    i,
-                    until,
-                    deliveries.clone(),
-                    latencies.clone(),
-                    closes.clone(),
-                ))
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-        cpu = cpu.max(meter.share());
-        let closes = closes.lock().await.clone();
-        if !closes.is_empty() {
-            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-            closes.iter().for_each(|c| *counts.entry(c.as_str()).or_default() += 1);
-            println!("  {server:?}: limiter answers and closes: {counts:?}");
-        }
-        let mut latencies = latencies.lock().await.clone();
-        results.push((
-            deliveries.load(Ordering::Relaxed) as f64 / seconds as f64,
-            Percentiles::of(&mut latencies),
-        ));
+        results.push((run.deliveries_per_second, run.latency));
     }
     let (p, n) = (&results[0], &results[1]);
     print_table(
@@ -113,6 +77,53 @@ pub async fn fan_out(rooms: usize, per_room: usize, seconds: u64) -> anyhow::Res
         cpu,
     );
     Ok(())
+}
+
+/// What one server did in a fan-out run.
+pub struct FanOut {
+    pub deliveries_per_second: f64,
+    /// Send -> first update after it.
+    pub latency: Percentiles,
+    /// Limiter answers and closes, by kind.
+    pub closes: std::collections::BTreeMap<String, usize>,
+    pub generator_cpu: f64,
+}
+
+/// Fan-out against `host`: `rooms` x `per_room` clients (rooms `fan-<r>`),
+/// each sending a reaction every 105 ms for `seconds`.
+pub async fn fan_out_on(host: &ChildHost, rooms: usize, per_room: usize, seconds: u64) -> anyhow::Result<FanOut> {
+    let mut sockets = Vec::new();
+    for r in 0..rooms {
+        for _ in 0..per_room {
+            let mut socket = connect(host, &format!("fan-{r}")).await?;
+            next_text(&mut socket).await?;
+            sockets.push(socket);
+        }
+    }
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let meter = CpuMeter::start();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            tokio::spawn(fan_out_client(socket, i, until, deliveries.clone(), latencies.clone(), closes.clone()))
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    closes.lock().await.iter().for_each(|c: &String| *counts.entry(c.clone()).or_default() += 1);
+    let mut latencies = latencies.lock().await.clone();
+    Ok(FanOut {
+        deliveries_per_second: deliveries.load(Ordering::Relaxed) as f64 / seconds as f64,
+        latency: Percentiles::of(&mut latencies),
+        closes: counts,
+        generator_cpu: meter.share(),
+    })
 }
 
 async fn fan_out_client(
@@ -345,7 +356,7 @@ async fn time_new_room(host: &ChildHost, n: usize) -> anyhow::Result<Duration> {
     Ok(t.elapsed())
 }
 
-async fn closed_loop(host: &Arc<ChildHost>, rooms: usize, clients: usize) -> anyhow::Result<Vec<Duration>> {
+pub async fn closed_loop(host: &Arc<ChildHost>, rooms: usize, clients: usize) -> anyhow::Result<Vec<Duration>> {
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -444,22 +455,28 @@ pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// One client sends `count` reactions to `host` one at a time (room `rtt`):
+/// reaction -> update.
+pub async fn round_trip_on(host: &ChildHost, count: usize) -> anyhow::Result<Percentiles> {
+    let mut socket = connect(host, "rtt").await?;
+    next_text(&mut socket).await?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        send_reaction(&mut socket).await?;
+        next_text(&mut socket).await?;
+        times.push(t.elapsed());
+    }
+    Ok(Percentiles::of(&mut times))
+}
+
 /// Guest call overhead: one client, one reaction at a time, limiter off:
 /// the round trip through each server.
 pub async fn round_trip(count: usize) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for server in Server::BOTH {
         let host = server.start(false).await?;
-        let mut socket = connect(&host, "rtt").await?;
-        next_text(&mut socket).await?;
-        let mut times = Vec::with_capacity(count);
-        for _ in 0..count {
-            let t = Instant::now();
-            send_reaction(&mut socket).await?;
-            next_text(&mut socket).await?;
-            times.push(t.elapsed());
-        }
-        results.push(Percentiles::of(&mut times));
+        results.push(round_trip_on(&host, count).await?);
     }
     let (p, n) = (&results[0], &results[1]);
     print_table(
