@@ -74,7 +74,11 @@ impl ScriptCluster {
         ];
         let cluster = Self { env, _dir: dir };
         let out = cluster.script(&["up", &nodes.to_string()]).output().await?;
-        anyhow::ensure!(out.status.success(), "cluster.sh up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "cluster.sh up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(cluster)
     }
 
@@ -156,7 +160,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ("new room p99", Box::new(|m| us(m.cold.p99))),
         ("new rooms/s", Box::new(|m| format!("{:.0}", m.cold_rate))),
         ("fan-out deliveries/s", Box::new(|m| format!("{:.0}", m.deliveries))),
-        ("fan-out send -> update p50 / p99", Box::new(|m| format!("{} / {}", us(m.fan_out.p50), us(m.fan_out.p99)))),
+        (
+            "fan-out send -> update p50 / p99",
+            Box::new(|m| format!("{} / {}", us(m.fan_out.p50), us(m.fan_out.p99))),
+        ),
     ];
     let Args { rooms, per_room, seconds, new_rooms, round_trips } = args;
     println!(

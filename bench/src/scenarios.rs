@@ -91,7 +91,12 @@ pub struct FanOut {
 
 /// Fan-out against `host`: `rooms` x `per_room` clients (rooms `fan-<r>`),
 /// each sending a reaction every 105 ms for `seconds`.
-pub async fn fan_out_on(host: &ChildHost, rooms: usize, per_room: usize, seconds: u64) -> anyhow::Result<FanOut> {
+pub async fn fan_out_on(
+    host: &ChildHost,
+    rooms: usize,
+    per_room: usize,
+    seconds: u64,
+) -> anyhow::Result<FanOut> {
     let mut sockets = Vec::new();
     for r in 0..rooms {
         for _ in 0..per_room {
@@ -109,7 +114,14 @@ pub async fn fan_out_on(host: &ChildHost, rooms: usize, per_room: usize, seconds
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            tokio::spawn(fan_out_client(socket, i, until, deliveries.clone(), latencies.clone(), closes.clone()))
+            tokio::spawn(fan_out_client(
+                socket,
+                i,
+                until,
+                deliveries.clone(),
+                latencies.clone(),
+                closes.clone(),
+            ))
         })
         .collect();
     for task in tasks {
@@ -356,7 +368,11 @@ async fn time_new_room(host: &ChildHost, n: usize) -> anyhow::Result<Duration> {
     Ok(t.elapsed())
 }
 
-pub async fn closed_loop(host: &Arc<ChildHost>, rooms: usize, clients: usize) -> anyhow::Result<Vec<Duration>> {
+pub async fn closed_loop(
+    host: &Arc<ChildHost>,
+    rooms: usize,
+    clients: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| {

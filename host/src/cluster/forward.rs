@@ -24,6 +24,9 @@ const HOP_BY_HOP: [&str; 6] =
 
 /// How long connecting to the owner may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the owner may take to answer (a stopped owner still accepts
+/// connections); a room's own request timeout is as long.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends `request` to `owner` and answers with its response; an upgrade
 /// becomes a tunnel between the client and the owner, cut at `shutdown`.
@@ -80,7 +83,10 @@ async fn forward(
     }
     headers.insert(FORWARDED_BY, HeaderValue::from_str(this_node)?);
 
-    let mut response = sender.send_request(forwarded).await.context("sending the request")?;
+    let mut response = tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(forwarded))
+        .await
+        .context("the owner did not answer in time")?
+        .context("sending the request")?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(response.map(Body::new));
     }

@@ -72,13 +72,15 @@ impl Node {
     /// node died): the wake claims the room here. Rooms this node holds
     /// wake by their own timers; waking them again changes nothing.
     async fn sweep_alarms(self: Arc<Self>, rooms: Arc<Rooms>, shutdown: CancellationToken) {
-        let period = self.pg.config.lease / 3;
+        let period = self.pg.config.lease / 5;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            match self.pg.due_alarms(&self.project, period + ALARM_LOOKAHEAD).await {
+            let parties = rooms.party_names();
+            let parties: Vec<&str> = parties.iter().map(String::as_str).collect();
+            match self.pg.due_alarms(&self.project, &parties, period + ALARM_LOOKAHEAD).await {
                 Ok(due) => {
                     for (key, time_ms) in due {
                         if rooms.party(&key.party).is_some() {
@@ -109,6 +111,13 @@ async fn fence_on_lapse(lease: Arc<Lease>, rooms: Arc<Rooms>, shutdown: Cancella
 impl crate::rooms::Cluster for Node {
     fn node(&self) -> &str {
         &self.pg.config.node
+    }
+
+    fn owner<'a>(
+        &'a self,
+        key: &'a RoomKey,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Option<crate::storage::OwnedElsewhere>>> {
+        Box::pin(self.pg.owner_elsewhere(&self.project, key))
     }
 
     fn lease(&self) -> &Arc<Lease> {

@@ -114,6 +114,11 @@ async fn deliver(
     peer: &mut Option<Peer>,
 ) {
     let LaneRequest { request, hops, reply } = next;
+    // The caller gave up (its fetch timed out, or it reset): sending now
+    // would deliver what it was told had failed.
+    if reply.is_closed() {
+        return;
+    }
     let fail = |status: u16, message: String| {
         tracing::warn!(room = %to, %message, "room-to-room request failed");
         crate::rooms::error_response(status, &message)

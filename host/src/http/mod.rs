@@ -49,6 +49,8 @@ pub fn router(projects: Arc<Projects>, peers: Option<crate::cluster::PeerState>)
     let peer_routes = match peers {
         Some(peers) => Router::new()
             .route(crate::cluster::FETCH_ROUTE, post(crate::cluster::serve_fetch))
+            // A room's request body (up to `message_kib`) in base64, in JSON.
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(peers),
         None => Router::new(),
     };

@@ -81,6 +81,9 @@ async fn serve(
     if let (Some(owner), Some(cluster)) = (owner, app.rooms.cluster()) {
         return Ok(crate::cluster::to_owner(cluster.node(), &owner, request, app.shutdown.clone()).await);
     }
+    // The room is here: the hop that brought it is the cluster's business.
+    let mut request = request;
+    request.headers_mut().remove(crate::cluster::FORWARDED_BY);
 
     if is_websocket_upgrade(request.headers()) {
         let (mut parts, _body) = request.into_parts();

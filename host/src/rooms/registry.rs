@@ -73,6 +73,13 @@ pub trait Cluster: Send + Sync {
     /// This node's name.
     fn node(&self) -> &str;
 
+    /// The live node that owns `key`, when it is not this one (a read:
+    /// nothing is claimed).
+    fn owner<'a>(
+        &'a self,
+        key: &'a RoomKey,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Option<OwnedElsewhere>>>;
+
     /// The node's lease: rooms loaded in a term that lapsed stop.
     fn lease(&self) -> &Arc<Lease>;
 
@@ -230,10 +237,18 @@ impl Rooms {
     /// When the room cannot start here for another reason (a cap, a failed
     /// load).
     pub async fn owner_elsewhere(self: &Arc<Self>, key: &RoomKey) -> anyhow::Result<Option<OwnedElsewhere>> {
-        if self.cluster.get().is_none() {
-            return Ok(None);
-        }
-        match self.get_or_spawn(key)?.placement().await {
+        let Some(cluster) = self.cluster.get() else { return Ok(None) };
+        let running = lock(&self.live).get(key).filter(|h| !h.tx.is_closed()).cloned();
+        let handle = match running {
+            Some(handle) => handle,
+            // Owned elsewhere: a read says so without starting (and
+            // claiming) the room here; otherwise this node claims it.
+            None => match cluster.owner(key).await? {
+                Some(owner) => return Ok(Some(owner)),
+                None => self.get_or_spawn(key)?,
+            },
+        };
+        match handle.placement().await {
             Placement::Here => Ok(None),
             Placement::Elsewhere(owner) => Ok(Some(owner)),
             Placement::Loading | Placement::Failed => Err(anyhow!("room {key} could not load its storage")),
@@ -354,6 +369,11 @@ impl Rooms {
     /// The party a URL names, following the manifest's `main` alias.
     pub fn resolve_party(&self, name: &str) -> Option<PartyName> {
         read(&self.deployment).resolve_party(name).cloned()
+    }
+
+    /// The names of the parties served now.
+    pub fn party_names(&self) -> Vec<String> {
+        read(&self.parties).keys().map(ToString::to_string).collect()
     }
 
     /// The party's current code and settings.

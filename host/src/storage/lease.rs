@@ -61,14 +61,14 @@ impl Lease {
         false
     }
 
-    /// A renewal sent at `sent` succeeded: the database holds the lease for
-    /// `length` from some moment after `sent`, so this node may act until
-    /// `sent + length - margin`. A renewal after the deadline opens a new
-    /// term (rooms of the old one stay fenced).
-    pub fn renewed(&self, sent: Instant, length: Duration, margin: Duration) {
+    /// A renewal sent at `sent` succeeded: the database recorded it at some
+    /// moment after `sent`, so this node may act until `sent + acting`
+    /// (see `ClusterConfig::acting`). A renewal after the deadline opens a
+    /// new term (rooms of the old one stay fenced).
+    pub fn renewed(&self, sent: Instant, acting: Duration) {
         let term = self.term();
         self.valid(term);
-        self.state().valid_until = sent + length.saturating_sub(margin);
+        self.state().valid_until = sent + acting;
     }
 
     /// Until when rooms may act (for the renewal loop's timing).
@@ -93,11 +93,11 @@ mod tests {
         let term = lease.term();
         assert!(lease.valid(term));
         // Renewed in time: the same term goes on.
-        lease.renewed(Instant::now(), length, Duration::ZERO);
+        lease.renewed(Instant::now(), length);
         assert!(lease.valid(term));
         std::thread::sleep(length + Duration::from_millis(10));
         // A renewal after the deadline: valid again, but only for new rooms.
-        lease.renewed(Instant::now(), length, Duration::ZERO);
+        lease.renewed(Instant::now(), length);
         assert!(!lease.valid(term), "a room of the lapsed term must stay fenced");
         assert!(lease.valid(lease.term()));
         assert_ne!(lease.term(), term);

@@ -15,7 +15,7 @@ use futures_util::future::try_join_all;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{RwLock, mpsc};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
@@ -77,14 +77,16 @@ CREATE TABLE IF NOT EXISTS partyhost_secret (
 const SCHEMA_LOCK: i64 = 0x7061_7274_7968;
 
 /// Claims a room for node $4, bumping its epoch, when it is unowned, this
-/// node's, or its owner cannot be writing: the owner's lease has run out on
+/// node's, or its owner cannot be acting: the owner's lease has run out on
 /// the database's clock, or its session is gone (its advisory lock is
-/// free) and it has not renewed for $5 seconds. A killed node's session
-/// ends with it, so its rooms move before its lease runs out; the
-/// renewal condition keeps a database restart (every session ends) from
-/// moving the rooms of nodes that are alive.
+/// free) and it has not renewed for $5 seconds ([`ClusterConfig::quiet`],
+/// longer than any node acts on one renewal). A killed node's session ends
+/// with it, so its rooms move before its lease runs out; a node alive
+/// through a database restart (every session ends) has stopped its rooms by
+/// then. A node claims only while its own lease lives.
 const CLAIM: &str = "
-INSERT INTO partyhost_rooms AS r (project, party, room, owner, epoch) VALUES ($1, $2, $3, $4, 1)
+INSERT INTO partyhost_rooms AS r (project, party, room, owner, epoch)
+SELECT $1, $2, $3, $4, 1 FROM partyhost_nodes me WHERE me.id = $4 AND me.lease_until > clock_timestamp()
 ON CONFLICT (project, party, room) DO UPDATE SET owner = $4, epoch = r.epoch + 1
 WHERE r.owner = $4 OR NOT EXISTS (
     SELECT 1 FROM partyhost_nodes n WHERE n.id = r.owner AND n.lease_until > clock_timestamp()
@@ -119,21 +121,31 @@ pub struct ClusterConfig {
     pub node: String,
     /// `host:port` other nodes reach this one at.
     pub advertise: String,
-    /// How long a renewal keeps the node's rooms; it renews every third of it.
+    /// How long a renewal keeps the node's rooms on the database's clock
+    /// (it renews every fifth of it, and acts on each for half of it).
     pub lease: Duration,
     /// Record (epoch, sequence) of every commit in `partyhost_commits`.
     pub audit: bool,
 }
 
 impl ClusterConfig {
-    /// How long after its deadline on the database a node stops itself
-    /// before: room for clock rates and the renewal's own trip.
-    fn margin(&self) -> Duration {
+    /// How often the node renews its lease.
+    fn renew_every(&self) -> Duration {
         self.lease / 5
     }
 
-    fn renew_every(&self) -> Duration {
-        self.lease / 3
+    /// A node whose session is gone and that has not renewed for this long
+    /// may lose its rooms before its lease runs out (see [`CLAIM`]).
+    fn quiet(&self) -> Duration {
+        self.renew_every() * 3
+    }
+
+    /// How long after sending a renewal the node's rooms may act: shorter
+    /// than [`Self::quiet`] by a tenth of the lease, for clock rates, so no
+    /// claim can come while they do. One renewal may fail or come late
+    /// without a lapse.
+    fn acting(&self) -> Duration {
+        self.quiet() - self.lease / 10
     }
 }
 
@@ -145,7 +157,7 @@ pub struct Postgres {
     pub node_id: i64,
     /// The session that renews the lease and answers lookups; replaced
     /// when it breaks.
-    session: Mutex<Client>,
+    session: RwLock<Client>,
     lease: Arc<Lease>,
     /// Shared by the nodes (`partyhost_secret`): authenticates their calls
     /// to each other.
@@ -158,10 +170,14 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
+/// Connects with keepalives, so a connection to a database that vanished
+/// (no reset ever comes) is found dead within seconds, not hours.
 async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let mut config: tokio_postgres::Config =
+        url.parse().with_context(|| format!("reading the database URL {}", redact(url)))?;
+    config.keepalives_idle(Duration::from_secs(5)).connect_timeout(Duration::from_secs(3));
+    let (client, connection) =
+        config.connect(NoTls).await.with_context(|| format!("connecting to {}", redact(url)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(cause = %e, "database connection closed");
@@ -197,9 +213,12 @@ impl Postgres {
         let tx = client.transaction().await.context("starting the schema transaction")?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await?;
         tx.batch_execute(SCHEMA).await.context("creating the cluster schema")?;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| anyhow!("no randomness for the cluster secret: {e}"))?;
+        let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
         tx.execute(
-            "INSERT INTO partyhost_secret (id, secret) VALUES (1, md5(random()::text || clock_timestamp()::text) || md5(random()::text)) ON CONFLICT DO NOTHING",
-            &[],
+            "INSERT INTO partyhost_secret (id, secret) VALUES (1, $1) ON CONFLICT DO NOTHING",
+            &[&fresh],
         )
         .await?;
         tx.commit().await.context("committing the cluster schema")?;
@@ -215,9 +234,9 @@ impl Postgres {
             .context("registering this node")?
             .get(0);
         client.execute("SELECT pg_advisory_lock($1)", &[&node_id]).await.context("taking the node's lock")?;
-        let lease = Arc::new(Lease::new(sent + config.lease.saturating_sub(config.margin())));
+        let lease = Arc::new(Lease::new(sent + config.acting()));
         tracing::info!(node = %config.node, id = node_id, address = %config.advertise, "joined the cluster");
-        let pg = Arc::new(Self { config, node_id, session: Mutex::new(client), lease, secret });
+        let pg = Arc::new(Self { config, node_id, session: RwLock::new(client), lease, secret });
         tokio::spawn(pg.clone().renew_until(shutdown.clone()));
         Ok(pg)
     }
@@ -226,20 +245,31 @@ impl Postgres {
         &self.lease
     }
 
-    /// Renews the lease every third of its length. A failed renewal is
-    /// retried with a new session; meanwhile the lease runs down, and once
+    /// Renews the lease every fifth of its length, and soon again after a
+    /// failure (on a new session); meanwhile the lease runs down, and once
     /// it lapses the node's rooms fence themselves (see [`Lease`]).
     async fn renew_until(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next = Instant::now() + self.config.renew_every();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.config.renew_every()) => {}
+                () = tokio::time::sleep_until(next.into()) => {}
             }
             let sent = Instant::now();
+            let retry = sent + self.config.lease / 20;
             match tokio::time::timeout(self.config.renew_every(), self.renew()).await {
-                Ok(Ok(())) => self.lease.renewed(sent, self.config.lease, self.config.margin()),
-                Ok(Err(e)) => tracing::warn!(cause = %format!("{e:#}"), "could not renew the lease"),
-                Err(_) => tracing::warn!("renewing the lease timed out"),
+                Ok(Ok(())) => {
+                    self.lease.renewed(sent, self.config.acting());
+                    next = sent + self.config.renew_every();
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(cause = %format!("{e:#}"), "could not renew the lease");
+                    next = retry;
+                }
+                Err(_) => {
+                    tracing::warn!("renewing the lease timed out");
+                    next = retry;
+                }
             }
             // Notices a lapse even when nothing else is running.
             self.lease.valid(self.lease.term());
@@ -247,15 +277,16 @@ impl Postgres {
     }
 
     async fn renew(&self) -> anyhow::Result<()> {
-        let mut session = self.session.lock().await;
-        if session.is_closed() {
+        if self.session.read().await.is_closed() {
+            let mut session = self.session.write().await;
             let client = connect(&self.config.database_url).await?;
-            // Its lock went with the old session; a claimer meanwhile saw a
-            // node that renewed lately and left its rooms alone.
-            client.execute("SELECT pg_advisory_lock($1)", &[&self.node_id]).await?;
+            // Its lock went with the old session (unless the server has not
+            // noticed yet: then the old session still holds it for us).
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&self.node_id]).await?;
             *session = client;
             tracing::info!("database session re-established");
         }
+        let session = self.session.read().await;
         let renewed = session
             .execute(
                 "UPDATE partyhost_nodes SET lease_until = clock_timestamp() + make_interval(secs => $2),
@@ -277,7 +308,7 @@ impl Postgres {
         project: &str,
         key: &RoomKey,
     ) -> anyhow::Result<Option<OwnedElsewhere>> {
-        let session = self.session.lock().await;
+        let session = self.session.read().await;
         let row = session
             .query_opt(OWNER, &[&project, &key.party.as_str(), &key.room.as_str(), &self.node_id])
             .await
@@ -290,18 +321,23 @@ impl Postgres {
     ///
     /// # Errors
     /// When the database cannot be asked.
-    pub async fn due_alarms(&self, project: &str, within: Duration) -> anyhow::Result<Vec<(RoomKey, u64)>> {
+    pub async fn due_alarms(
+        &self,
+        project: &str,
+        parties: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<Vec<(RoomKey, u64)>> {
         let horizon = i64::try_from(crate::rooms::now_ms() + within.as_millis() as u64).unwrap_or(i64::MAX);
-        let session = self.session.lock().await;
+        let session = self.session.read().await;
         let rows = session
             .query(
                 "SELECT a.party, a.room, a.time_ms FROM partyhost_alarms a
                  LEFT JOIN partyhost_rooms r USING (project, party, room)
                  LEFT JOIN partyhost_nodes n ON n.id = r.owner
-                 WHERE a.project = $1 AND a.time_ms <= $2
+                 WHERE a.project = $1 AND a.time_ms <= $2 AND a.party = ANY($4)
                    AND (r.owner IS NULL OR r.owner = $3 OR n.lease_until IS NULL OR n.lease_until <= clock_timestamp())
                  ORDER BY a.time_ms LIMIT 1000",
-                &[&project, &horizon, &self.node_id],
+                &[&project, &horizon, &self.node_id, &parties],
             )
             .await
             .context("reading due alarms")?;
@@ -318,7 +354,7 @@ impl Postgres {
     /// Gives up the lease at once (a clean shutdown, after the rooms
     /// stopped): other nodes may claim this node's rooms without waiting.
     pub async fn leave(&self) {
-        let session = self.session.lock().await;
+        let session = self.session.read().await;
         let left = session
             .execute("UPDATE partyhost_nodes SET lease_until = clock_timestamp() - interval '1 second' WHERE id = $1", &[
                 &self.node_id,
@@ -334,7 +370,7 @@ impl Postgres {
     /// # Errors
     /// When the database cannot be asked.
     pub async fn stored_bytes(&self, project: &str) -> anyhow::Result<u64> {
-        let session = self.session.lock().await;
+        let session = self.session.read().await;
         let bytes: i64 = session
             .query_one(
                 "SELECT COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM partyhost_kv WHERE project = $1",
@@ -418,6 +454,9 @@ pub(super) struct Writer {
     pg: Arc<Postgres>,
     project: String,
     connection: Option<(Client, Statements)>,
+    /// Rooms (and epochs) whose last commit failed; forgotten when the
+    /// room loads again.
+    poisoned: std::collections::HashSet<(RoomKey, u64)>,
 }
 
 /// A group of rooms' writes on their way to one transaction.
@@ -425,7 +464,7 @@ type Group = Vec<(RoomKey, PendingWrites, Reply<()>)>;
 
 impl Writer {
     pub(super) fn new(pg: Arc<Postgres>, project: String) -> Self {
-        Self { pg, project, connection: None }
+        Self { pg, project, connection: None, poisoned: std::collections::HashSet::new() }
     }
 
     /// Runs jobs until every handle is dropped.
@@ -439,6 +478,7 @@ impl Writer {
                     Job::Load { key, reply } => {
                         // Commits queued before this load land first.
                         self.commit_group(&mut group).await;
+                        self.poisoned.retain(|(poisoned, _)| poisoned != &key);
                         let _ = reply.send(self.claim_and_load(&key).await);
                     }
                 }
@@ -455,6 +495,15 @@ impl Writer {
         if self.connection.as_ref().is_none_or(|(client, _)| client.is_closed()) {
             self.connection = None;
             let client = connect(&self.pg.config.database_url).await?;
+            // A transaction left open by a node that stopped (SIGSTOP) holds
+            // its rooms' rows: the server ends it before anyone may claim
+            // them, and a claim waits at most a lease for a row.
+            let (acting, lease) = (self.pg.config.acting().as_millis(), self.pg.config.lease.as_millis());
+            client
+                .batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {acting}; SET lock_timeout = {lease}"
+                ))
+                .await?;
             let statements = Statements::prepare(&client).await?;
             self.connection = Some((client, statements));
         }
@@ -492,31 +541,32 @@ impl Writer {
 
     async fn try_claim_and_load(&mut self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
         let (project, node_id) = (self.project.clone(), self.pg.node_id);
-        let quiet = secs(self.pg.config.renew_every() * 2);
+        let quiet = secs(self.pg.config.quiet());
         let (party, room) = (key.party.as_str(), key.room.as_str());
         let (client, statements) = self.connection().await?;
         let tx = client.transaction().await?;
-        let claimed = tx
-            .query_opt(&statements.claim, &[&project, &party, &room, &node_id, &quiet])
-            .await
-            .with_context(|| format!("claiming room {key}"))?;
-        let Some(claimed) = claimed else {
-            let owner = tx.query_opt(&statements.owner, &[&project, &party, &room, &node_id]).await?;
-            // No live owner now: it ran out between the two statements.
-            let owner = owner.map_or_else(
-                || OwnedElsewhere { node: "(none)".into(), address: String::new() },
-                |row| OwnedElsewhere { node: row.get(0), address: row.get(1) },
-            );
-            return Err(anyhow::Error::new(owner));
-        };
-        let epoch: i64 = claimed.get(0);
+        // Sent together: each statement still runs after the one before it
+        // (and takes its snapshot then), so the reads see every commit the
+        // claim waited for.
         let key_params: Params<'_> = vec![&project, &party, &room];
-        let (rows, alarm) = futures_util::future::try_join(
+        let (claimed, rows, alarm) = futures_util::future::try_join3(
+            tx.query_opt(&statements.claim, &[&project, &party, &room, &node_id, &quiet]),
             tx.query(&statements.load_kv, &key_params),
             tx.query_opt(&statements.load_alarm, &key_params),
         )
         .await
-        .with_context(|| format!("loading storage of room {key}"))?;
+        .with_context(|| format!("claiming and loading room {key}"))?;
+        let Some(claimed) = claimed else {
+            let owner = tx.query_opt(&statements.owner, &[&project, &party, &room, &node_id]).await?;
+            return Err(match owner {
+                Some(row) => anyhow::Error::new(OwnedElsewhere { node: row.get(0), address: row.get(1) }),
+                // This node's own lease ran out (or the owner's, just now).
+                None => anyhow!(
+                    "room {key} could not be claimed: this node's lease has lapsed, or its owner's just did"
+                ),
+            });
+        };
+        let epoch: i64 = claimed.get(0);
         tx.commit().await.with_context(|| format!("committing the claim of room {key}"))?;
         let entries: BTreeMap<String, Vec<u8>> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
         let alarm = alarm.map(|row| row.get::<_, i64>(0).max(0).cast_unsigned());
@@ -526,8 +576,18 @@ impl Writer {
 
     /// Commits every queued room's writes in one transaction. Rooms that
     /// another node claimed meanwhile fail with [`OwnershipLost`], and the
-    /// rest go again without them.
+    /// rest go again without them; when the group fails for another reason,
+    /// each room is committed alone, so one bad write fails only its room.
     async fn commit_group(&mut self, group: &mut Group) {
+        // After a failed commit a room may not commit a later one of the
+        // same epoch: the database would hold writes it never had together.
+        let poisoned = &self.poisoned;
+        for (key, _, reply) in
+            group.extract_if(.., |(key, writes, _)| poisoned.contains(&(key.clone(), writes.epoch)))
+        {
+            let _ = reply
+                .send(Err(anyhow!("commit to room {key} refused: an earlier commit of the room failed")));
+        }
         let (term, mut wait) = (self.pg.lease.term(), Duration::from_millis(50));
         while !group.is_empty() {
             let result = match self.commit_many(group).await {
@@ -550,12 +610,19 @@ impl Writer {
                         }
                     }
                 }
+                Err(e) if group.len() > 1 && self.pg.lease.valid(term) => {
+                    tracing::warn!(rooms = group.len(), cause = %format!("{e:#}"), "group commit failed; committing rooms one by one");
+                    for room in std::mem::take(group) {
+                        Box::pin(self.commit_group(&mut vec![room])).await;
+                    }
+                }
                 Err(e) => {
                     let cause = format!("{e:#}");
                     // The lease lapsed while the database was away.
                     let lost = !self.pg.lease.valid(term);
-                    for (key, _, reply) in group.drain(..) {
+                    for (key, writes, reply) in group.drain(..) {
                         let e = anyhow!("commit to room {key} failed: {cause}");
+                        self.poisoned.insert((key, writes.epoch));
                         let _ = reply.send(Err(if lost { e.context(OwnershipLost) } else { e }));
                     }
                 }

@@ -21,6 +21,10 @@ use crate::ids::RoomKey;
 const QUEUE: usize = 4096;
 /// Most commits folded into one transaction.
 const MAX_GROUP: usize = 512;
+/// Connections writing to PostgreSQL at once, rooms spread over them: a
+/// claim (a round trip or three) or a group commit on one does not hold up
+/// the rooms of the others.
+const POSTGRES_WRITERS: usize = 4;
 
 /// Where a job's outcome goes.
 pub(super) type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
@@ -35,7 +39,9 @@ pub(super) enum Job {
 /// the last handle is dropped, after finishing the jobs it has.
 #[derive(Clone)]
 pub struct Storage {
-    jobs: mpsc::Sender<Job>,
+    /// One queue per writer; a room's jobs always go to the same one, so
+    /// they run in the order the room sent them.
+    jobs: Arc<[mpsc::Sender<Job>]>,
     hooks: Arc<CommitHooks>,
 }
 
@@ -105,16 +111,21 @@ impl Storage {
             .name("storage".into())
             .spawn(move || run(&mut db, queue, &thread_hooks, &commit_seconds))
             .context("starting the storage thread")?;
-        Ok((Self { jobs, hooks }, alarms, stored_bytes))
+        Ok((Self { jobs: Arc::new([jobs]), hooks }, alarms, stored_bytes))
     }
 
     /// Storage for `project`'s rooms in the cluster's PostgreSQL database:
     /// a load claims the room for this node, a commit checks it still owns
     /// it (see `postgres.rs`).
     pub fn open_postgres(pg: Arc<Postgres>, project: &str) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(Writer::new(pg, project.to_owned()).run(queue, MAX_GROUP));
-        Self { jobs, hooks: Arc::default() }
+        let jobs: Vec<_> = (0..POSTGRES_WRITERS)
+            .map(|_| {
+                let (jobs, queue) = mpsc::channel(QUEUE);
+                tokio::spawn(Writer::new(pg.clone(), project.to_owned()).run(queue, MAX_GROUP));
+                jobs
+            })
+            .collect();
+        Self { jobs: jobs.into(), hooks: Arc::default() }
     }
 
     /// The test hooks of this storage thread (see [`CommitHooks`]).
@@ -146,7 +157,17 @@ impl Storage {
     }
 
     async fn send(&self, job: Job) -> anyhow::Result<()> {
-        self.jobs.send(job).await.map_err(|_| anyhow!("the storage thread stopped"))
+        let key = match &job {
+            Job::Load { key, .. } | Job::Commit { key, .. } => key,
+        };
+        let writer = if self.jobs.len() == 1 {
+            0
+        } else {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(key, &mut hasher);
+            (std::hash::Hasher::finish(&hasher) % self.jobs.len() as u64) as usize
+        };
+        self.jobs[writer].send(job).await.map_err(|_| anyhow!("the storage thread stopped"))
     }
 }
 

@@ -29,6 +29,10 @@ impl RoomState {
         if key.len() > key_limit {
             return Err(Refusal::TooLarge(format!("storage key is over {key_limit} bytes")));
         }
+        // PostgreSQL's text cannot hold it, and no PartyKit key needs it.
+        if key.contains('\0') {
+            return Err(Refusal::Invalid("a storage key may not contain the NUL character".into()));
+        }
         if value.len() > value_limit {
             return Err(Refusal::TooLarge(format!("value of key {key:?} is over {value_limit} bytes")));
         }
