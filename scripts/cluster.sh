@@ -56,6 +56,10 @@ else MANIFEST="$ROOT/partykit.toml.example"; fi
 WAIT_S="${PARTYHOST_CLUSTER_WAIT_S:-120}"
 is_uint "$WAIT_S" || die "PARTYHOST_CLUSTER_WAIT_S is not a number of seconds: $WAIT_S"
 
+# Debian's PostgreSQL keeps its server tools off PATH.
+if ! command -v initdb >/dev/null; then
+  for bin in /usr/lib/postgresql/*/bin; do [[ -x "$bin/initdb" ]] && PATH="$bin:$PATH"; done
+fi
 PG_USER=partyhost-pg # PostgreSQL refuses to run as root
 PGDATA="$DIR/pgdata"
 DB_URL="postgres://partyhost@127.0.0.1:$PG_PORT/partyhost"

@@ -11,7 +11,8 @@
 #   3. With --tests: the Node packages of the client and browser tests
 #      (tests/node, from the lockfile), those of the TypeScript example
 #      parties (guests-ts: zod), and Debian's chromium (with an emoji font,
-#      for the reaction buttons) for the browser tests. The JavaScript build
+#      for the reaction buttons) for the browser tests, and for the cluster
+#      tests HAProxy and (when no `initdb` is found) PostgreSQL. The JavaScript build
 #      toolchain itself (esbuild, componentize-js) is installed by partyhost
 #      on its first build (host/src/js.rs).
 set -euo pipefail
@@ -54,5 +55,15 @@ if [[ "${1:-}" == --tests ]]; then
   if ! command -v chromium >/dev/null || [[ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]]; then
     step "installing Debian's chromium for the browser tests"
     apt_install chromium fonts-noto-color-emoji
+  fi
+  # scripts/cluster.sh, which the cluster tests run, finds Debian's
+  # PostgreSQL under /usr/lib/postgresql when it is not on PATH.
+  if ! command -v haproxy >/dev/null; then
+    step "installing HAProxy for the cluster tests"
+    apt_install haproxy
+  fi
+  if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    step "installing PostgreSQL for the cluster tests"
+    apt_install postgresql
   fi
 fi
