@@ -192,12 +192,14 @@ impl ClusterArgs {
         let spec = deployment.cluster.clone().unwrap_or_default();
         let Some(database_url) = self.cluster_database.or(spec.database) else {
             anyhow::ensure!(
-                self.cluster_node.is_none() && self.cluster_advertise.is_none(),
-                "--cluster-node and --cluster-advertise need a database: --cluster-database or [cluster] database"
+                self.cluster_node.is_none()
+                    && self.cluster_advertise.is_none()
+                    && deployment.cluster.is_none(),
+                "a cluster node needs a database: [cluster] database, or --cluster-database"
             );
             return Ok(None);
         };
-        let advertise = match self.cluster_advertise {
+        let advertise = match self.cluster_advertise.or(spec.advertise) {
             Some(address) => address,
             None if deployment.listen.ip().is_unspecified() => {
                 anyhow::bail!(
@@ -211,7 +213,7 @@ impl ClusterArgs {
         anyhow::ensure!(lease_ms >= 300, "the cluster lease must be at least 300 ms (got {lease_ms})");
         Ok(Some(partyhost::storage::ClusterConfig {
             database_url,
-            node: self.cluster_node.unwrap_or_else(|| advertise.clone()),
+            node: self.cluster_node.or(spec.node).unwrap_or_else(|| advertise.clone()),
             advertise,
             lease: std::time::Duration::from_millis(lease_ms),
             audit: self.cluster_audit || spec.audit,

@@ -108,10 +108,13 @@ impl Cluster {
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
-    /// The `append` numbers stored for `room`, read from the database.
+    /// The `append` numbers stored for `room`, read from the database on
+    /// a connection of its own (a crash of the database ends the others).
     async fn stored_appends(&self, room: &str) -> Result<BTreeSet<u64>> {
-        let rows = self
-            .db
+        let url = format!("postgres://partyhost@127.0.0.1:{}/partyhost", self.pg_port);
+        let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let rows = db
             .query(
                 "SELECT key FROM partyhost_kv WHERE party = 'hostile' AND room = $1 AND key LIKE 'a:%'",
                 &[&room],
@@ -121,6 +124,18 @@ impl Cluster {
             .filter_map(|row| row.get::<_, &str>(0).strip_prefix("a:").map(str::to_owned))
             .map(|n| n.parse::<u64>().with_context(|| format!("append key {n:?}")))
             .collect()
+    }
+
+    /// Clients appending to `count` rooms named `<prefix>-<i>` through the
+    /// proxy, each reconnecting when its socket drops, until [`Writers::check`].
+    fn start_writers(&self, prefix: &str, count: usize) -> Writers {
+        let rooms: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+        let stop = CancellationToken::new();
+        let tasks = rooms
+            .iter()
+            .map(|room| tokio::spawn(append_until(self.proxy_ws(room), 0, stop.clone())))
+            .collect();
+        Writers { rooms, tasks, stop }
     }
 
     /// Starts a node the way `cluster.sh` does, with `database` as its
@@ -214,6 +229,32 @@ async fn http(address: &str, path: &str) -> Result<(u16, String)> {
     Ok((response.status, response.body))
 }
 
+/// What [`Cluster::start_writers`] started.
+struct Writers {
+    rooms: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(BTreeSet<u64>, Duration)>>>,
+    stop: CancellationToken,
+}
+
+impl Writers {
+    /// Stops the writers and checks that every acknowledged append is
+    /// stored, and that each room took more than a few. Returns the
+    /// longest a room went unanswered.
+    async fn check(self, cluster: &Cluster) -> Result<Duration> {
+        self.stop.cancel();
+        let mut longest_of_all = Duration::ZERO;
+        for (room, task) in self.rooms.iter().zip(self.tasks) {
+            let (acked, longest) = task.await??;
+            let stored = cluster.stored_appends(room).await?;
+            let lost: Vec<_> = acked.difference(&stored).collect();
+            assert!(lost.is_empty(), "room {room}: acknowledged appends lost: {lost:?}");
+            assert!(acked.len() > 10, "room {room}: only {} appends were acknowledged", acked.len());
+            longest_of_all = longest_of_all.max(longest);
+        }
+        Ok(longest_of_all)
+    }
+}
+
 /// Sends `append:<n>` for n = start, start+1, ... through the proxy until
 /// `stop`, reconnecting whenever the socket drops (resending the
 /// unacknowledged number: a put of the same value again). Returns the
@@ -252,27 +293,18 @@ async fn append_until(url: String, start: u64, stop: CancellationToken) -> Resul
 async fn a_killed_node_loses_no_acknowledged_write_and_its_rooms_answer_within_the_lease() -> Result<()> {
     let _quiet = quiet_machine();
     let cluster = Cluster::up(3).await?;
-    let rooms: Vec<String> = (0..6).map(|i| format!("load-{i}")).collect();
-    let stop = CancellationToken::new();
-    let writers: Vec<_> = rooms
-        .iter()
-        .map(|room| tokio::spawn(append_until(cluster.proxy_ws(room), 0, stop.clone())))
-        .collect();
+    let writers = cluster.start_writers("load", 6);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The node owning the first room dies; its rooms must come back elsewhere.
-    let (victim, _) = cluster.owner(&rooms[0]).await?.context("the first room has no owner")?;
+    let (victim, _) = cluster.owner("load-0").await?.context("the first room has no owner")?;
     let victim = cluster.node(&victim).await?;
     signal(victim.pid, "KILL")?;
     let killed_at = Instant::now();
     tokio::time::sleep(TAKEOVER + Duration::from_millis(1500)).await;
-    stop.cancel();
-    for (room, writer) in rooms.iter().zip(writers) {
-        let (acked, longest) = writer.await??;
-        let stored = cluster.stored_appends(room).await?;
-        let lost: Vec<_> = acked.difference(&stored).collect();
-        assert!(lost.is_empty(), "room {room}: acknowledged appends lost: {lost:?}");
-        assert!(acked.len() > 10, "room {room}: only {} appends were acknowledged", acked.len());
-        assert!(longest < TAKEOVER, "room {room} went unanswered for {longest:?} after its node died");
+    let rooms = writers.rooms.clone();
+    let longest = writers.check(&cluster).await?;
+    assert!(longest < TAKEOVER, "a room went unanswered for {longest:?} after its node died");
+    for room in &rooms {
         let (owner, _) = cluster.owner(room).await?.context("no owner")?;
         assert_ne!(owner, victim.name, "room {room} is still owned by the killed node");
     }
@@ -528,38 +560,43 @@ async fn an_alarm_fires_on_another_node_after_its_node_dies() -> Result<()> {
 async fn a_database_crash_loses_nothing_acknowledged() -> Result<()> {
     let _quiet = quiet_machine();
     let cluster = Cluster::up(2).await?;
-    let rooms: Vec<String> = (0..4).map(|i| format!("crash-{i}")).collect();
-    let stop = CancellationToken::new();
-    let writers: Vec<_> = rooms
-        .iter()
-        .map(|room| tokio::spawn(append_until(cluster.proxy_ws(room), 0, stop.clone())))
-        .collect();
+    let writers = cluster.start_writers("crash", 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let out = cluster.script(&["db-restart"]).await?;
     ensure!(out.status.success(), "db-restart: {}", String::from_utf8_lossy(&out.stderr));
     let restarted_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.cancel();
-    let (db, connection) = tokio_postgres::connect(
-        &format!("postgres://partyhost@127.0.0.1:{}/partyhost", cluster.pg_port),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(connection);
-    for (room, writer) in rooms.iter().zip(writers) {
-        let (acked, _) = writer.await??;
-        let rows = db
-            .query(
-                "SELECT key FROM partyhost_kv WHERE party = 'hostile' AND room = $1 AND key LIKE 'a:%'",
-                &[room],
-            )
-            .await?;
-        let stored: BTreeSet<u64> =
-            rows.iter().filter_map(|row| row.get::<_, &str>(0).strip_prefix("a:")?.parse().ok()).collect();
-        let lost: Vec<_> = acked.difference(&stored).collect();
-        assert!(lost.is_empty(), "room {room}: acknowledged appends lost in the crash: {lost:?}");
-        assert!(acked.len() > 10, "room {room}: only {} appends acknowledged", acked.len());
-    }
+    writers.check(&cluster).await?;
     eprintln!("writers went on for {:?} after the restart", restarted_at.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_stopped_by_sigterm_hands_its_rooms_over_at_once() -> Result<()> {
+    let _quiet = quiet_machine();
+    let cluster = Cluster::up(2).await?;
+    let (node1, node2) = (cluster.node("node1").await?, cluster.node("node2").await?);
+    let mut client = Client::connect(&format!("ws://{}/parties/hostile/handover", node1.address)).await?;
+    append(&mut client, 1).await?;
+    signal(node1.pid, "TERM")?;
+    let (code, _) = client.recv_close().await?;
+    assert_eq!(code, 1001);
+    let exited = async {
+        while std::path::Path::new(&format!("/proc/{}/cmdline", node1.pid)).exists()
+            && !std::fs::read(format!("/proc/{}/cmdline", node1.pid)).unwrap_or_default().is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    within_for(Duration::from_secs(15), "node1 to exit", exited).await;
+    // It gave up its lease on the way out: nobody waits for it to run out.
+    let row = cluster
+        .db
+        .query_one("SELECT lease_until < clock_timestamp() FROM partyhost_nodes WHERE name = 'node1'", &[])
+        .await?;
+    assert!(row.get::<_, bool>(0), "node1 left its lease running");
+    let (status, body) = http(&node2.address, "/parties/hostile/handover/appends").await?;
+    assert_eq!((status, body.as_str()), (200, "appends 1"));
+    assert_eq!(cluster.owner("handover").await?.map(|(name, _)| name).as_deref(), Some("node2"));
     Ok(())
 }

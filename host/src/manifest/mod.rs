@@ -68,9 +68,10 @@ pub struct Manifest {
     pub serve: Option<ServeManifest>,
 }
 
-/// `[cluster]`: the database the nodes share. Each node's own name and
-/// address are given when it starts (`partyhost serve --cluster-node`,
-/// `--cluster-advertise`), since every node reads the same manifest.
+/// `[cluster]`: the database the nodes share, and (for a manifest per
+/// node) this node's name and address; nodes that share one manifest are
+/// told theirs when they start (`partyhost serve --cluster-node`,
+/// `--cluster-advertise`), which win over these.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
@@ -78,6 +79,10 @@ pub struct ClusterSpec {
     pub database: Option<String>,
     /// How long a node keeps its rooms without renewing (default 10 s).
     pub lease_ms: Option<u64>,
+    /// This node's name (default: its advertised address).
+    pub node: Option<String>,
+    /// The `host:port` other nodes reach this one at (default: `listen`).
+    pub advertise: Option<String>,
     /// Record (epoch, sequence) of every commit in `partyhost_commits`.
     #[serde(default)]
     pub audit: bool,
