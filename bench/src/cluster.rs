@@ -137,6 +137,10 @@ async fn measure(setup: Setup, args: &Args) -> anyhow::Result<Measured> {
     })
 }
 
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
 /// How one row of the table reads a setup's figures.
 type Cell = Box<dyn Fn(&Measured) -> String>;
 
@@ -155,7 +159,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("measuring {}", setup.name());
         results.push(measure(setup, &args).await?);
     }
-    let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
     let rows: [(&str, Cell); 7] = [
         ("round trip, one reaction at a time, p50 (a commit each)", Box::new(|m| us(m.round_trip.p50))),
         ("round trip p99", Box::new(|m| us(m.round_trip.p99))),
