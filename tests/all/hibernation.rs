@@ -135,6 +135,14 @@ async fn storage_beyond_the_room_quota_is_refused() -> Result<()> {
     assert_eq!(client.recv_text().await?, "stored 2048 bytes");
     client.send_text("put-key:2049").await?;
     assert_eq!(client.recv_text().await?, "refused: too large: storage key is over 2048 bytes");
+    // PostgreSQL's text cannot hold NUL, so no backend takes it.
+    client.send_text("put-named:a\u{1}b").await?;
+    assert_eq!(client.recv_text().await?, r#"stored "a\u{1}b""#);
+    client.send_text("put-named:a\0b").await?;
+    assert_eq!(
+        client.recv_text().await?,
+        "refused: invalid: a storage key may not contain the NUL character"
+    );
     client.send_text("put-value:131072").await?;
     assert_eq!(client.recv_text().await?, "stored 131072 bytes");
     client.send_text("put-value:131073").await?;

@@ -213,9 +213,8 @@ impl Postgres {
         let tx = client.transaction().await.context("starting the schema transaction")?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await?;
         tx.batch_execute(SCHEMA).await.context("creating the cluster schema")?;
-        let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| anyhow!("no randomness for the cluster secret: {e}"))?;
-        let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        // A deploy token's kind of secret: random bytes as hex.
+        let (fresh, _) = crate::manifest::new_token().context("making the cluster secret")?;
         tx.execute(
             "INSERT INTO partyhost_secret (id, secret) VALUES (1, $1) ON CONFLICT DO NOTHING",
             &[&fresh],
@@ -363,23 +362,6 @@ impl Postgres {
         if let Err(e) = left {
             tracing::warn!(cause = %e, "could not give up the lease; other nodes wait for it to run out");
         }
-    }
-
-    /// Keys plus values stored for a project's rooms, in bytes.
-    ///
-    /// # Errors
-    /// When the database cannot be asked.
-    pub async fn stored_bytes(&self, project: &str) -> anyhow::Result<u64> {
-        let session = self.session.read().await;
-        let bytes: i64 = session
-            .query_one(
-                "SELECT COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM partyhost_kv WHERE project = $1",
-                &[&project],
-            )
-            .await
-            .context("summing stored bytes")?
-            .get(0);
-        Ok(bytes.max(0).cast_unsigned())
     }
 }
 

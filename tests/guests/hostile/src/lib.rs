@@ -311,6 +311,11 @@ impl Party for Hostile {
                 sender.send(text);
                 return;
             }
+            // A key given whole (NUL and all).
+            Some(("put-named", key)) => match storage.put_bytes(key, b"v") {
+                Ok(()) => format!("stored {key:?}"),
+                Err(e) => format!("refused: {e}"),
+            },
             Some((what @ ("put-key" | "put-value"), len)) => {
                 let len = len.parse().unwrap_or(0);
                 let stored = match what {
