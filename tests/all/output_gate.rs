@@ -78,3 +78,43 @@ async fn get(addr: std::net::SocketAddr, path: &'static str) -> Result<(u16, Str
     let response = raw_http(addr, "GET", path, &[], "").await?;
     Ok((response.status, response.body, std::time::Instant::now()))
 }
+
+/// Calls that finish while their room's commit is in flight share the next
+/// commit; a call that then traps must not take their writes with it (the
+/// room reloads its storage after a trap, and their replies are already
+/// promised to leave once those writes are durable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_gathered_behind_a_commit_survive_a_trap_that_follows_them() -> Result<()> {
+    let dir = temp_dir();
+    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], "")).await?;
+    let mut client = Client::connect(&host.ws_url("/parties/main/batched")).await?;
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=1");
+    let hooks = host.local_rooms().commit_hooks().clone();
+
+    hooks.hold();
+    // The first append's commit is held; the next two wait for it in the
+    // room's next batch; then a call writes, broadcasts and traps.
+    for n in 1..=3 {
+        client.send_text(&format!("append:{n}")).await?;
+    }
+    client.send_text("write-broadcast-trap:").await?;
+    assert!(hears_nothing(&mut client).await, "a frame left before its commit");
+    hooks.release();
+    for n in 1..=3 {
+        assert_eq!(client.recv_text().await?, format!("acked {n}"));
+    }
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=2", "the trapped call's frame leaked");
+    // On disk and in the restarted room: the three appends, not the
+    // trapped call's write.
+    let db = rusqlite::Connection::open(dir.path().join("data/storage.sqlite"))?;
+    let stored: Vec<String> = db
+        .prepare("SELECT key FROM kv WHERE room = 'batched' AND key != 'starts' ORDER BY key")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    assert_eq!(stored, ["a:0000000001", "a:0000000002", "a:0000000003"]);
+    let (status, body) = host.http("GET", "/parties/main/batched/appends", "").await?;
+    assert_eq!((status, body.as_str()), (200, "appends 3"));
+    host.stop().await
+}

@@ -23,9 +23,57 @@ pub struct PendingWrites {
     pub(super) epoch: u64,
 }
 
+/// Writes to one key replace the key's earlier queued write while the
+/// queue is at most this long; past it they are appended (the scan for an
+/// earlier write would cost more than it saves).
+const COMPACT_WITHIN: usize = 64;
+
 impl PendingWrites {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.alarm.is_none()
+    }
+
+    /// Queues `write` after those already queued, dropping what it makes
+    /// moot: a key's earlier write, or every write before a delete-all.
+    /// Only the last write of each key reaches the database, so a room
+    /// that puts one key a thousand times between commits commits it once.
+    fn push(&mut self, write: Write) {
+        let key = match &write {
+            Write::DeleteAll => {
+                self.writes.clear();
+                self.writes.push(write);
+                return;
+            }
+            Write::Put(key, _) | Write::Delete(key) => key,
+        };
+        let earlier = (self.writes.len() <= COMPACT_WITHIN)
+            .then(|| {
+                self.writes.iter().rposition(|w| match w {
+                    Write::Put(k, _) | Write::Delete(k) => k == key,
+                    Write::DeleteAll => false,
+                })
+            })
+            .flatten();
+        match earlier {
+            // Writes to different keys commute, so the later write may
+            // take the earlier one's place; a delete-all between them would
+            // have cleared the queue.
+            Some(i) => self.writes[i] = write,
+            None => self.writes.push(write),
+        }
+    }
+
+    /// Appends the writes of `later` (made after these), so both commit as
+    /// one: what a room does with the writes of calls that ran while its
+    /// previous commit was in flight.
+    pub fn absorb(&mut self, later: PendingWrites) {
+        for write in later.writes {
+            self.push(write);
+        }
+        if later.alarm.is_some() {
+            self.alarm = later.alarm;
+        }
+        self.epoch = later.epoch;
     }
 }
 
@@ -80,7 +128,7 @@ impl RoomStorage {
 
     pub fn put(&mut self, key: String, value: Vec<u8>) {
         self.total_bytes = self.total_bytes_after_put(&key, &value);
-        self.pending.writes.push(Write::Put(key.clone(), value.clone()));
+        self.pending.push(Write::Put(key.clone(), value.clone()));
         self.entries.insert(key, value);
     }
 
@@ -88,14 +136,14 @@ impl RoomStorage {
     pub fn delete(&mut self, key: &str) -> bool {
         let Some(old) = self.entries.remove(key) else { return false };
         self.total_bytes -= key.len() + old.len();
-        self.pending.writes.push(Write::Delete(key.to_owned()));
+        self.pending.push(Write::Delete(key.to_owned()));
         true
     }
 
     pub fn delete_all(&mut self) {
         self.entries.clear();
         self.total_bytes = 0;
-        self.pending.writes.push(Write::DeleteAll);
+        self.pending.push(Write::DeleteAll);
     }
 
     /// Entries matching `query`, in key order (or reversed).
@@ -215,7 +263,56 @@ mod tests {
         s.put("y".into(), b"123".to_vec());
         assert_eq!(s.total_bytes(), 4);
         let pending = s.take_pending();
-        assert_eq!(pending.writes.len(), 3);
+        // The second put of `y` replaced the first.
+        assert!(
+            matches!(&pending.writes[..], [Write::Put(y, v), Write::Delete(x)] if y == "y" && v == b"123" && x == "x")
+        );
         assert!(s.take_pending().is_empty());
+    }
+
+    /// What each key holds after applying `writes` to `start`, as the
+    /// database would.
+    fn applied(start: &[(&str, &str)], writes: &PendingWrites) -> BTreeMap<String, Vec<u8>> {
+        let mut db: BTreeMap<String, Vec<u8>> =
+            start.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        for write in &writes.writes {
+            match write {
+                Write::Put(k, v) => drop(db.insert(k.clone(), v.clone())),
+                Write::Delete(k) => drop(db.remove(k)),
+                Write::DeleteAll => db.clear(),
+            }
+        }
+        db
+    }
+
+    #[test]
+    fn absorbed_writes_commit_what_the_cache_holds_and_no_more() {
+        let start = [("a", "0"), ("b", "0")];
+        let mut s = RoomStorage::new(
+            start.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+            None,
+        );
+        let mut batch = PendingWrites::default();
+        // Three "calls" whose writes join one batch.
+        s.put("a".into(), b"1".to_vec());
+        s.put("c".into(), b"1".to_vec());
+        batch.absorb(s.take_pending());
+        s.delete("a");
+        s.put("c".into(), b"2".to_vec());
+        s.set_alarm(Some(5));
+        batch.absorb(s.take_pending());
+        s.put("a".into(), b"3".to_vec());
+        batch.absorb(s.take_pending());
+        assert_eq!(batch.writes.len(), 2, "one write per key: {:?}", batch.writes);
+        assert_eq!(batch.alarm, Some(Some(5)));
+        let cache: BTreeMap<_, _> = s.list(&ListQuery::default()).into_iter().collect();
+        assert_eq!(applied(&start, &batch), cache);
+        // A delete-all makes everything before it moot, not what follows.
+        s.delete_all();
+        s.put("z".into(), b"9".to_vec());
+        batch.absorb(s.take_pending());
+        assert!(matches!(&batch.writes[..], [Write::DeleteAll, Write::Put(z, _)] if z == "z"));
+        let cache: BTreeMap<_, _> = s.list(&ListQuery::default()).into_iter().collect();
+        assert_eq!(applied(&start, &batch), cache);
     }
 }

@@ -1,6 +1,12 @@
 //! The output gate: after each guest call, commit its storage writes, and
 //! only then release what it produced: frames, fetches, responses. No
 //! client sees an effect whose writes a crash could still lose.
+//!
+//! A room has at most one commit in flight. The writes of calls that finish
+//! meanwhile join the room's next batch (a key written twice is written
+//! once), sent when the commit in flight is durable, as Durable Objects
+//! coalesce writes: a busy room commits once per round trip to the
+//! storage thread, not once per call.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,20 +22,31 @@ use crate::storage::CommitTicket;
 
 /// What one guest call produced, held until its writes are durable.
 pub(super) struct Output {
-    /// `None` when the call wrote nothing: it still waits its turn, so
-    /// output leaves in the order the calls ran.
-    commit: Option<CommitTicket>,
+    commit: Durability,
     outbox: Vec<(Target, Outgoing)>,
     fetches: Vec<FetchStart>,
     completed: Vec<(u64, Response)>,
 }
 
+/// What a held output waits for before it leaves.
+enum Durability {
+    /// Nothing of its own (the call wrote nothing, or its writes went with
+    /// an earlier output's commit): it leaves when every output before it
+    /// has left, so output leaves in the order the calls ran.
+    Turn,
+    /// Its writes wait in the room's next batch, not sent yet.
+    NextBatch,
+    /// Its writes are being committed, with those of the outputs behind it
+    /// that waited in the same batch.
+    Commit(CommitTicket),
+}
+
 impl Room {
-    /// Ends a guest call. Its writes are queued for commit and its output
-    /// (frames, fetches, responses) joins the gate, to leave once the
-    /// writes are durable; the room meanwhile goes on with its next event,
-    /// so one room's commits overlap its calls and share transactions.
-    /// A failed call resets the room. Returns whether the call succeeded.
+    /// Ends a guest call. Its writes join the room's next batch and its
+    /// output (frames, fetches, responses) joins the gate, to leave once
+    /// the writes are durable; the room meanwhile goes on with its next
+    /// event, so one room's commits overlap its calls. A failed call resets
+    /// the room. Returns whether the call succeeded.
     pub(super) async fn finish(&mut self, result: Result<(), GuestError>) -> bool {
         // A limit an import could not refuse (a broadcast) fails the call.
         let state = self.state_mut();
@@ -41,29 +58,48 @@ impl Room {
         }
         let state = self.state_mut();
         let writes = state.storage.take_pending();
+        let wrote = !writes.is_empty();
         let output = Output {
-            commit: None,
+            commit: if wrote { Durability::NextBatch } else { Durability::Turn },
             outbox: std::mem::take(&mut state.outbox),
             fetches: std::mem::take(&mut state.fetches),
             completed: std::mem::take(&mut state.completed),
         };
-        let commit = if writes.is_empty() {
-            None
-        } else {
-            match self.rooms.storage().queue_commit(&self.key, writes).await {
-                Ok(ticket) => Some(ticket),
-                Err(e) => {
-                    self.commit_failed(&e).await;
-                    return false;
-                }
-            }
-        };
-        if commit.is_none() && self.gate.is_empty() {
+        if !wrote && self.gate.is_empty() {
             self.release(output);
-        } else {
-            self.gate.push_back(Output { commit, ..output });
+            return true;
         }
-        true
+        self.next_batch.absorb(writes);
+        self.gate.push_back(output);
+        if self.committing() {
+            return true;
+        }
+        match self.send_batch().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.commit_failed(&e).await;
+                false
+            }
+        }
+    }
+
+    /// Whether one of the room's commits is in flight.
+    fn committing(&self) -> bool {
+        self.gate.iter().any(|output| matches!(output.commit, Durability::Commit(_)))
+    }
+
+    /// Sends the next batch for commit. The first output waiting for it
+    /// holds the ticket; the others leave behind it.
+    pub(super) async fn send_batch(&mut self) -> anyhow::Result<()> {
+        if self.next_batch.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut self.next_batch);
+        let mut ticket = Some(self.rooms.storage().queue_commit(&self.key, writes).await?);
+        for output in self.gate.iter_mut().filter(|o| matches!(o.commit, Durability::NextBatch)) {
+            output.commit = ticket.take().map_or(Durability::Turn, Durability::Commit);
+        }
+        Ok(())
     }
 
     /// Waits for the oldest held output's commit; `None` when nothing is
@@ -71,23 +107,32 @@ impl Room {
     pub(super) async fn next_durable(gate: &mut VecDeque<Output>) -> Option<anyhow::Result<()>> {
         let front = gate.front_mut()?;
         let result = match &mut front.commit {
-            Some(ticket) => ticket.durable().await,
-            None => Ok(()),
+            Durability::Commit(ticket) => ticket.durable().await,
+            Durability::Turn => Ok(()),
+            // Never at the front: a batch is sent as soon as no commit is
+            // in flight, and a commit in flight is ahead of it.
+            Durability::NextBatch => std::future::pending().await,
         };
-        front.commit = None;
+        front.commit = Durability::Turn;
         Some(result)
     }
 
     /// The oldest held output's writes are durable (or failed): release it
-    /// and every output behind it that wrote nothing.
+    /// and every output behind it that waits only for its turn, then send
+    /// the batch that gathered meanwhile.
     pub(super) async fn on_durable(&mut self, result: anyhow::Result<()>) {
         if let Err(e) = result {
             return self.commit_failed(&e).await;
         }
-        while self.gate.front().is_some_and(|output| output.commit.is_none()) {
+        while self.gate.front().is_some_and(|output| matches!(output.commit, Durability::Turn)) {
             if let Some(output) = self.gate.pop_front() {
                 self.release(output);
             }
+        }
+        if !self.committing()
+            && let Err(e) = self.send_batch().await
+        {
+            self.commit_failed(&e).await;
         }
     }
 
@@ -105,11 +150,13 @@ impl Room {
         if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
             tracing::warn!(room = %self.key, "another node claimed the room; stopping it here");
             self.gate.clear();
+            self.next_batch = crate::storage::PendingWrites::default();
             self.moved = true;
             return;
         }
         tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
         self.gate.clear();
+        self.next_batch = crate::storage::PendingWrites::default();
         self.reset_state().await;
     }
 

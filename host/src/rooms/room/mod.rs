@@ -94,6 +94,9 @@ pub(super) struct Room {
     /// The output gate: what each call produced, in order, until its
     /// writes are durable.
     gate: VecDeque<effects::Output>,
+    /// Writes of finished calls waiting for the commit in flight to end
+    /// (see `effects.rs`).
+    next_batch: crate::storage::PendingWrites,
     /// The room's place among its project's running rooms; given back as
     /// it retires, before it forwards late messages to its next run.
     running: Option<Lease>,
@@ -152,6 +155,7 @@ impl Room {
             pending_requests: HashMap::new(),
             fetches: JoinSet::new(),
             gate: VecDeque::new(),
+            next_batch: crate::storage::PendingWrites::default(),
             fence: None,
             moved: false,
         }
