@@ -11,7 +11,7 @@ use crate::load::{
     CpuMeter, Server, Socket, accepted_reactions_per_second, connect, next_text, send_reaction,
     start_partyhost,
 };
-use crate::stats::{Percentiles, ProcCpu, rss_bytes};
+use crate::stats::{Percentiles, ProcCpu, pss_bytes, rss_bytes};
 
 /// One row of a scenario's table.
 struct Row {
@@ -427,19 +427,19 @@ async fn open_loop(
 }
 
 /// Idle connections: `connections` over `rooms`; server memory per
-/// connection (RSS growth over the idle server).
+/// connection (RSS and PSS growth over the idle server).
 pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()> {
     // partyhost twice: with every room's instance live, and hibernating (the
     // example manifest's setting, made for idle sockets: instances go, the
     // sockets and the room's state stay).
-    let mut per_connection = Vec::new();
+    let (mut per_connection, mut proportional) = (Vec::new(), Vec::new());
     for server in [Some(false), Some(true), None] {
         let host = match server {
             Some(hibernate) => start_partyhost(true, hibernate).await?,
             None => Server::Native.start(true).await?,
         };
         let pid = host.pid()?;
-        let base = rss_bytes(pid)?;
+        let (base, base_pss) = (rss_bytes(pid)?, pss_bytes(pid)?);
         let mut sockets = Vec::with_capacity(connections);
         for i in 0..connections {
             let mut socket = connect(&host, &format!("idle-{}", i % rooms)).await?;
@@ -448,23 +448,23 @@ pub async fn connections(connections: usize, rooms: usize) -> anyhow::Result<()>
         }
         // Long enough for hibernating rooms to pass their idle timeout.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        per_connection.push(rss_bytes(pid)?.saturating_sub(base) as f64 / connections as f64 / 1024.0);
+        let per_socket = |now: u64, base: u64| now.saturating_sub(base) as f64 / connections as f64 / 1024.0;
+        per_connection.push(per_socket(rss_bytes(pid)?, base));
+        proportional.push(per_socket(pss_bytes(pid)?, base_pss));
     }
+    let row = |measure, figures: &[f64], i: usize| Row {
+        measure,
+        partyhost: figures[i],
+        native: figures[2],
+        unit: "KiB",
+    };
     print_table(
-        &format!("Idle connections: {connections} over {rooms} rooms (server RSS growth)"),
+        &format!("Idle connections: {connections} over {rooms} rooms (server RSS and PSS growth)"),
         &[
-            Row {
-                measure: "memory per connection, instances live",
-                partyhost: per_connection[0],
-                native: per_connection[2],
-                unit: "KiB",
-            },
-            Row {
-                measure: "memory per connection, hibernate = true",
-                partyhost: per_connection[1],
-                native: per_connection[2],
-                unit: "KiB",
-            },
+            row("RSS per connection, instances live", &per_connection, 0),
+            row("PSS per connection, instances live", &proportional, 0),
+            row("RSS per connection, hibernate = true", &per_connection, 1),
+            row("PSS per connection, hibernate = true", &proportional, 1),
         ],
         0.0,
     );
