@@ -340,3 +340,17 @@ async fn send_close(sink: &mut WsSink, code: u16, reason: &str) {
 fn close_frame(code: u16, reason: &str) -> WsMessage {
     WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
 }
+
+#[cfg(test)]
+mod tests {
+    /// A socket's task lives as long as its connection: its state is part
+    /// of what every idle socket costs (docs/benchmarks.md).
+    #[test]
+    fn a_sockets_task_stays_small() {
+        fn future_bytes<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let bytes = future_bytes(super::run);
+        assert!(bytes <= 2048, "the socket task's future is {bytes} bytes; box the await that grew it");
+    }
+}
