@@ -143,7 +143,7 @@ async fn client(
             Some(Ok(Message::Text(_))) => {
                 delivered.fetch_add(1, Ordering::Relaxed);
                 received += 1;
-                if received % clients == 0 {
+                if received.is_multiple_of(clients) {
                     sink.send(Message::text(REACTION)).await?;
                 }
             }

@@ -71,8 +71,11 @@ const MAX_ETAGS: usize = 16_384;
 /// ETags by file, valid while the file's size and modification time stay.
 #[derive(Default)]
 pub(crate) struct Etags {
-    known: std::sync::Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    known: std::sync::Mutex<KnownTags>,
 }
+
+/// Each file's size, modification time and ETag.
+type KnownTags = HashMap<PathBuf, (u64, Option<SystemTime>, String)>;
 
 impl Etags {
     /// `file`'s ETag, hashing the file (off the async threads) only when
@@ -96,7 +99,7 @@ impl Etags {
         Ok(etag)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (u64, Option<SystemTime>, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KnownTags> {
         self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -50,7 +50,7 @@ impl QueueSender {
     /// Queues `frame` unless that would pass a bound. Only the room sends,
     /// so checking then adding cannot race another sender past the bound.
     pub fn try_send(&self, frame: Outgoing) -> Result<(), QueueFull> {
-        let len = frame.len();
+        let len = frame.bytes();
         let queued = self.queued.load(Ordering::Acquire);
         if queued > 0 && queued.saturating_add(len) > self.max_bytes {
             return Err(QueueFull);
@@ -84,8 +84,8 @@ impl QueueReceiver {
     }
 
     fn taken(&self, frame: Outgoing) -> Outgoing {
-        self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-        self.all_queues.fetch_sub(frame.len(), Ordering::AcqRel);
+        self.queued.fetch_sub(frame.bytes(), Ordering::AcqRel);
+        self.all_queues.fetch_sub(frame.bytes(), Ordering::AcqRel);
         frame
     }
 }

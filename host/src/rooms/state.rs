@@ -49,7 +49,7 @@ pub enum Outgoing {
 
 impl Outgoing {
     /// Bytes the frame holds (a close frame's reason).
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         match self {
             Self::Text(bytes) | Self::Binary(bytes) => bytes.len(),
             Self::Close { reason, .. } => reason.len(),

@@ -78,7 +78,7 @@ impl Sandbox {
         config.max_wasm_stack(Limits::default().stack_bytes);
         let engine =
             Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
-        let ticker = Arc::new(Ticker::default());
+        let ticker = Arc::new(Ticker);
         spawn_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
             .context("starting the epoch ticker thread")?;
         priority::lower_compile_workers();
