@@ -64,30 +64,30 @@ impl ProcCpu {
     }
 }
 
-/// Resident memory of process `pid`, in bytes, from /proc.
-/// The process's proportional set size: like RSS, but a page mapped
-/// several times (every instance maps its party's copy-on-write memory
-/// image, whose pages it only reads) counts once in all, not once per
-/// mapping, so it is the memory the process really holds.
+/// The proportional set size of process `pid`, in bytes: like RSS, but a
+/// page mapped several times (every instance maps its party's copy-on-write
+/// memory image, whose pages it only reads) counts once in all, not once
+/// per mapping, so it is the memory the process really holds.
 ///
 /// # Errors
 /// When `/proc/<pid>/smaps_rollup` cannot be read.
 pub fn pss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let kib = rollup
-        .lines()
-        .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no Pss in /proc/{pid}/smaps_rollup"))?;
-    Ok(kib * 1024)
+    proc_kib(pid, "smaps_rollup", "Pss:").map(|kib| kib * 1024)
 }
 
+/// Resident memory of process `pid`, in bytes.
+///
+/// # Errors
+/// When `/proc/<pid>/status` cannot be read.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    proc_kib(pid, "status", "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// The `field` line of `/proc/<pid>/<file>`, in kB.
+fn proc_kib(pid: u32, file: &str, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/{file}"))
 }
