@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::host::ChildHost;
+use crate::load::accepted_reactions_per_second;
 use crate::scenarios::{closed_loop, fan_out_on, round_trip_on};
 use crate::stats::Percentiles;
 
@@ -102,6 +103,9 @@ impl Drop for ScriptCluster {
 /// What one setup did.
 struct Measured {
     round_trip: Percentiles,
+    /// One room, 32 reactions in flight: where a room's commits queue
+    /// behind each other.
+    throughput: f64,
     cold: Percentiles,
     cold_rate: f64,
     deliveries: f64,
@@ -124,12 +128,14 @@ async fn measure(setup: Setup, args: &Args) -> anyhow::Result<Measured> {
     };
     let host = Arc::new(host);
     let round_trip = round_trip_on(&host, args.round_trips).await?;
+    let throughput = accepted_reactions_per_second(&host, 32, args.seconds).await?;
     let started = Instant::now();
     let mut cold = closed_loop(&host, args.new_rooms, 16).await?;
     let cold_rate = args.new_rooms as f64 / started.elapsed().as_secs_f64();
     let fan = fan_out_on(&host, args.rooms, args.per_room, args.seconds).await?;
     Ok(Measured {
         round_trip,
+        throughput,
         cold: Percentiles::of(&mut cold),
         cold_rate,
         deliveries: fan.deliveries_per_second,
@@ -159,9 +165,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("measuring {}", setup.name());
         results.push(measure(setup, &args).await?);
     }
-    let rows: [(&str, Cell); 7] = [
+    let rows: [(&str, Cell); 8] = [
         ("round trip, one reaction at a time, p50 (a commit each)", Box::new(|m| us(m.round_trip.p50))),
         ("round trip p99", Box::new(|m| us(m.round_trip.p99))),
+        ("one room, 32 reactions in flight: accepted/s", Box::new(|m| format!("{:.0}", m.throughput))),
         ("new room: connect -> first message p50 (16 at once)", Box::new(|m| us(m.cold.p50))),
         ("new room p99", Box::new(|m| us(m.cold.p99))),
         ("new rooms/s", Box::new(|m| format!("{:.0}", m.cold_rate))),

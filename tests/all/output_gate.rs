@@ -79,6 +79,43 @@ async fn get(addr: std::net::SocketAddr, path: &'static str) -> Result<(u16, Str
     Ok((response.status, response.body, std::time::Instant::now()))
 }
 
+/// A host serving the hostile party, a client in `room` that has had its
+/// first answer, and the storage thread's test hooks.
+async fn started_room(
+    dir: &tempfile::TempDir,
+    room: &str,
+    extra: &str,
+) -> Result<(TestHost, Client, std::sync::Arc<partyhost::storage::CommitHooks>)> {
+    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], extra)).await?;
+    let mut client = Client::connect(&host.ws_url(&format!("/parties/main/{room}"))).await?;
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=1");
+    let hooks = host.local_rooms().commit_hooks().clone();
+    Ok((host, client, hooks))
+}
+
+/// With commits held: three appends (the first one's commit in flight, the
+/// other two gathered behind it), then a call that writes, broadcasts and
+/// traps; nothing may be heard yet.
+async fn appends_then_a_trap(client: &mut Client) -> Result<()> {
+    for n in 1..=3 {
+        client.send_text(&format!("append:{n}")).await?;
+    }
+    client.send_text("write-broadcast-trap:").await?;
+    assert!(hears_nothing(client).await, "a frame left before its commit");
+    Ok(())
+}
+
+/// The `append` keys stored in `room`, read from the file.
+fn stored_appends(dir: &tempfile::TempDir, room: &str) -> Result<Vec<String>> {
+    let db = rusqlite::Connection::open(dir.path().join("data/storage.sqlite"))?;
+    let keys = db
+        .prepare("SELECT key FROM kv WHERE room = ?1 AND key LIKE 'a:%' ORDER BY key")?
+        .query_map([room], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(keys)
+}
+
 /// Calls that finish while their room's commit is in flight share the next
 /// commit; a call that then traps must not take their writes with it (the
 /// room reloads its storage after a trap, and their replies are already
@@ -86,20 +123,9 @@ async fn get(addr: std::net::SocketAddr, path: &'static str) -> Result<(u16, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_gathered_behind_a_commit_survive_a_trap_that_follows_them() -> Result<()> {
     let dir = temp_dir();
-    let host = TestHost::start(dir.path(), &manifest(&[("main", HOSTILE)], "")).await?;
-    let mut client = Client::connect(&host.ws_url("/parties/main/batched")).await?;
-    client.send_text("ping").await?;
-    assert_eq!(client.recv_text().await?, "echo ping starts=1");
-    let hooks = host.local_rooms().commit_hooks().clone();
-
+    let (host, mut client, hooks) = started_room(&dir, "batched", "").await?;
     hooks.hold();
-    // The first append's commit is held; the next two wait for it in the
-    // room's next batch; then a call writes, broadcasts and traps.
-    for n in 1..=3 {
-        client.send_text(&format!("append:{n}")).await?;
-    }
-    client.send_text("write-broadcast-trap:").await?;
-    assert!(hears_nothing(&mut client).await, "a frame left before its commit");
+    appends_then_a_trap(&mut client).await?;
     hooks.release();
     for n in 1..=3 {
         assert_eq!(client.recv_text().await?, format!("acked {n}"));
@@ -108,13 +134,63 @@ async fn writes_gathered_behind_a_commit_survive_a_trap_that_follows_them() -> R
     assert_eq!(client.recv_text().await?, "echo ping starts=2", "the trapped call's frame leaked");
     // On disk and in the restarted room: the three appends, not the
     // trapped call's write.
-    let db = rusqlite::Connection::open(dir.path().join("data/storage.sqlite"))?;
-    let stored: Vec<String> = db
-        .prepare("SELECT key FROM kv WHERE room = 'batched' AND key != 'starts' ORDER BY key")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    assert_eq!(stored, ["a:0000000001", "a:0000000002", "a:0000000003"]);
+    assert_eq!(stored_appends(&dir, "batched")?, ["a:0000000001", "a:0000000002", "a:0000000003"]);
     let (status, body) = host.http("GET", "/parties/main/batched/appends", "").await?;
     assert_eq!((status, body.as_str()), (200, "appends 3"));
+    let (status, body) = host.http("GET", "/parties/main/batched/doomed", "").await?;
+    assert_eq!((status, body.as_str()), (200, "None"));
+    host.stop().await
+}
+
+/// A trap while one commit is in flight and later writes wait behind it:
+/// if that commit fails, the later writes must not land without it (the
+/// file would hold a state the room never had), and none of their replies
+/// may leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_takes_the_writes_gathered_behind_it_even_after_a_trap() -> Result<()> {
+    let dir = temp_dir();
+    let (host, mut client, hooks) = started_room(&dir, "torn", "").await?;
+    hooks.hold();
+    appends_then_a_trap(&mut client).await?;
+    hooks.fail_next();
+    hooks.release();
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=2", "a reply of a failed commit leaked");
+    let stored = stored_appends(&dir, "torn")?;
+    assert!(stored.is_empty(), "writes stored without the failed commit before them: {stored:?}");
+    let (status, body) = host.http("GET", "/parties/main/torn/appends", "").await?;
+    assert_eq!((status, body.as_str()), (200, "appends 0"));
+    host.stop().await
+}
+
+/// One step past the gate's bound: while its commit is held, a room runs
+/// 256 calls' worth of output and then stops taking events, so a stalled
+/// disk pushes back on clients instead of growing the room's memory; once
+/// the commit lands, every call runs and is answered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stops_taking_events_when_too_much_output_waits_for_a_stalled_commit() -> Result<()> {
+    let dir = temp_dir();
+    // Past the default message rate, which would stop the client first.
+    let (host, mut client, hooks) =
+        started_room(&dir, "stalled", "[limits]\nmessages_per_second = 100000").await?;
+    let calls = async || -> Result<f64> {
+        let metrics = host.http("GET", "/_partyhost/metrics", "").await?.1;
+        let name =
+            "partyhost_guest_call_seconds_count{project=\"test\",party=\"main\",handler=\"on-message\"}";
+        Ok(metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0))
+    };
+
+    hooks.hold();
+    for n in 1..=300 {
+        client.send_text(&format!("append:{n}")).await?;
+    }
+    tokio::time::sleep(QUIET).await;
+    // The ping, the first append (its commit held) and 256 more held behind it.
+    assert_eq!(calls().await?, 258.0, "calls ran past the bound on held output");
+    hooks.release();
+    for n in 1..=300 {
+        assert_eq!(client.recv_text().await?, format!("acked {n}"));
+    }
+    assert_eq!(calls().await?, 301.0);
     host.stop().await
 }

@@ -106,13 +106,15 @@ pub(super) fn run(
     // Split here, not in the task: an async fn keeps its arguments in its
     // state for as long as it runs, and the unsplit socket is 368 bytes.
     let (sink, stream) = ws.split();
-    serve(sink, stream, joined, shutdown, keepalive)
+    serve(joined, sink, stream, shutdown, keepalive)
 }
 
+// `joined` first: arguments drop last to first, and its drop tells the room
+// the socket has gone, which should follow the socket's own end.
 async fn serve(
+    mut joined: Joined,
     mut sink: WsSink,
     mut stream: futures_util::stream::SplitStream<WebSocket>,
-    mut joined: Joined,
     shutdown: CancellationToken,
     keepalive: Keepalive,
 ) {

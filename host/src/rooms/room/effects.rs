@@ -18,7 +18,12 @@ use crate::rooms::CLOSE_TRY_AGAIN;
 use crate::rooms::Rooms;
 use crate::rooms::state::{ConnectionEntry, FetchStart, Outgoing, Target};
 use crate::sandbox::{GuestError, Response};
-use crate::storage::CommitTicket;
+use crate::storage::{CommitTicket, PendingWrites};
+
+/// Outputs a room may hold behind its commits before it stops taking
+/// events until one is durable: a stalled disk or database then pushes back
+/// through the room's mailbox to its sockets instead of growing the gate.
+const MAX_HELD_OUTPUTS: usize = 256;
 
 /// What one guest call produced, held until its writes are durable.
 pub(super) struct Output {
@@ -71,16 +76,19 @@ impl Room {
         }
         self.next_batch.absorb(writes);
         self.gate.push_back(output);
-        if self.committing() {
-            return true;
+        if !self.committing()
+            && let Err(e) = self.send_batch().await
+        {
+            self.commit_failed(&e).await;
+            return false;
         }
-        match self.send_batch().await {
-            Ok(()) => true,
-            Err(e) => {
-                self.commit_failed(&e).await;
-                false
+        while self.gate.len() > MAX_HELD_OUTPUTS {
+            match Self::next_durable(&mut self.gate).await {
+                Some(result) => self.on_durable(result).await,
+                None => break,
             }
         }
+        true
     }
 
     /// Whether one of the room's commits is in flight.
@@ -100,6 +108,55 @@ impl Room {
             output.commit = ticket.take().map_or(Durability::Turn, Durability::Commit);
         }
         Ok(())
+    }
+
+    /// Waits until the room has nothing left to commit: the commit in
+    /// flight, then the batch gathered behind it, each released as it is
+    /// durable. A failed commit drops all that is held, as
+    /// [`Room::commit_failed`] does. Before a reload after a trap: the file
+    /// never holds a later batch without an earlier one, and the reload
+    /// sees every write whose output was promised.
+    pub(super) async fn settle_commits(&mut self) {
+        loop {
+            if !self.committing() {
+                if let Err(e) = self.send_batch().await {
+                    tracing::error!(room = %self.key, cause = %format!("{e:#}"), "queueing a commit failed");
+                    self.drop_held();
+                    return;
+                }
+                if !self.committing() {
+                    return;
+                }
+            }
+            match Self::next_durable(&mut self.gate).await {
+                Some(Ok(())) => self.release_ready(),
+                Some(Err(e)) => {
+                    if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
+                        self.moved = true;
+                    }
+                    tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; the room restarts from disk");
+                    self.drop_held();
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Drops every held output and the writes gathered for the next batch.
+    fn drop_held(&mut self) {
+        self.gate.clear();
+        self.next_batch = PendingWrites::default();
+    }
+
+    /// Releases the outputs at the front of the gate that wait only for
+    /// their turn.
+    fn release_ready(&mut self) {
+        while self.gate.front().is_some_and(|output| matches!(output.commit, Durability::Turn)) {
+            if let Some(output) = self.gate.pop_front() {
+                self.release(output);
+            }
+        }
     }
 
     /// Waits for the oldest held output's commit; `None` when nothing is
@@ -124,11 +181,7 @@ impl Room {
         if let Err(e) = result {
             return self.commit_failed(&e).await;
         }
-        while self.gate.front().is_some_and(|output| matches!(output.commit, Durability::Turn)) {
-            if let Some(output) = self.gate.pop_front() {
-                self.release(output);
-            }
-        }
+        self.release_ready();
         if !self.committing()
             && let Err(e) = self.send_batch().await
         {
@@ -149,14 +202,12 @@ impl Room {
     async fn commit_failed(&mut self, e: &anyhow::Error) {
         if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
             tracing::warn!(room = %self.key, "another node claimed the room; stopping it here");
-            self.gate.clear();
-            self.next_batch = crate::storage::PendingWrites::default();
+            self.drop_held();
             self.moved = true;
             return;
         }
         tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
-        self.gate.clear();
-        self.next_batch = crate::storage::PendingWrites::default();
+        self.drop_held();
         self.reset_state().await;
     }
 

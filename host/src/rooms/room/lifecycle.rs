@@ -160,15 +160,15 @@ impl Room {
         // `abort_all`: a fetch that had already finished could still be
         // joined from the old one and resume a handler that is gone.
         self.fetches = tokio::task::JoinSet::new();
+        // Writes of calls that succeeded land before the reload, so it sees
+        // them, and their output leaves; or, if one fails, none of it does.
+        self.settle_commits().await;
+        if self.moved {
+            return;
+        }
         let held = self.held_tasks();
         for (_, reply) in self.pending_requests.extract_if(|task, _| !held.contains(task)) {
             let _ = reply.send(super::error_response(500, "the room restarted after an error"));
-        }
-        // Writes of calls that succeeded go ahead of the reload (a room's
-        // jobs run in order), so it sees them; their output leaves as usual.
-        if let Err(e) = self.send_batch().await {
-            tracing::error!(room = %self.key, cause = %format!("{e:#}"), "queueing a commit failed");
-            self.gate.clear();
         }
         let reloaded = self.rooms.storage().load(&self.key).await;
         let state = self.state_mut();

@@ -200,8 +200,10 @@ impl Room {
                 () = sleep_until_ms(alarm), if alarm.is_some() => Event::Alarm,
                 () = sleep_until(idle_at), if idle_at.is_some() => Event::Idle,
             };
-            // A reload reaches the room here, before the event it woke for.
-            if !self.follow_party() {
+            // A reload reaches the room here, before the event it woke for;
+            // a commit's outcome is taken first, so a failed one is never
+            // released as durable by the flush after a removed party.
+            if !matches!(event, Event::Durable(_)) && !self.follow_party() {
                 break;
             }
             // Each event's work is boxed: a future holds the state of its
