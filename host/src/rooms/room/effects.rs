@@ -76,18 +76,11 @@ impl Room {
         }
         self.next_batch.absorb(writes);
         self.gate.push_back(output);
-        if !self.committing()
-            && let Err(e) = self.send_batch().await
-        {
+        if let Err(e) = self.send_batch().await {
             self.commit_failed(&e).await;
             return false;
         }
-        while self.gate.len() > MAX_HELD_OUTPUTS {
-            match Self::next_durable(&mut self.gate).await {
-                Some(result) => self.on_durable(result).await,
-                None => break,
-            }
-        }
+        while self.gate.len() > MAX_HELD_OUTPUTS && self.settle_front().await {}
         true
     }
 
@@ -96,10 +89,11 @@ impl Room {
         self.gate.iter().any(|output| matches!(output.commit, Durability::Commit(_)))
     }
 
-    /// Sends the next batch for commit. The first output waiting for it
-    /// holds the ticket; the others leave behind it.
-    pub(super) async fn send_batch(&mut self) -> anyhow::Result<()> {
-        if self.next_batch.is_empty() {
+    /// Sends the next batch for commit, unless a commit is in flight (the
+    /// batch then goes when it is durable). The first output waiting for
+    /// it holds the ticket; the others leave behind it.
+    async fn send_batch(&mut self) -> anyhow::Result<()> {
+        if self.next_batch.is_empty() || self.committing() {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.next_batch);
@@ -118,28 +112,33 @@ impl Room {
     /// sees every write whose output was promised.
     pub(super) async fn settle_commits(&mut self) {
         loop {
+            if let Err(e) = self.send_batch().await {
+                self.drop_after_failed_commit(&e);
+                return;
+            }
             if !self.committing() {
-                if let Err(e) = self.send_batch().await {
-                    tracing::error!(room = %self.key, cause = %format!("{e:#}"), "queueing a commit failed");
-                    self.drop_held();
-                    return;
-                }
-                if !self.committing() {
-                    return;
-                }
+                return;
             }
             match Self::next_durable(&mut self.gate).await {
                 Some(Ok(())) => self.release_ready(),
                 Some(Err(e)) => {
-                    if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
-                        self.moved = true;
-                    }
-                    tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; the room restarts from disk");
-                    self.drop_held();
+                    self.drop_after_failed_commit(&e);
                     return;
                 }
                 None => return,
             }
+        }
+    }
+
+    /// Waits for the oldest held output's commit and acts on its outcome;
+    /// false when nothing is held.
+    async fn settle_front(&mut self) -> bool {
+        match Self::next_durable(&mut self.gate).await {
+            Some(result) => {
+                self.on_durable(result).await;
+                true
+            }
+            None => false,
         }
     }
 
@@ -182,33 +181,37 @@ impl Room {
             return self.commit_failed(&e).await;
         }
         self.release_ready();
-        if !self.committing()
-            && let Err(e) = self.send_batch().await
-        {
+        if let Err(e) = self.send_batch().await {
             self.commit_failed(&e).await;
         }
     }
 
     /// Waits for every held output and releases it (shutdown).
     pub(super) async fn drain_gate(&mut self) {
-        while let Some(result) = Self::next_durable(&mut self.gate).await {
-            self.on_durable(result).await;
-        }
+        while self.settle_front().await {}
     }
 
     /// A commit failed: the room's cache and every held output reflect
     /// writes that are not durable, so all of it goes. When another node
     /// has claimed the room, the room stops instead (see `moved_away`).
     async fn commit_failed(&mut self, e: &anyhow::Error) {
+        if self.drop_after_failed_commit(e) {
+            self.reset_state().await;
+        }
+    }
+
+    /// Drops everything held after a failed commit, and says whether the
+    /// room should reload from storage: not when another node has claimed
+    /// it (it stops instead, see `moved_away`).
+    fn drop_after_failed_commit(&mut self, e: &anyhow::Error) -> bool {
+        self.drop_held();
         if e.downcast_ref::<crate::storage::OwnershipLost>().is_some() {
             tracing::warn!(room = %self.key, "another node claimed the room; stopping it here");
-            self.drop_held();
             self.moved = true;
-            return;
+            return false;
         }
         tracing::error!(room = %self.key, cause = %format!("{e:#}"), "storage commit failed; resetting the room");
-        self.drop_held();
-        self.reset_state().await;
+        true
     }
 
     /// Tasks whose responses wait in the gate: a reset must not fail them,
