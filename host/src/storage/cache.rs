@@ -315,4 +315,20 @@ mod tests {
         let cache: BTreeMap<_, _> = s.list(&ListQuery::default()).into_iter().collect();
         assert_eq!(applied(&start, &batch), cache);
     }
+
+    /// One step past [`COMPACT_WITHIN`]: later writes are appended, not
+    /// folded, and the batch still commits exactly what the cache holds.
+    #[test]
+    fn a_batch_past_the_compaction_cutoff_still_commits_the_last_write_of_each_key() {
+        let mut s = RoomStorage::default();
+        for i in 0..=COMPACT_WITHIN {
+            s.put(format!("k{i}"), b"1".to_vec());
+        }
+        s.put("k0".into(), b"2".to_vec());
+        s.delete("k1");
+        let batch = s.take_pending();
+        assert_eq!(batch.writes.len(), COMPACT_WITHIN + 3, "appended past the cutoff");
+        let cache: BTreeMap<_, _> = s.list(&ListQuery::default()).into_iter().collect();
+        assert_eq!(applied(&[], &batch), cache);
+    }
 }
