@@ -360,8 +360,17 @@ DEADLINE=0
 # Whether the node has exited (then shows the end of its log).
 node_exited() {
   node_alive "$@" && return 1
+  # When `up` started it, its status says how it ended (a signal leaves no
+  # line in the log): 128 + N is signal N.
+  local how="exited" status=0
+  if child_running "$2"; then
+    how="no longer recognisable by its command line (pid $2 still runs)"
+  else
+    wait "$2" 2>/dev/null || status=$?
+    ((status == 127)) || how="exited with status $status"
+  fi
   echo >&2
-  echo "$1 exited; the end of $DIR/$1.log:" >&2
+  echo "$1 $how; the end of $DIR/$1.log:" >&2
   tail -n 30 "$DIR/$1.log" >&2
 }
 
