@@ -98,7 +98,11 @@ async fn started_room(
 /// other two gathered behind it), then a call that writes, broadcasts and
 /// traps; nothing may be heard yet.
 async fn appends_then_a_trap(client: &mut Client) -> Result<()> {
-    for n in 1..=3 {
+    client.send_text("append:1").await?;
+    // Its mailbox empty, the room sends this commit (held) before the others
+    // arrive; sent together, they would gather into one batch.
+    tokio::time::sleep(QUIET / 3).await;
+    for n in 2..=3 {
         client.send_text(&format!("append:{n}")).await?;
     }
     client.send_text("write-broadcast-trap:").await?;
@@ -192,5 +196,36 @@ async fn a_room_stops_taking_events_when_too_much_output_waits_for_a_stalled_com
         assert_eq!(client.recv_text().await?, format!("acked {n}"));
     }
     assert_eq!(calls().await?, 301.0);
+    host.stop().await
+}
+
+/// With nothing held, a room commits on its own thread (the connection is
+/// free); a commit that fails there must keep the gate's promise as the
+/// storage thread's does: the call's reply never leaves and the room
+/// restarts from disk. The failure is SQLite's own, from a trigger put in
+/// the file by another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_on_the_rooms_own_thread_releases_nothing() -> Result<()> {
+    let dir = temp_dir();
+    let (host, mut client, hooks) = started_room(&dir, "inline", "").await?;
+    client.send_text("append:1").await?;
+    assert_eq!(client.recv_text().await?, "acked 1");
+    let tried = hooks.made_by_rooms();
+
+    let db = rusqlite::Connection::open(dir.path().join("data/storage.sqlite"))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse_appends BEFORE INSERT ON kv WHEN NEW.key = 'a:0000000002'
+         BEGIN SELECT RAISE(ABORT, 'the disk said no'); END;",
+    )?;
+    client.send_text("append:2").await?;
+    assert!(hears_nothing(&mut client).await, "the reply left although its commit failed");
+    assert_eq!(hooks.made_by_rooms(), tried + 1, "the commit did not run on the room's thread");
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=2", "the room did not restart from disk");
+
+    db.execute_batch("DROP TRIGGER refuse_appends")?;
+    client.send_text("append:3").await?;
+    assert_eq!(client.recv_text().await?, "acked 3");
+    assert_eq!(stored_appends(&dir, "inline")?, ["a:0000000001", "a:0000000003"]);
     host.stop().await
 }

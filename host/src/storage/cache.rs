@@ -63,6 +63,16 @@ impl PendingWrites {
         }
     }
 
+    /// Bytes of keys and values the batch writes; `None` for a batch with a
+    /// delete-all, whose cost is that of every row of the room.
+    pub fn weight(&self) -> Option<usize> {
+        self.writes.iter().try_fold(0, |bytes, write| match write {
+            Write::Put(key, value) => Some(bytes + key.len() + value.len()),
+            Write::Delete(key) => Some(bytes + key.len()),
+            Write::DeleteAll => None,
+        })
+    }
+
     /// Appends the writes of `later` (made after these), so both commit as
     /// one: what a room does with the writes of calls that ran while its
     /// previous commit was in flight.

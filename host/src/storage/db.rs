@@ -24,9 +24,25 @@ CREATE TABLE IF NOT EXISTS alarms (
 ) WITHOUT ROWID;
 ";
 
-/// The host's storage file. Owned by the storage thread (see `writer.rs`).
+/// Pages written to the write-ahead log between two checkpoints into the
+/// file, as SQLite's own automatic checkpoint would (every 1,000 pages); it
+/// is off because it runs inside whichever commit crosses it, and commits
+/// also run on the host's serving threads (see `writer.rs`), which must not
+/// wait for a checkpoint's fsync. Pages are estimated: a row changed, a
+/// page per 4 KiB written and one per commit.
+const CHECKPOINT_PAGES: u64 = 1000;
+/// What the log file is cut back to after a checkpoint let it start over.
+const WAL_FILE_KEPT: i64 = 8 << 20;
+/// How long a commit of the storage thread waits while another connection
+/// (an operator's `sqlite3`, a backup) holds the file's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The host's storage file, shared by the storage thread and the rooms that
+/// commit without it (see `writer.rs`).
 pub struct Db {
     conn: Connection,
+    /// Pages written to the log since the last checkpoint (estimated).
+    uncheckpointed: u64,
 }
 
 /// Applies one room's writes inside `tx`, in the order they were made.
@@ -61,6 +77,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, key: &RoomKey, writes: &PendingWrites) 
     Ok(())
 }
 
+/// Whether SQLite refused because another connection holds the lock.
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(failure, _)) if failure.code == rusqlite::ErrorCode::DatabaseBusy)
+    })
+}
+
 /// An alarm found in the file at start-up.
 #[derive(Debug, Clone)]
 pub struct StoredAlarm {
@@ -80,9 +104,29 @@ impl Db {
         // only a power loss can drop the last commits.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_FILE_KEPT)?;
         conn.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
-        Ok(Self { conn })
+        Ok(Self { conn, uncheckpointed: 0 })
+    }
+
+    /// Whether enough commits went into the write-ahead log since the last
+    /// [`Db::checkpoint`].
+    pub fn checkpoint_due(&self) -> bool {
+        self.uncheckpointed >= CHECKPOINT_PAGES
+    }
+
+    /// Copies the write-ahead log into the file (SQLite's PASSIVE
+    /// checkpoint, which waits for no reader), so the log can start over.
+    ///
+    /// # Errors
+    /// On an SQLite error (the commits stay durable in the log).
+    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.uncheckpointed = 0;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .context("checkpointing the write-ahead log")
     }
 
     /// Reads a room's entries and alarm.
@@ -112,11 +156,36 @@ impl Db {
     /// # Errors
     /// On an SQLite error; nothing of the batch is applied then.
     pub fn commit_many(&mut self, batch: &[(&RoomKey, &PendingWrites)]) -> anyhow::Result<()> {
+        let rows_before = self.conn.total_changes();
         let tx = self.conn.transaction()?;
         for (key, writes) in batch {
             apply(&tx, key, writes).with_context(|| format!("writing storage of room {key}"))?;
         }
-        tx.commit().context("committing storage")
+        tx.commit().context("committing storage")?;
+        let rows = self.conn.total_changes().saturating_sub(rows_before);
+        let bytes: usize = batch.iter().filter_map(|(_, writes)| writes.weight()).sum();
+        self.uncheckpointed = self.uncheckpointed.saturating_add(rows + (bytes >> 12) as u64 + 1);
+        Ok(())
+    }
+
+    /// [`Db::commit_many`] for one room, without waiting for another
+    /// connection's write lock: `None` when the file is busy (nothing is
+    /// applied then). For commits made on a serving thread.
+    pub fn commit_without_waiting(
+        &mut self,
+        key: &RoomKey,
+        writes: &PendingWrites,
+    ) -> Option<anyhow::Result<()>> {
+        if let Err(e) = self.conn.busy_timeout(std::time::Duration::ZERO) {
+            return Some(Err(e.into()));
+        }
+        let committed = self.commit_many(&[(key, writes)]);
+        let restored = self.conn.busy_timeout(BUSY_TIMEOUT).context("restoring the busy timeout");
+        match committed {
+            Err(e) if is_busy(&e) => None,
+            Err(e) => Some(Err(e)),
+            Ok(()) => Some(restored),
+        }
     }
 
     /// Every stored alarm, so the host can schedule them after a restart.

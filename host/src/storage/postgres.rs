@@ -463,6 +463,8 @@ impl Writer {
                         self.poisoned.retain(|(poisoned, _)| poisoned != &key);
                         let _ = reply.send(self.claim_and_load(&key).await);
                     }
+                    // PostgreSQL checkpoints by itself.
+                    Job::Checkpoint => {}
                 }
                 if group.len() < max_group {
                     next = queue.try_recv().ok();

@@ -2,11 +2,14 @@
 //! only then release what it produced: frames, fetches, responses. No
 //! client sees an effect whose writes a crash could still lose.
 //!
-//! A room has at most one commit in flight. The writes of calls that finish
-//! meanwhile join the room's next batch (a key written twice is written
-//! once), sent when the commit in flight is durable, as Durable Objects
-//! coalesce writes: a busy room commits once per round trip to the
-//! storage thread, not once per call.
+//! Writes gather in the room's next batch (a key written twice is written
+//! once), as Durable Objects coalesce writes: the room commits the batch
+//! once the events already in its mailbox are handled (or after
+//! [`GATHER_AT_MOST`]), so a burst of messages shares one
+//! commit. It commits on its own thread when the SQLite connection is free
+//! ([`crate::storage::Storage::commit_now`]), else through the storage
+//! thread. A room has at most one commit in flight; what finishes meanwhile
+//! waits in the next batch, sent when that commit is durable.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,6 +27,12 @@ use crate::storage::{CommitTicket, PendingWrites};
 /// events until one is durable: a stalled disk or database then pushes back
 /// through the room's mailbox to its sockets instead of growing the gate.
 const MAX_HELD_OUTPUTS: usize = 256;
+
+/// How long a room gathers writes while more events wait in its mailbox,
+/// before it commits anyway: bounds how long the first output of a burst
+/// waits for the others (and for events that produce none, such as
+/// connects refused at a full room, which would keep the mailbox busy).
+const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 
 /// What one guest call produced, held until its writes are durable.
 pub(super) struct Output {
@@ -74,14 +83,26 @@ impl Room {
             self.release(output);
             return true;
         }
+        if wrote && self.next_batch.is_empty() {
+            self.gathering_since = Some(std::time::Instant::now());
+        }
         self.next_batch.absorb(writes);
         self.gate.push_back(output);
-        if let Err(e) = self.send_batch().await {
-            self.commit_failed(&e).await;
-            return false;
-        }
         while self.gate.len() > MAX_HELD_OUTPUTS && self.settle_front().await {}
         true
+    }
+
+    /// After each event: commits the gathered batch, unless more events
+    /// wait in the mailbox and it began gathering less than
+    /// [`GATHER_AT_MOST`] ago (a burst then shares one commit).
+    pub(super) async fn commit_gathered(&mut self) {
+        let young = self.gathering_since.is_some_and(|since| since.elapsed() < GATHER_AT_MOST);
+        if !self.rx.is_empty() && young {
+            return;
+        }
+        if let Err(e) = self.send_batch().await {
+            self.commit_failed(&e).await;
+        }
     }
 
     /// Whether one of the room's commits is in flight.
@@ -89,18 +110,25 @@ impl Room {
         self.gate.iter().any(|output| matches!(output.commit, Durability::Commit(_)))
     }
 
-    /// Sends the next batch for commit, unless a commit is in flight (the
-    /// batch then goes when it is durable). The first output waiting for
-    /// it holds the ticket; the others leave behind it.
+    /// Commits the next batch, unless a commit is in flight (the batch then
+    /// goes when it is durable): at once when the database is free, and
+    /// the outputs waiting on it leave; else queued, and the first output
+    /// waiting on it holds the ticket, the others leave behind it.
     async fn send_batch(&mut self) -> anyhow::Result<()> {
         if self.next_batch.is_empty() || self.committing() {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.next_batch);
-        let mut ticket = Some(self.rooms.storage().queue_commit(&self.key, writes).await?);
+        self.gathering_since = None;
+        let storage = self.rooms.storage();
+        let mut ticket = match storage.commit_now(&self.key, &writes) {
+            Some(committed) => committed.map(|()| None)?,
+            None => Some(storage.queue_commit(&self.key, writes).await?),
+        };
         for output in self.gate.iter_mut().filter(|o| matches!(o.commit, Durability::NextBatch)) {
             output.commit = ticket.take().map_or(Durability::Turn, Durability::Commit);
         }
+        self.release_ready();
         Ok(())
     }
 
@@ -133,6 +161,11 @@ impl Room {
     /// Waits for the oldest held output's commit and acts on its outcome;
     /// false when nothing is held.
     async fn settle_front(&mut self) -> bool {
+        // The batch still gathering goes first: nothing else sends it.
+        if let Err(e) = self.send_batch().await {
+            self.commit_failed(&e).await;
+            return true;
+        }
         match Self::next_durable(&mut self.gate).await {
             Some(result) => {
                 self.on_durable(result).await;
@@ -146,6 +179,7 @@ impl Room {
     fn drop_held(&mut self) {
         self.gate.clear();
         self.next_batch = PendingWrites::default();
+        self.gathering_since = None;
     }
 
     /// Releases the outputs at the front of the gate that wait only for
@@ -165,8 +199,9 @@ impl Room {
         let result = match &mut front.commit {
             Durability::Commit(ticket) => ticket.durable().await,
             Durability::Turn => Ok(()),
-            // Never at the front: a batch is sent as soon as no commit is
-            // in flight, and a commit in flight is ahead of it.
+            // At the front only while the room gathers a burst, with events
+            // in its mailbox to handle: it is sent after them (see `run`),
+            // or by `settle_front`.
             Durability::NextBatch => std::future::pending().await,
         };
         front.commit = Durability::Turn;

@@ -94,9 +94,11 @@ pub(super) struct Room {
     /// The output gate: what each call produced, in order, until its
     /// writes are durable.
     gate: VecDeque<effects::Output>,
-    /// Writes of finished calls waiting for the commit in flight to end
-    /// (see `effects.rs`).
+    /// Writes of finished calls not committed yet: gathered over a burst
+    /// of events, or waiting for the commit in flight (see `effects.rs`).
     next_batch: crate::storage::PendingWrites,
+    /// When the first write of the next batch was gathered.
+    gathering_since: Option<std::time::Instant>,
     /// The room's place among its project's running rooms; given back as
     /// it retires, before it forwards late messages to its next run.
     running: Option<Lease>,
@@ -156,6 +158,7 @@ impl Room {
             fetches: JoinSet::new(),
             gate: VecDeque::new(),
             next_batch: crate::storage::PendingWrites::default(),
+            gathering_since: None,
             fence: None,
             moved: false,
         }
@@ -222,6 +225,9 @@ impl Room {
                         return Box::pin(self.retired()).await;
                     }
                 }
+            }
+            if !self.next_batch.is_empty() {
+                Box::pin(self.commit_gathered()).await;
             }
             if self.moved {
                 return Box::pin(self.moved_away()).await;
@@ -385,8 +391,9 @@ impl Room {
     }
 
     async fn fire_alarm(&mut self) {
-        // Cleared and committed before the call: the handler may set the
-        // next one, and a handler that traps does not fire again at once.
+        // Cleared before the call, in the batch its writes join (committed
+        // even when it traps, before the room reloads): the handler may set
+        // the next one, and a handler that traps does not fire again at once.
         let hops = self.state().alarm_hops;
         let retry = std::mem::take(&mut self.state_mut().alarm_retry);
         let _ = self.state_mut().set_alarm(None);
