@@ -5,10 +5,11 @@
 //!
 //! A room's storage is loaded into its [`RoomStorage`] when the room starts.
 //! Writes apply to the cache at once (so reads within a handler see them)
-//! and are queued; after each event the room hands the queue to the
-//! [`Storage`] thread, which commits the queues of every room waiting at that
-//! moment in one transaction. This module knows nothing of wasmtime or of
-//! sockets.
+//! and are queued; the room commits the queue itself when the SQLite
+//! connection is free and the queue small ([`Storage::commit_now`]), else
+//! hands it to the [`Storage`] thread, which commits the queues of every room
+//! waiting at that moment in one transaction. This module knows nothing of
+//! wasmtime or of sockets.
 
 mod cache;
 mod db;
