@@ -363,18 +363,24 @@ mod tests {
     use super::*;
     use crate::ids::{PartyName, RoomId};
 
+    /// Storage on a fresh file, and a room's key.
+    fn opened() -> anyhow::Result<(tempfile::TempDir, Storage, RoomKey)> {
+        let dir = tempfile::tempdir()?;
+        let (storage, _, _) = Storage::open(&dir.path().join("storage.sqlite"), None)?;
+        let key = RoomKey {
+            party: PartyName::try_from("p").map_err(|e| anyhow!("{e}"))?,
+            room: RoomId::try_from("r").map_err(|e| anyhow!("{e}"))?,
+        };
+        Ok((dir, storage, key))
+    }
+
     /// Rooms that commit on their own threads never checkpoint; the log
     /// must still be copied into the file and start over, or a room writing
     /// for ever grows it for ever (SQLite's automatic checkpoint is off).
     #[tokio::test]
     async fn commits_made_by_rooms_keep_the_write_ahead_log_bounded() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
+        let (dir, storage, key) = opened()?;
         let path = dir.path().join("storage.sqlite");
-        let (storage, _, _) = Storage::open(&path, None)?;
-        let key = RoomKey {
-            party: PartyName::try_from("p").map_err(|e| anyhow!("{e}"))?,
-            room: RoomId::try_from("r").map_err(|e| anyhow!("{e}"))?,
-        };
         let commits = 3_000;
         let mut inline = 0;
         for i in 0..commits {
@@ -406,12 +412,7 @@ mod tests {
     /// One byte past the bound, and a delete-all, go to the storage thread.
     #[tokio::test]
     async fn only_small_batches_are_committed_on_the_rooms_own_thread() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let (storage, _, _) = Storage::open(&dir.path().join("storage.sqlite"), None)?;
-        let key = RoomKey {
-            party: PartyName::try_from("p").map_err(|e| anyhow!("{e}"))?,
-            room: RoomId::try_from("r").map_err(|e| anyhow!("{e}"))?,
-        };
+        let (_dir, storage, key) = opened()?;
         let batch = |value_bytes: usize, delete_all: bool| {
             let mut room = RoomStorage::new(Default::default(), None);
             if delete_all {
@@ -440,13 +441,8 @@ mod tests {
     /// serving thread, it goes to the storage thread.
     #[tokio::test]
     async fn a_commit_on_a_rooms_thread_does_not_wait_for_another_process() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
+        let (dir, storage, key) = opened()?;
         let path = dir.path().join("storage.sqlite");
-        let (storage, _, _) = Storage::open(&path, None)?;
-        let key = RoomKey {
-            party: PartyName::try_from("p").map_err(|e| anyhow!("{e}"))?,
-            room: RoomId::try_from("r").map_err(|e| anyhow!("{e}"))?,
-        };
         let other = rusqlite::Connection::open(&path)?;
         other.execute_batch("BEGIN IMMEDIATE")?;
         let mut room = RoomStorage::new(Default::default(), None);
