@@ -229,3 +229,34 @@ async fn a_commit_that_fails_on_the_rooms_own_thread_releases_nothing() -> Resul
     assert_eq!(stored_appends(&dir, "inline")?, ["a:0000000001", "a:0000000003"]);
     host.stop().await
 }
+
+/// A commit fails while its room's party is being removed (`partyhost dev`,
+/// the manifest edited): the room hears of the removal only at its next
+/// event, here the failed commit's outcome, which must be taken first. Were
+/// the removal followed first, the room would stop and flush its held
+/// output as if the commit had been durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_as_its_party_is_removed_releases_nothing() -> Result<()> {
+    let dir = temp_dir();
+    let party = |name: &str, wasm: &str| format!("[parties.{name}]\nwasm = {wasm:?}\n");
+    let kept = format!("name = \"dev\"\n{}", party("kept", crate::guests::REACTIONS));
+    let host = TestHost::start_dev(dir.path(), &format!("{kept}{}", party("main", HOSTILE))).await?;
+    let mut client = Client::connect(&host.ws_url("/parties/main/removed")).await?;
+    client.send_text("ping").await?;
+    assert_eq!(client.recv_text().await?, "echo ping starts=1");
+    let hooks = host.local_rooms().commit_hooks().clone();
+
+    hooks.hold();
+    client.send_text("append:1").await?;
+    assert!(hears_nothing(&mut client).await, "a frame left before its commit");
+    std::fs::write(dir.path().join("partykit.toml"), &kept)?;
+    host.wait_for_reloads(1, 0).await;
+    hooks.fail_next();
+    hooks.release();
+    assert!(hears_nothing(&mut client).await, "the reply of a failed commit left as the room stopped");
+    // The next event finds the party gone: the room closes its sockets.
+    client.send_text("ping").await?;
+    let (code, _) = client.recv_close().await?;
+    assert_eq!(code, 1001);
+    host.stop().await
+}
