@@ -111,8 +111,8 @@ impl Db {
         Ok(Self { conn, uncheckpointed: 0 })
     }
 
-    /// Whether enough commits went into the write-ahead log since the last
-    /// [`Db::checkpoint`].
+    /// Whether enough pages went into the write-ahead log since the last
+    /// [`Db::checkpoint`] (see [`CHECKPOINT_PAGES`]).
     pub fn checkpoint_due(&self) -> bool {
         self.uncheckpointed >= CHECKPOINT_PAGES
     }

@@ -100,7 +100,7 @@ impl SharedDb {
 /// Lets a test decide when commits happen: hold them all until released,
 /// or fail the next group. The output gate's tests use it to show that
 /// nothing leaves a room before its writes are durable. Nothing else calls
-/// it; unused, it costs one uncontended lock per group commit.
+/// it; unused, it costs one uncontended lock per commit.
 #[derive(Debug, Default)]
 pub struct CommitHooks {
     state: Mutex<HookState>,
@@ -213,7 +213,7 @@ impl Storage {
     /// cluster, [`super::OwnedElsewhere`] when another node serves the room.
     pub async fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
         let (reply, result) = oneshot::channel();
-        self.send(Job::Load { key: key.clone(), reply }).await?;
+        self.send(key, Job::Load { key: key.clone(), reply }).await?;
         result.await.map_err(|_| anyhow!("the storage thread stopped"))?
     }
 
@@ -225,7 +225,7 @@ impl Storage {
     /// When the storage thread has stopped.
     pub async fn queue_commit(&self, key: &RoomKey, writes: PendingWrites) -> anyhow::Result<CommitTicket> {
         let (reply, result) = oneshot::channel();
-        self.send(Job::Commit { key: key.clone(), writes, reply }).await?;
+        self.send(key, Job::Commit { key: key.clone(), writes, reply }).await?;
         Ok(CommitTicket(result))
     }
 
@@ -249,9 +249,7 @@ impl Storage {
         self.hooks.made_by_rooms.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let committed = db.commit_without_waiting(key, writes)?;
-        if let Some(histogram) = &shared.commit_seconds {
-            histogram.observe(started.elapsed().as_secs_f64());
-        }
+        observe(&shared.commit_seconds, started);
         if db.checkpoint_due() && !shared.checkpoint_asked.swap(true, Ordering::Relaxed) {
             // Not here: a checkpoint syncs the file. A full queue only
             // puts it off to the next commit.
@@ -262,11 +260,8 @@ impl Storage {
         Some(committed)
     }
 
-    async fn send(&self, job: Job) -> anyhow::Result<()> {
-        let key = match &job {
-            Job::Load { key, .. } | Job::Commit { key, .. } => key,
-            Job::Checkpoint => return Err(anyhow!("checkpoints are the storage thread's own")),
-        };
+    /// Queues `job`, about `key`'s room, on the writer that room's jobs go to.
+    async fn send(&self, key: &RoomKey, job: Job) -> anyhow::Result<()> {
         let writer = if self.jobs.len() == 1 {
             0
         } else {
@@ -324,6 +319,13 @@ fn run(shared: &SharedDb, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
     }
 }
 
+/// Records a commit's time in `commit_seconds`, when metrics are on.
+fn observe(commit_seconds: &Option<Histogram>, started: std::time::Instant) {
+    if let Some(histogram) = commit_seconds {
+        histogram.observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Commits every queued room's writes in one transaction. If that fails,
 /// each room is committed alone, so one bad batch fails only its own room.
 fn commit_group(
@@ -344,9 +346,7 @@ fn commit_group(
     }
     let batch: Vec<(&RoomKey, &PendingWrites)> = group.iter().map(|(k, w, _)| (k, w)).collect();
     let committed = db.commit_many(&batch);
-    if let Some(histogram) = commit_seconds {
-        histogram.observe(started.elapsed().as_secs_f64());
-    }
+    observe(commit_seconds, started);
     match committed {
         Ok(()) => group.drain(..).for_each(|(_, _, reply)| drop(reply.send(Ok(())))),
         Err(e) => {
