@@ -339,10 +339,14 @@ async fn an_alarm_wakes_its_own_projects_room_and_no_other() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_switch_to_a_new_version_drops_nothing_in_flight() -> Result<()> {
     let dir = temp_dir();
-    let extra = "[vars]\nRATE_LIMIT_MS = \"0\"";
+    // The socket reacts flat out for as long as the deploy takes, so its
+    // rate limit is off: 100 messages a second closed it (1008) when a
+    // deploy on busy cores took longer than its burst.
+    let extra = "[vars]\nRATE_LIMIT_MS = \"0\"\n[limits]\nmessages_per_second = 1000000";
     let alice = Tenant::new(dir.path(), "alice", &[("reactions", REACTIONS)], extra)?;
+    let caps = "[caps]\nmessages_per_second = 1000000";
     let host =
-        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], "")).await?;
+        TestHost::start_with_tenants(dir.path(), &local_project(), &tenants_toml(&[&alice], caps)).await?;
     host.deploy(&alice).await?;
     let mut socket = Client::connect(&host.ws_url(&alice.path("/parties/reactions/busy"))).await?;
     socket.recv_json().await?;
