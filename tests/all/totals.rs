@@ -51,8 +51,18 @@ async fn guest_memory_stops_at_the_total_across_instances() -> Result<()> {
     }
     let (room, status, body) = refused.expect("20 instances fit in an 8 MiB total");
     assert!(room >= 1, "not even one instance fit");
-    assert_eq!((status, body.as_str()), (503, "the room could not start; see the host log"));
+    // A cap, said as one: not "the room could not start", as for a party
+    // that fails.
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("the room cannot start: "), "{body}");
+    assert!(body.contains("([totals] memory_mib)"), "{body}");
     assert!(hits(&host)["totals"].as_u64() >= Some(1) || hits(&host)["memory"].as_u64() >= Some(1));
+    // A WebSocket is told to come back later (1013), as at the instances'
+    // cap, not that the room failed (1011).
+    let mut socket = Client::connect(&host.ws_url("/parties/main/one-more")).await?;
+    let (code, reason) = socket.recv_close().await?;
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("[totals] memory_mib"), "{reason}");
     let (used, cap) = host.local_rooms().totals().host.usage(partyhost::budget::Resource::Memory);
     assert!(used <= cap, "{used} of {cap}");
     host.stop().await

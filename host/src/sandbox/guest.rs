@@ -9,7 +9,7 @@ use wasmtime::Engine;
 use wasmtime::Store;
 
 use super::bindings::{GateOutcome, Message, Party, PartyPre, Request, RequestOutcome, RoomApi, Traits};
-use super::error::GuestError;
+use super::error::{GuestError, TrapKind};
 use super::limits::{INSTANTIATE_CALLS, Limits};
 use super::meter::CpuMeter;
 use super::store::{StoreData, on_epoch_tick};
@@ -79,7 +79,16 @@ impl<R: RoomApi> Guest<R> {
                 cpu_per_event: limits.cpu_per_event,
                 wall_per_event: limits.wall_per_event,
             }),
-            Err(e) => Err((store.into_data().room, e)),
+            Err(e) => {
+                // Out of the project's or host's memory: a cap, which the
+                // room reports as one (1013, 503 with the cap's text).
+                let refused_by = store.data_mut().memory_refused_by();
+                let e = match refused_by {
+                    Some(cap) if e.kind == TrapKind::MemoryLimit => GuestError::cap(&cap),
+                    _ => e,
+                };
+                Err((store.into_data().room, e))
+            }
         }
     }
 

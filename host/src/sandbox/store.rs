@@ -92,6 +92,11 @@ impl<R: RoomApi> StoreData<R> {
     pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.memory
     }
+
+    /// The total that refused this instance memory, if one did.
+    pub(super) fn memory_refused_by(&mut self) -> Option<CapReached> {
+        self.memory.refused_by.take()
+    }
 }
 
 impl<R: Send> WasiView for StoreData<R> {
@@ -142,11 +147,15 @@ struct MemoryLimiter {
     /// The last grant, taken back if wasmtime then fails the growth (past
     /// the memory's declared maximum, say).
     last_grant: usize,
+    /// The project's or host's total that last refused a growth: an
+    /// instance that cannot start for it is refused as at a cap, not as a
+    /// failing party.
+    refused_by: Option<CapReached>,
 }
 
 impl MemoryLimiter {
     fn new(limit: usize, lease: Lease) -> Self {
-        Self { limit, used: 0, lease, last_grant: 0 }
+        Self { limit, used: 0, lease, last_grant: 0, refused_by: None }
     }
 
     fn grow_failed(&mut self) {
@@ -162,6 +171,7 @@ impl MemoryLimiter {
             return Err(MemoryLimitReached { limit: self.limit, total: None }.into());
         }
         if let Err(cap) = self.lease.grow(more as u64) {
+            self.refused_by = Some(cap.clone());
             return Err(MemoryLimitReached { limit: self.limit, total: Some(cap) }.into());
         }
         self.used = after;
