@@ -134,13 +134,35 @@ impl Db {
     /// # Errors
     /// On an SQLite error; the message names the room.
     pub fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
+        self.load_within(key, usize::MAX, usize::MAX)?
+            .ok_or_else(|| anyhow::anyhow!("room {key} holds more than the address space"))
+    }
+
+    /// [`Db::load`], given up (`None`) once the room holds more than
+    /// `max_rows` entries or `max_bytes` of keys and values.
+    fn load_within(
+        &self,
+        key: &RoomKey,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> anyhow::Result<Option<RoomStorage>> {
         let conn = &self.conn;
-        let mut stmt = conn.prepare_cached("SELECT key, value FROM kv WHERE party = ?1 AND room = ?2")?;
-        let rows = stmt.query_map(params![key.party.as_str(), key.room.as_str()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-        });
-        let entries: BTreeMap<String, Vec<u8>> =
-            rows.and_then(Iterator::collect).with_context(|| format!("loading storage of room {key}"))?;
+        let context = || format!("loading storage of room {key}");
+        let mut stmt = conn
+            .prepare_cached("SELECT key, value FROM kv WHERE party = ?1 AND room = ?2")
+            .with_context(context)?;
+        let mut rows = stmt.query(params![key.party.as_str(), key.room.as_str()]).with_context(context)?;
+        let mut entries = BTreeMap::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().with_context(context)? {
+            let (k, v): (String, Vec<u8>) =
+                (row.get(0).with_context(context)?, row.get(1).with_context(context)?);
+            bytes = bytes.saturating_add(k.len() + v.len());
+            if entries.len() >= max_rows || bytes > max_bytes {
+                return Ok(None);
+            }
+            entries.insert(k, v);
+        }
         let alarm = conn
             .prepare_cached("SELECT time_ms FROM alarms WHERE party = ?1 AND room = ?2")
             .and_then(|mut stmt| {
@@ -148,7 +170,19 @@ impl Db {
             })
             .optional()
             .with_context(|| format!("loading the alarm of room {key}"))?;
-        Ok(RoomStorage::new(entries, alarm.map(|t| t.max(0).cast_unsigned())))
+        Ok(Some(RoomStorage::new(entries, alarm.map(|t| t.max(0).cast_unsigned()))))
+    }
+
+    /// [`Db::load`] for a serving thread: without waiting for another
+    /// connection's lock, and only for a room of at most `max_rows` entries
+    /// and `max_bytes`; `None` when busy or bigger.
+    pub fn load_without_waiting(
+        &mut self,
+        key: &RoomKey,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Option<anyhow::Result<RoomStorage>> {
+        self.without_waiting(|db| db.load_within(key, max_rows, max_bytes))?.transpose()
     }
 
     /// Applies the queued writes of one or more rooms in one transaction.
@@ -176,22 +210,27 @@ impl Db {
         key: &RoomKey,
         writes: &PendingWrites,
     ) -> Option<anyhow::Result<()>> {
+        self.without_waiting(|db| db.commit_many(&[(key, writes)]))
+    }
+
+    /// Runs `work` with no busy timeout: `None` when another connection's
+    /// lock refused it.
+    fn without_waiting<T>(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
         if let Err(e) = self.conn.busy_timeout(std::time::Duration::ZERO) {
             return Some(Err(e.into()));
         }
-        let committed = self.commit_many(&[(key, writes)]);
+        let done = work(self);
         let restored = self.conn.busy_timeout(BUSY_TIMEOUT).context("restoring the busy timeout");
-        match committed {
+        match done {
             Err(e) if is_busy(&e) => None,
             Err(e) => Some(Err(e)),
-            Ok(()) => Some(restored),
+            Ok(value) => Some(restored.map(|()| value)),
         }
     }
 
-    /// Every stored alarm, so the host can schedule them after a restart.
-    ///
-    /// # Errors
-    /// On an SQLite error.
     /// Keys plus values stored for every room, in bytes: what the storage
     /// totals start from.
     ///
@@ -209,6 +248,10 @@ impl Db {
         Ok(bytes.max(0).cast_unsigned())
     }
 
+    /// Every stored alarm, so the host can schedule them after a restart.
+    ///
+    /// # Errors
+    /// On an SQLite error.
     pub fn alarms(&self) -> anyhow::Result<Vec<StoredAlarm>> {
         let mut stmt = self.conn.prepare("SELECT party, room, time_ms FROM alarms")?;
         let rows = stmt.query_map([], |row| {
@@ -276,6 +319,32 @@ mod tests {
         room.set_alarm(None);
         db.commit_many(&[(&a, &room.take_pending())])?;
         assert!(db.alarms()?.is_empty());
+        Ok(())
+    }
+
+    /// What a serving thread may read: one entry or one byte past the
+    /// bounds, nothing.
+    #[test]
+    fn a_load_without_waiting_gives_up_one_past_its_bounds() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut db = Db::open(&dir.path().join("storage.sqlite"))?;
+        let (a, b) = (key("p", "a"), key("p", "b"));
+        let mut room = db.load(&a)?;
+        (0..3).for_each(|i| room.put(i.to_string(), Vec::new()));
+        db.commit_many(&[(&a, &room.take_pending())])?;
+        assert!(matches!(db.load_without_waiting(&a, 3, 100), Some(Ok(read)) if read.get("2").is_some()));
+        room.put("3".into(), Vec::new());
+        db.commit_many(&[(&a, &room.take_pending())])?;
+        assert!(db.load_without_waiting(&a, 3, 100).is_none());
+
+        let mut other = db.load(&b)?;
+        other.put("k".into(), vec![0; 9]);
+        db.commit_many(&[(&b, &other.take_pending())])?;
+        assert!(matches!(db.load_without_waiting(&b, 3, 10), Some(Ok(read)) if read.get("k").is_some()));
+        other.put("k".into(), vec![0; 10]);
+        db.commit_many(&[(&b, &other.take_pending())])?;
+        assert!(db.load_without_waiting(&b, 3, 10).is_none());
+        assert_eq!(db.load(&b)?.get("k").map(<[u8]>::len), Some(10));
         Ok(())
     }
 }

@@ -13,11 +13,16 @@
 //! holds up at most the one thread that found the connection free. The
 //! storage thread also owns the checkpoints, so no fsync of theirs runs on
 //! a serving thread.
+//!
+//! A room that starts reads its storage the same way when the connection is
+//! free and no queued commit waits for the thread ([`Storage::load`]): a new
+//! room's first answer then waits for no thread hop, and a room too big to
+//! read in a moment is read by the thread.
 
 use anyhow::{Context, anyhow};
 use prometheus_client::metrics::histogram::Histogram;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +43,11 @@ const MAX_GROUP: usize = 512;
 const COMMIT_NOW_BYTES: usize = 64 << 10;
 /// The most writes (each its own statement) such a batch may hold.
 const COMMIT_NOW_WRITES: usize = 256;
+/// The most entries, and bytes of keys and values, a room may hold to be
+/// read on a serving thread when it starts; a bigger one is read by the
+/// storage thread.
+const LOAD_NOW_ROWS: usize = 1024;
+const LOAD_NOW_BYTES: usize = COMMIT_NOW_BYTES;
 /// Connections writing to PostgreSQL at once, rooms spread over them: a
 /// claim (a round trip or three) or a group commit on one does not hold up
 /// the rooms of the others.
@@ -85,9 +95,23 @@ struct SharedDb {
     /// (a lock is not fair, and rooms taking it back to back could keep
     /// loads, big commits and checkpoints waiting).
     thread_waiting: AtomicBool,
+    /// Commits queued for the storage thread and not yet applied: a load on
+    /// a serving thread must not overtake one (it could be an earlier run
+    /// of the same room's). Lowered by the thread while it holds `db`.
+    unapplied: AtomicUsize,
 }
 
 impl SharedDb {
+    fn new(db: Db, commit_seconds: Option<Histogram>) -> Self {
+        Self {
+            db: Mutex::new(db),
+            commit_seconds,
+            checkpoint_asked: false.into(),
+            thread_waiting: false.into(),
+            unapplied: 0.into(),
+        }
+    }
+
     /// The connection, for the storage thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
         self.thread_waiting.store(true, Ordering::Relaxed);
@@ -173,12 +197,7 @@ impl Storage {
         let stored_bytes = db.stored_bytes()?;
         let (jobs, queue) = mpsc::channel(QUEUE);
         let hooks = Arc::new(CommitHooks::default());
-        let shared = Arc::new(SharedDb {
-            db: Mutex::new(db),
-            commit_seconds,
-            checkpoint_asked: false.into(),
-            thread_waiting: false.into(),
-        });
+        let shared = Arc::new(SharedDb::new(db, commit_seconds));
         let (thread_hooks, thread_db) = (hooks.clone(), shared.clone());
         std::thread::Builder::new()
             .name("storage".into())
@@ -206,12 +225,17 @@ impl Storage {
         &self.hooks
     }
 
-    /// Reads a room's storage (in a cluster, claims the room first).
+    /// Reads a room's storage (in a cluster, claims the room first): on
+    /// the caller's thread when [`Storage::load_now`] can, else on the
+    /// storage thread.
     ///
     /// # Errors
     /// On a database error, or when the storage thread has stopped; in a
     /// cluster, [`super::OwnedElsewhere`] when another node serves the room.
     pub async fn load(&self, key: &RoomKey) -> anyhow::Result<RoomStorage> {
+        if let Some(loaded) = self.load_now(key) {
+            return loaded;
+        }
         let (reply, result) = oneshot::channel();
         self.send(key, Job::Load { key: key.clone(), reply }).await?;
         result.await.map_err(|_| anyhow!("the storage thread stopped"))?
@@ -227,6 +251,24 @@ impl Storage {
         let (reply, result) = oneshot::channel();
         self.send(key, Job::Commit { key: key.clone(), writes, reply }).await?;
         Ok(CommitTicket(result))
+    }
+
+    /// Reads a room's storage on the caller's thread if the SQLite
+    /// connection is free right now, no queued commit waits for the storage
+    /// thread, and the room is small; `None` when not (or on PostgreSQL,
+    /// where a load also claims the room). Never waits, neither for the
+    /// connection nor for another process's lock on the file.
+    fn load_now(&self, key: &RoomKey) -> Option<anyhow::Result<RoomStorage>> {
+        let shared = self.sqlite.as_ref()?;
+        if shared.thread_waiting.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut db = shared.db.try_lock().ok()?;
+        // Read under the lock, which the thread holds while it lowers it.
+        if shared.unapplied.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        db.load_without_waiting(key, LOAD_NOW_ROWS, LOAD_NOW_BYTES)
     }
 
     /// Commits `writes` on the caller's thread if the SQLite connection is
@@ -269,7 +311,14 @@ impl Storage {
             std::hash::Hash::hash(key, &mut hasher);
             (std::hash::Hasher::finish(&hasher) % self.jobs.len() as u64) as usize
         };
-        self.jobs[writer].send(job).await.map_err(|_| anyhow!("the storage thread stopped"))
+        let slot = self.jobs[writer].reserve().await.map_err(|_| anyhow!("the storage thread stopped"))?;
+        // Counted as it is queued, with no wait in between that a caller
+        // could abandon.
+        if let (Job::Commit { .. }, Some(shared)) = (&job, &self.sqlite) {
+            shared.unapplied.fetch_add(1, Ordering::SeqCst);
+        }
+        slot.send(job);
+        Ok(())
     }
 }
 
@@ -295,9 +344,13 @@ fn run(shared: &SharedDb, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
         // taken queue their commits instead of waiting.
         let mut db = shared.lock();
         let mut next = Some(job);
+        let mut commits = 0;
         while let Some(job) = next.take() {
             match job {
-                Job::Commit { key, writes, reply } => group.push((key, writes, reply)),
+                Job::Commit { key, writes, reply } => {
+                    commits += 1;
+                    group.push((key, writes, reply));
+                }
                 Job::Load { key, reply } => {
                     // Commits queued before this load must land first.
                     commit_group(&mut db, &mut group, hooks, &shared.commit_seconds);
@@ -310,6 +363,7 @@ fn run(shared: &SharedDb, mut queue: mpsc::Receiver<Job>, hooks: &CommitHooks) {
             }
         }
         commit_group(&mut db, &mut group, hooks, &shared.commit_seconds);
+        shared.unapplied.fetch_sub(commits, Ordering::SeqCst);
         shared.checkpoint_asked.store(false, Ordering::Relaxed);
         if db.checkpoint_due()
             && let Err(e) = db.checkpoint()
@@ -433,6 +487,53 @@ mod tests {
         };
         assert!(matches!(storage.commit_now(&key, &writes(COMMIT_NOW_WRITES)), Some(Ok(()))));
         assert!(storage.commit_now(&key, &writes(COMMIT_NOW_WRITES + 1)).is_none());
+        Ok(())
+    }
+
+    /// A room starting while a commit of an earlier run of it still waits
+    /// for the storage thread is read by the thread, after that commit: read
+    /// at once, it would start without the commit's writes.
+    #[tokio::test]
+    async fn a_load_on_the_callers_thread_never_overtakes_a_queued_commit() -> anyhow::Result<()> {
+        let (dir, _, key) = opened()?;
+        // The storage thread not started yet: queued jobs wait.
+        let shared = Arc::new(SharedDb::new(Db::open(&dir.path().join("storage.sqlite"))?, None));
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let hooks = Arc::new(CommitHooks::default());
+        let storage = Storage { jobs: Arc::new([jobs]), hooks: hooks.clone(), sqlite: Some(shared.clone()) };
+        let mut room = RoomStorage::new(Default::default(), None);
+        room.put("k".into(), b"v".to_vec());
+        let mut ticket = storage.queue_commit(&key, room.take_pending()).await?;
+        assert!(storage.load_now(&key).is_none(), "read past a commit still queued");
+        let thread = std::thread::spawn(move || run(&shared, queue, &hooks));
+        ticket.durable().await?;
+        // The thread lets go of the connection just after it answers.
+        let started = std::time::Instant::now();
+        let loaded = loop {
+            match storage.load_now(&key) {
+                Some(loaded) => break loaded?,
+                None if started.elapsed() < std::time::Duration::from_secs(5) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                None => anyhow::bail!("never read at once, with nothing queued"),
+            }
+        };
+        assert_eq!(loaded.get("k"), Some(&b"v"[..]));
+        drop(storage);
+        thread.join().map_err(|_| anyhow!("the storage thread panicked"))?;
+        Ok(())
+    }
+
+    /// A room too big to read at once (one entry past the bound) is read
+    /// whole by the storage thread. (The bounds themselves: db.rs.)
+    #[tokio::test]
+    async fn a_room_too_big_to_read_at_once_is_read_by_the_thread() -> anyhow::Result<()> {
+        let (_dir, storage, key) = opened()?;
+        let mut room = RoomStorage::new(Default::default(), None);
+        (0..=LOAD_NOW_ROWS).for_each(|i| room.put(format!("{i:04}"), Vec::new()));
+        storage.queue_commit(&key, room.take_pending()).await?.durable().await?;
+        let loaded = storage.load(&key).await?;
+        assert_eq!(loaded.list(&super::super::cache::ListQuery::default()).len(), LOAD_NOW_ROWS + 1);
         Ok(())
     }
 
