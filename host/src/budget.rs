@@ -302,19 +302,21 @@ mod tests {
     }
 
     #[test]
-    fn takes_from_both_or_neither_and_leases_give_back() {
+    fn takes_from_both_or_neither_and_leases_give_back() -> anyhow::Result<()> {
         let host = Scope::new("this host", &spec(3), &TotalsSpec::unlimited());
         let alice = Totals {
             project: Scope::new("project `alice`", &spec(2), &TotalsSpec::unlimited()),
             host: host.clone(),
         };
         let bob = Totals { project: Scope::new("project `bob`", &spec(2), &TotalsSpec::unlimited()), host };
-        let a1 = alice.lease(Resource::Rooms, 1).unwrap();
-        let _a2 = alice.lease(Resource::Rooms, 1).unwrap();
-        let refused = alice.lease(Resource::Rooms, 1).unwrap_err();
+        let a1 = alice.lease(Resource::Rooms, 1)?;
+        let _a2 = alice.lease(Resource::Rooms, 1)?;
+        let Err(refused) = alice.lease(Resource::Rooms, 1) else {
+            anyhow::bail!("a third room past alice's cap")
+        };
         assert_eq!(refused.to_string(), "project `alice` is at its cap of 2 running rooms ([totals] rooms)");
-        let _b1 = bob.lease(Resource::Rooms, 1).unwrap();
-        let refused = bob.lease(Resource::Rooms, 1).unwrap_err();
+        let _b1 = bob.lease(Resource::Rooms, 1)?;
+        let Err(refused) = bob.lease(Resource::Rooms, 1) else { anyhow::bail!("a room past the host's cap") };
         assert_eq!(refused.scope, "this host");
         assert_eq!(
             bob.project.usage(Resource::Rooms).0,
@@ -323,30 +325,32 @@ mod tests {
         );
         drop(a1);
         assert!(bob.lease(Resource::Rooms, 1).is_ok());
+        Ok(())
     }
 
     #[test]
-    fn room_starts_come_in_bursts_of_a_fifth_of_the_rate() {
+    fn room_starts_come_in_bursts_of_a_fifth_of_the_rate() -> anyhow::Result<()> {
         let spec = TotalsSpec { room_starts_per_second: Some(15), ..TotalsSpec::unlimited() };
         let totals = Totals {
             project: Scope::new("p", &spec, &spec),
             host: Scope::new("h", &TotalsSpec::unlimited(), &TotalsSpec::unlimited()),
         };
         for _ in 0..3 {
-            totals.admit_start().unwrap();
+            totals.admit_start()?;
         }
-        let refused = totals.admit_start().unwrap_err();
+        let Err(refused) = totals.admit_start() else { anyhow::bail!("a fourth start in the burst") };
         assert_eq!(
             refused.to_string(),
             "p is at its cap of 15 room starts per second ([totals] room_starts_per_second)"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-        totals.admit_start().unwrap();
+        totals.admit_start()?;
+        Ok(())
     }
 
     #[test]
     fn a_missing_cap_is_the_default_not_unlimited() {
         let scope = Scope::new("p", &TotalsSpec::default(), &TotalsSpec::project_defaults());
-        assert_eq!(scope.usage(Resource::Rooms).1, TotalsSpec::project_defaults().rooms.unwrap());
+        assert_eq!(Some(scope.usage(Resource::Rooms).1), TotalsSpec::project_defaults().rooms);
     }
 }
