@@ -14,10 +14,11 @@
 //! storage thread also owns the checkpoints, so no fsync of theirs runs on
 //! a serving thread.
 //!
-//! A room that starts reads its storage the same way when the connection is
-//! free and no queued commit waits for the thread ([`Storage::load`]): a new
-//! room's first answer then waits for no thread hop, and a room too big to
-//! read in a moment is read by the thread.
+//! A room reads its storage (as it starts, or after a reset) the same way
+//! when the connection is free and no commit queued for the thread is still
+//! unapplied ([`Storage::load`]): a new room's first answer then waits for
+//! no thread hop, and a room too big to read in a moment is read by the
+//! thread.
 
 use anyhow::{Context, anyhow};
 use prometheus_client::metrics::histogram::Histogram;
@@ -79,7 +80,8 @@ pub struct Storage {
     /// they run in the order the room sent them.
     jobs: Arc<[mpsc::Sender<Job>]>,
     hooks: Arc<CommitHooks>,
-    /// The SQLite file, for [`Storage::commit_now`]; `None` on PostgreSQL.
+    /// The SQLite file, for [`Storage::commit_now`] and
+    /// [`Storage::load_now`]; `None` on PostgreSQL.
     sqlite: Option<Arc<SharedDb>>,
 }
 
@@ -524,16 +526,58 @@ mod tests {
         Ok(())
     }
 
-    /// A room too big to read at once (one entry past the bound) is read
-    /// whole by the storage thread. (The bounds themselves: db.rs.)
+    /// [`Storage::load_now`] once the storage thread has let go of the
+    /// connection (it answers a commit just before): the first time a
+    /// small room is read at once, `key` is tried.
+    async fn load_now_when_idle(storage: &Storage, key: &RoomKey) -> anyhow::Result<Option<RoomStorage>> {
+        let probe = RoomKey {
+            party: key.party.clone(),
+            room: crate::ids::RoomId::try_from("probe").map_err(|e| anyhow!("{e}"))?,
+        };
+        let started = std::time::Instant::now();
+        while storage.load_now(&probe).is_none() {
+            anyhow::ensure!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "the storage thread never let go"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        storage.load_now(key).transpose()
+    }
+
+    /// A room at the bounds is read at once; one entry or one byte past
+    /// them, by the storage thread, whole.
     #[tokio::test]
-    async fn a_room_too_big_to_read_at_once_is_read_by_the_thread() -> anyhow::Result<()> {
+    async fn only_small_rooms_are_read_on_the_callers_thread() -> anyhow::Result<()> {
         let (_dir, storage, key) = opened()?;
+        let commit = |room: &mut RoomStorage| {
+            let (storage, key, writes) = (storage.clone(), key.clone(), room.take_pending());
+            async move { storage.queue_commit(&key, writes).await?.durable().await }
+        };
         let mut room = RoomStorage::new(Default::default(), None);
-        (0..=LOAD_NOW_ROWS).for_each(|i| room.put(format!("{i:04}"), Vec::new()));
-        storage.queue_commit(&key, room.take_pending()).await?.durable().await?;
-        let loaded = storage.load(&key).await?;
-        assert_eq!(loaded.list(&super::super::cache::ListQuery::default()).len(), LOAD_NOW_ROWS + 1);
+        (0..LOAD_NOW_ROWS).for_each(|i| room.put(format!("{i:04}"), Vec::new()));
+        commit(&mut room).await?;
+        assert!(
+            load_now_when_idle(&storage, &key).await?.is_some(),
+            "{LOAD_NOW_ROWS} entries not read at once"
+        );
+        room.put("one more".into(), Vec::new());
+        commit(&mut room).await?;
+        assert!(load_now_when_idle(&storage, &key).await?.is_none(), "one entry past the bound read at once");
+        let whole = storage.load(&key).await?;
+        assert_eq!(whole.list(&super::super::cache::ListQuery::default()).len(), LOAD_NOW_ROWS + 1);
+
+        room.delete_all();
+        room.put("k".into(), vec![0; LOAD_NOW_BYTES - 1]);
+        commit(&mut room).await?;
+        assert!(
+            load_now_when_idle(&storage, &key).await?.is_some(),
+            "{LOAD_NOW_BYTES} bytes not read at once"
+        );
+        room.put("k".into(), vec![0; LOAD_NOW_BYTES]);
+        commit(&mut room).await?;
+        assert!(load_now_when_idle(&storage, &key).await?.is_none(), "one byte past the bound read at once");
+        assert_eq!(storage.load(&key).await?.get("k").map(<[u8]>::len), Some(LOAD_NOW_BYTES));
         Ok(())
     }
 
