@@ -347,4 +347,30 @@ mod tests {
         assert_eq!(db.load(&b)?.get("k").map(<[u8]>::len), Some(10));
         Ok(())
     }
+
+    /// One big commit grows the write-ahead log past [`WAL_FILE_KEPT`];
+    /// once a checkpoint has copied it into the file, the next commit starts
+    /// the log over and cuts the file back (`journal_size_limit`), so the
+    /// disk does not keep the largest commit's size for good.
+    #[test]
+    fn the_log_file_is_cut_back_once_a_checkpoint_let_it_start_over() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("storage.sqlite");
+        let wal_bytes = || std::fs::metadata(dir.path().join("storage.sqlite-wal")).map(|m| m.len());
+        let mut db = Db::open(&path)?;
+        let a = key("p", "a");
+        let mut room = db.load(&a)?;
+        (0..40u8).for_each(|i| room.put(format!("k{i}"), vec![i; 512 << 10]));
+        db.commit_many(&[(&a, &room.take_pending())])?;
+        let grown = wal_bytes()?;
+        assert!(grown > 2 * WAL_FILE_KEPT.cast_unsigned(), "the log grew to {grown} bytes only");
+        assert!(db.checkpoint_due());
+        db.checkpoint()?;
+        room.put("small".into(), b"x".to_vec());
+        db.commit_many(&[(&a, &room.take_pending())])?;
+        let kept = wal_bytes()?;
+        assert!(kept <= WAL_FILE_KEPT.cast_unsigned(), "the log kept {kept} bytes after starting over");
+        assert_eq!(Db::open(&path)?.load(&a)?.get("k39").map(<[u8]>::len), Some(512 << 10));
+        Ok(())
+    }
 }

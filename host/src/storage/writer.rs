@@ -581,6 +581,25 @@ mod tests {
         Ok(())
     }
 
+    /// While the storage thread waits for the connection, rooms leave it
+    /// alone (the lock is not fair: rooms taking it back to back could keep
+    /// loads, big commits and checkpoints waiting); then they go on.
+    #[tokio::test]
+    async fn rooms_leave_the_connection_to_a_waiting_storage_thread() -> anyhow::Result<()> {
+        let (_dir, storage, key) = opened()?;
+        let shared = storage.sqlite.clone().context("storage on SQLite")?;
+        let mut room = RoomStorage::new(Default::default(), None);
+        room.put("k".into(), b"v".to_vec());
+        let writes = room.take_pending();
+        shared.thread_waiting.store(true, Ordering::Relaxed);
+        assert!(storage.commit_now(&key, &writes).is_none(), "committed before a waiting thread");
+        assert!(storage.load_now(&key).is_none(), "read before a waiting thread");
+        shared.thread_waiting.store(false, Ordering::Relaxed);
+        assert!(matches!(storage.commit_now(&key, &writes), Some(Ok(()))));
+        assert!(matches!(storage.load_now(&key), Some(Ok(read)) if read.get("k").is_some()));
+        Ok(())
+    }
+
     /// Another process holding the file's write lock (an operator's
     /// `sqlite3`): a room's commit does not wait out the busy timeout on a
     /// serving thread, it goes to the storage thread.
