@@ -107,11 +107,6 @@ impl QueueSender {
         }
         Ok(())
     }
-
-    /// Bytes waiting now.
-    pub fn queued_bytes(&self) -> usize {
-        self.shared.state().bytes
-    }
 }
 
 impl Clone for QueueSender {
@@ -214,7 +209,7 @@ mod tests {
         assert!(sender.try_send(frame(25)).is_ok(), "an empty queue takes one frame of any size");
         assert!(sender.try_send(frame(1)).is_err(), "over the bytes");
         assert!(receiver.try_recv().is_some());
-        assert_eq!(sender.queued_bytes(), 0);
+        assert_eq!(sender.shared.state().bytes, 0);
         assert!(sender.try_send(frame(6)).is_ok());
         assert!(sender.try_send(frame(4)).is_ok());
         assert!(sender.try_send(frame(1)).is_err(), "10 bytes queued is the bound");

@@ -114,6 +114,15 @@ impl SharedDb {
         }
     }
 
+    /// The connection, for a room on its own thread: only if it is free
+    /// right now and the storage thread is not waiting for it.
+    fn for_a_room(&self) -> Option<std::sync::MutexGuard<'_, Db>> {
+        if self.thread_waiting.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.db.try_lock().ok()
+    }
+
     /// The connection, for the storage thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
         self.thread_waiting.store(true, Ordering::Relaxed);
@@ -262,10 +271,7 @@ impl Storage {
     /// connection nor for another process's lock on the file.
     fn load_now(&self, key: &RoomKey) -> Option<anyhow::Result<RoomStorage>> {
         let shared = self.sqlite.as_ref()?;
-        if shared.thread_waiting.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut db = shared.db.try_lock().ok()?;
+        let mut db = shared.for_a_room()?;
         // Read under the lock, which the thread holds while it lowers it.
         if shared.unapplied.load(Ordering::SeqCst) > 0 {
             return None;
@@ -286,10 +292,10 @@ impl Storage {
         let shared = self.sqlite.as_ref()?;
         let small = writes.writes.len() <= COMMIT_NOW_WRITES
             && writes.weight().is_some_and(|bytes| bytes <= COMMIT_NOW_BYTES);
-        if !small || shared.thread_waiting.load(Ordering::Relaxed) || self.hooks.engaged() {
+        if !small || self.hooks.engaged() {
             return None;
         }
-        let mut db = shared.db.try_lock().ok()?;
+        let mut db = shared.for_a_room()?;
         self.hooks.made_by_rooms.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let committed = db.commit_without_waiting(key, writes)?;
@@ -509,17 +515,8 @@ mod tests {
         assert!(storage.load_now(&key).is_none(), "read past a commit still queued");
         let thread = std::thread::spawn(move || run(&shared, queue, &hooks));
         ticket.durable().await?;
-        // The thread lets go of the connection just after it answers.
-        let started = std::time::Instant::now();
-        let loaded = loop {
-            match storage.load_now(&key) {
-                Some(loaded) => break loaded?,
-                None if started.elapsed() < std::time::Duration::from_secs(5) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                None => anyhow::bail!("never read at once, with nothing queued"),
-            }
-        };
+        let loaded =
+            load_now_when_idle(&storage, &key).await?.context("not read at once, with nothing queued")?;
         assert_eq!(loaded.get("k"), Some(&b"v"[..]));
         drop(storage);
         thread.join().map_err(|_| anyhow!("the storage thread panicked"))?;
